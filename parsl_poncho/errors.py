@@ -1,0 +1,62 @@
+"""Every exception parsl-poncho raises; a leaf module that imports nothing from the package."""
+
+from __future__ import annotations
+
+
+class PonchoError(Exception):
+    """Base class of every error parsl-poncho raises."""
+
+
+class SpecError(PonchoError, ValueError):
+    """An environment spec is malformed; ``problems`` lists every ``path: what is wrong``."""
+
+    def __init__(self, msg: str, problems: list[str] | None = None, source: str | None = None):
+        self.problems = list(problems or [])
+        self.source = source
+        super().__init__(msg)
+
+
+class BuildError(PonchoError):
+    """Building an environment failed; ``step`` and ``package`` say where, ``log_tail`` shows why."""
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        step: str | None = None,
+        package: str | None = None,
+        log_tail: str = "",
+    ):
+        self.step = step
+        self.package = package
+        self.log_tail = log_tail
+        super().__init__(msg)
+
+
+class StoreError(PonchoError):
+    """The environment cache cannot be used (permissions, corrupt entry, in use)."""
+
+
+class AnalysisError(PonchoError):
+    """A function's dependencies cannot be worked out."""
+
+
+class UnresolvedImportError(AnalysisError):
+    """A module a function needs belongs to no installed distribution and is not local code."""
+
+    def __init__(self, msg: str, *, module: str, function: str | None = None):
+        self.module = module
+        self.function = function
+        super().__init__(msg)
+
+
+class ExecutorError(PonchoError):
+    """The executor could not run a task (submission, Work Queue, lost worker)."""
+
+
+class RemoteTaskError(ExecutorError):
+    """A task failed on the worker; ``remote_traceback`` holds the worker side's traceback."""
+
+    def __init__(self, msg: str, *, remote_traceback: str = ""):
+        self.remote_traceback = remote_traceback
+        super().__init__(msg)
