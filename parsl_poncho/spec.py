@@ -167,12 +167,11 @@ class Spec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SpecError(
-                f"Spec file {str(path)!r} is not valid JSON: {exc}; fix the syntax at that "
-                "position (or name it *.yml / requirements*.txt for those formats)",
-                problems=[f"line {exc.lineno} column {exc.colno}: {exc.msg}"],
-                source=str(path),
-            ) from exc
+            problem = (
+                f"line {exc.lineno} column {exc.colno}: {exc.msg} (not valid JSON; name the file "
+                "*.yml or *requirements*.txt for those formats)"
+            )
+            raise _spec_error([problem], str(path)) from exc
         spec = cls.from_dict(data, source=str(path))
         return spec.with_local_paths_relative_to(path.parent)
 
@@ -335,7 +334,8 @@ def current_platform() -> str:
     try:
         import rattler
 
-        return str(rattler.Platform.current())
+        subdir = getattr(rattler, "Subdir", None) or rattler.Platform  # Platform: py-rattler<0.2x
+        return str(subdir.current())
     except Exception:  # pragma: no cover - rattler is a dependency; keep a stdlib fallback
         import platform as _platform
 
