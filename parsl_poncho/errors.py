@@ -60,3 +60,22 @@ class RemoteTaskError(ExecutorError):
     def __init__(self, msg: str, *, remote_traceback: str = ""):
         self.remote_traceback = remote_traceback
         super().__init__(msg)
+
+
+class TaskSerializationError(ExecutorError, TypeError):
+    """A task's function or an argument cannot be pickled; ``what`` names the object."""
+
+    def __init__(self, msg: str, *, what: str = ""):
+        self.what = what
+        super().__init__(msg)
+
+
+class EnvVerificationError(ExecutorError):
+    """A built environment cannot import a module a task needs (checked before dispatch)."""
+
+    def __init__(self, msg: str, *, env_hash: str = "", module: str = "",
+                 distribution: str | None = None):
+        self.env_hash = env_hash
+        self.module = module
+        self.distribution = distribution
+        super().__init__(msg)
