@@ -1,0 +1,310 @@
+"""The conda part of a build: solve and install match specs into a fresh prefix.
+
+Two backends: py-rattler (default; no conda installation needed) and a conda, mamba or
+micromamba executable. Channels may be names (``conda-forge``, ``defaults``), URLs, ``file://``
+URLs or local directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from parsl_poncho.build._util import hermetic_env, run_step, tail
+from parsl_poncho.errors import BuildError
+
+Solver = Literal["rattler", "conda", "mamba", "micromamba"]
+SOLVERS: tuple[str, ...] = ("rattler", "conda", "mamba", "micromamba")
+
+#: What the ``defaults`` channel name stands for.
+DEFAULTS_URLS = ("https://repo.anaconda.com/pkgs/main", "https://repo.anaconda.com/pkgs/r")
+CHANNEL_ALIAS = "https://conda.anaconda.org"
+
+_NO_CANDIDATES = re.compile(r"No candidates were found for ([A-Za-z0-9_.\-]+)")
+_CANNOT_INSTALL = re.compile(r"([A-Za-z0-9_.\-]+)[^\n]*? cannot be installed because")
+_NOT_AVAILABLE = re.compile(r"^\s*-\s*([A-Za-z0-9_.\-]+)", re.MULTILINE)
+_MAMBA_NOTHING = re.compile(r"nothing provides (?:requested )?([A-Za-z0-9_.\-]+)")
+
+
+def channel_urls(channel: str) -> list[str]:
+    """The URL(s) a channel name, URL or local directory stands for.
+
+    >>> channel_urls("conda-forge")
+    ['https://conda.anaconda.org/conda-forge']
+    """
+    channel = channel.strip()
+    if "://" in channel:
+        return [channel.rstrip("/")]
+    if channel == "defaults":
+        return list(DEFAULTS_URLS)
+    looks_local = channel.startswith(("/", ".", "~")) or os.sep in channel
+    if looks_local or Path(channel).is_dir():
+        return [Path(channel).expanduser().absolute().as_uri()]
+    return [f"{CHANNEL_ALIAS}/{channel}"]
+
+
+def resolve_channels(channels: Sequence[str]) -> list[str]:
+    """Every channel as a URL, in order, without duplicates."""
+    urls: list[str] = []
+    for channel in channels:
+        for url in channel_urls(channel):
+            if url not in urls:
+                urls.append(url)
+    return urls
+
+
+def spec_name(match_spec: str) -> str:
+    """The package name of a match spec (``"numpy>=1.2"`` -> ``"numpy"``)."""
+    spec = match_spec.strip()
+    if "::" in spec:
+        spec = spec.split("::", 1)[1]
+    return re.split(r"[\s=<>!~\[]", spec, maxsplit=1)[0].lower()
+
+
+@dataclass
+class CondaRequest:
+    """What to install: match specs from the given channels into ``prefix`` for ``platform``."""
+
+    prefix: Path
+    specs: list[str]
+    channels: list[str]  # URLs
+    platform: str
+    cache_dir: Path
+    timeout: float | None = None
+
+
+class RattlerBackend:
+    """Solve with py-rattler (virtual packages detected on this host) and install."""
+
+    name = "rattler"
+
+    def create(self, request: CondaRequest) -> None:
+        """Solve ``request.specs`` and install the result into ``request.prefix``."""
+        records = self.solve(request)
+        self.install(request, records)
+
+    def solve(self, request: CondaRequest) -> list[Any]:
+        """The solved records; BuildError(step="solve") naming the package when possible."""
+        from rattler import Channel, Gateway, solve
+
+        from parsl_poncho.build.channel import run_coroutine
+
+        sources = [Channel(url) for url in request.channels]
+        gateway = Gateway(cache_dir=request.cache_dir / "repodata", show_progress=False)
+        try:
+            return list(
+                run_coroutine(
+                    solve(
+                        sources=sources,
+                        specs=request.specs,
+                        gateway=gateway,
+                        platforms=[request.platform, "noarch"],
+                        virtual_packages=detect_virtual_packages(),
+                    )
+                )
+            )
+        except Exception as exc:  # rattler raises its own exception classes
+            raise solve_error(exc, request) from exc
+
+    def install(self, request: CondaRequest, records: list[Any]) -> None:
+        """Link ``records`` into the prefix from the package cache under ``cache_dir``."""
+        from rattler import install
+
+        from parsl_poncho.build.channel import run_coroutine
+
+        try:
+            run_coroutine(
+                install(
+                    records,
+                    target_prefix=request.prefix,
+                    cache_dir=request.cache_dir / "pkgs",
+                    show_progress=False,
+                    execute_link_scripts=False,
+                )
+            )
+        except Exception as exc:
+            raise BuildError(
+                f"install: could not download or link the conda packages into "
+                f"{str(request.prefix)!r}: {first_line(exc)}",
+                step="install",
+                log_tail=tail(str(exc)),
+            ) from exc
+        # rattler leaves a cache tag in the prefix: it is not part of any package.
+        tag = request.prefix / "CACHEDIR.TAG"
+        if tag.exists():
+            tag.unlink()
+
+
+def host_platform() -> str:
+    """This host's conda subdir (``linux-64``)."""
+    from parsl_poncho.build.channel import current_subdir
+
+    return current_subdir()
+
+
+@lru_cache(maxsize=1)
+def detect_virtual_packages() -> tuple[Any, ...]:
+    """This host's virtual packages (__glibc, __linux, ...), detected once per process."""
+    from rattler import VirtualPackage
+
+    return tuple(VirtualPackage.detect())
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def solve_error(exc: BaseException, request: CondaRequest) -> BuildError:
+    """Turn a rattler solve/gateway failure into a BuildError that names the package or channel."""
+    text = str(exc)
+    kind = type(exc).__name__
+    if kind == "SolverError" or "Cannot solve" in text:
+        package = conda_package_in_error(text)
+        where = f" {package!r}" if package else ""
+        return BuildError(
+            f"solve: the conda dependencies cannot be satisfied{where} from channels "
+            f"{', '.join(request.channels)}: {text.strip().splitlines()[-1]}. Check the version "
+            "pins, or add a channel that has the package (--channel / BuildOptions.channels)",
+            step="solve",
+            package=package,
+            log_tail=tail(text),
+        )
+    channel = next((url for url in request.channels if url.rstrip("/") in text), None)
+    where = f"channel {channel!r}" if channel else f"channels {', '.join(request.channels)}"
+    return BuildError(
+        f"solve: could not read the package index of {where}: {first_line(exc)}. Is it "
+        "reachable from here? Without network, seed a local channel "
+        "(parsl-poncho channel seed DIR) and build with --channel DIR",
+        step="solve",
+        package=None,
+        log_tail=tail(text),
+    )
+
+
+def conda_package_in_error(text: str) -> str | None:
+    """The package a solver's error message blames, if one can be found."""
+    for pattern in (_NO_CANDIDATES, _MAMBA_NOTHING, _CANNOT_INSTALL):
+        match = pattern.search(text)
+        if match:
+            return match.group(1).rstrip(".")
+    if "PackagesNotFoundError" in text or "not available from current channels" in text:
+        after = text.split("current channels", 1)[-1]
+        match = _NOT_AVAILABLE.search(after)
+        if match:
+            return spec_name(match.group(1))
+    return None
+
+
+class ExecutableBackend:
+    """Drive a conda, mamba or micromamba executable (``create --prefix``)."""
+
+    def __init__(self, kind: Solver, executable: str | None = None):
+        if kind not in ("conda", "mamba", "micromamba"):
+            raise BuildError(
+                f"solver {kind!r} has no executable backend: use conda, mamba or micromamba",
+                step="solve",
+            )
+        self.name = kind
+        self.kind = kind
+        self.executable = executable
+
+    def find(self) -> str:
+        """The executable to run: the one given, else ``kind`` (or $CONDA_EXE) on PATH."""
+        if self.executable:
+            found = shutil.which(self.executable) or (
+                self.executable if os.path.isfile(self.executable) else None
+            )
+        else:
+            found = shutil.which(self.kind)
+            if not found and self.kind == "conda" and os.environ.get("CONDA_EXE"):
+                found = shutil.which(os.environ["CONDA_EXE"])
+        if not found:
+            raise BuildError(
+                f"solve: the {self.kind} executable {self.executable or self.kind!r} was not "
+                "found: put it on PATH, pass its path (--conda-executable), or use the default "
+                "rattler solver",
+                step="solve",
+                package=None,
+            )
+        return found
+
+    def command(self, request: CondaRequest, executable: str) -> list[str]:
+        """The ``create`` command line for ``request``."""
+        cmd = [executable, "create", "--yes", "--quiet", "--prefix", str(request.prefix)]
+        if self.kind == "micromamba":
+            cmd.append("--no-rc")
+        cmd.append("--override-channels")
+        for url in request.channels:
+            cmd += ["--channel", url]
+        if request.platform != host_platform():
+            cmd += ["--platform", request.platform]
+        return cmd + list(request.specs)
+
+    def environment(self, request: CondaRequest) -> dict[str, str]:
+        """Hermetic environment with the package cache under ``cache_dir``."""
+        pkgs = request.cache_dir / f"pkgs-{self.kind}"
+        extra = {"CONDA_PKGS_DIRS": str(pkgs)}
+        if self.kind == "micromamba":
+            extra["MAMBA_ROOT_PREFIX"] = str(request.cache_dir / "micromamba-root")
+        return hermetic_env(extra)
+
+    def create(self, request: CondaRequest) -> None:
+        """Run the executable; a failure becomes BuildError(step="solve") naming the package."""
+        executable = self.find()
+        try:
+            run_step(
+                self.command(request, executable),
+                step="solve",
+                env=self.environment(request),
+                timeout=request.timeout,
+                what=f"{self.kind} create",
+            )
+        except BuildError as exc:
+            package = conda_package_in_error(exc.log_tail)
+            raise BuildError(
+                f"solve: {self.kind} could not create the environment"
+                + (f" (package {package!r})" if package else "")
+                + f" from channels {', '.join(request.channels)}; see the log tail. Check the "
+                "version pins and that the channels are reachable",
+                step="solve",
+                package=package,
+                log_tail=exc.log_tail,
+            ) from exc
+
+
+def make_backend(solver: str, executable: str | None = None) -> RattlerBackend | ExecutableBackend:
+    """The backend for ``solver`` ("rattler", "conda", "mamba", "micromamba")."""
+    if solver == "rattler":
+        return RattlerBackend()
+    if solver in ("conda", "mamba", "micromamba"):
+        return ExecutableBackend(solver, executable)  # type: ignore[arg-type]
+    raise BuildError(
+        f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}", step="solve"
+    )
+
+
+def conda_records(prefix: Path) -> list[dict[str, Any]]:
+    """The installed conda packages of ``prefix`` (from conda-meta/*.json), sorted by name."""
+    records = []
+    for path in sorted((prefix / "conda-meta").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        records.append(data)
+    return sorted(records, key=lambda r: r.get("name", ""))
+
+
+def lock_entries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifest's view of conda records: name, version, build, channel, url, sha256."""
+    keys = ("name", "version", "build", "build_number", "subdir", "channel", "url", "sha256", "md5")
+    return [{key: record.get(key) for key in keys if record.get(key) is not None}
+            for record in records]

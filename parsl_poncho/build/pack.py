@@ -1,0 +1,62 @@
+"""Pack an env directory with conda-pack into a tarball, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from parsl_poncho.build._util import sha256_file, tail
+from parsl_poncho.errors import BuildError
+
+#: gzip level: 4 packs about twice as fast as 9 for a few percent more bytes.
+DEFAULT_COMPRESS_LEVEL = 4
+
+
+def pack_env(
+    prefix: Path,
+    output: Path,
+    *,
+    compress_level: int = DEFAULT_COMPRESS_LEVEL,
+    n_threads: int = 1,
+    on_missing_cache: str = "raise",
+) -> tuple[int, str]:
+    """conda-pack ``prefix`` to ``output`` (tar.gz, mode 0644) via temp + os.replace.
+
+    :returns: (size in bytes, sha256 hex) of the tarball.
+    :raises BuildError: step ``"pack"`` with conda-pack's explanation.
+    """
+    import conda_pack
+
+    output = Path(output).absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    os.close(fd)
+    os.unlink(tmp_name)  # conda-pack refuses to overwrite without force; start clean
+    tmp = Path(tmp_name)
+    try:
+        env = conda_pack.CondaEnv.from_prefix(str(prefix), on_missing_cache=on_missing_cache)
+        env.pack(
+            output=str(tmp),
+            format="tar.gz",
+            compress_level=compress_level,
+            n_threads=n_threads,
+            verbose=False,
+            force=True,
+        )
+        os.chmod(tmp, 0o644)
+        size = tmp.stat().st_size
+        digest = sha256_file(tmp)
+        os.replace(tmp, output)
+    except conda_pack.CondaPackException as exc:
+        raise BuildError(
+            f"pack: conda-pack refused {str(prefix)!r}: {exc}",
+            step="pack",
+            log_tail=tail(str(exc)),
+        ) from exc
+    except OSError as exc:
+        raise BuildError(f"pack: cannot write {str(output)!r}: {exc}", step="pack") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return size, digest
