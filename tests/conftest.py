@@ -1,1 +1,41 @@
 """Shared fixtures."""
+
+# -- builder fixtures (owner: builder engineer) -----------------------------------------------
+import os as _os
+from pathlib import Path as _Path
+
+import pytest as _pytest
+
+
+@_pytest.fixture(scope="session")
+def seeded_channel(request: _pytest.FixtureRequest) -> _Path:
+    """A local conda channel with this CPython and pip, seeded once (cheap when current).
+
+    Lives in $PARSL_PONCHO_TEST_CHANNEL, else in the pytest cache, so runs reuse it.
+    """
+    from parsl_poncho.build import seed_channel
+
+    explicit = _os.environ.get("PARSL_PONCHO_TEST_CHANNEL")
+    dest = _Path(explicit) if explicit else request.config.cache.mkdir("parsl-poncho-channel")
+    return seed_channel(dest)
+
+
+@_pytest.fixture(scope="session")
+def build_cache_dir(request: _pytest.FixtureRequest) -> _Path:
+    """Rattler package/repodata and uv caches shared by every test build (warm after the first)."""
+    explicit = _os.environ.get("PARSL_PONCHO_TEST_BUILD_CACHE")
+    if explicit:
+        return _Path(explicit)
+    return request.config.cache.mkdir("parsl-poncho-build-cache")
+
+
+@_pytest.fixture()
+def build_options(seeded_channel: _Path, build_cache_dir: _Path, tmp_path: _Path):
+    """BuildOptions that build offline from the seeded channel (spec channels replaced)."""
+    from parsl_poncho.build import BuildOptions
+
+    return BuildOptions(
+        channels=(str(seeded_channel),),
+        cache_dir=build_cache_dir,
+        workdir=tmp_path / "build-work",
+    )
