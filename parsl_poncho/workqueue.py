@@ -128,8 +128,11 @@ class ManagerSettings:
     log_dir: str | None = None
     autolabel: bool = False
     autolabel_window: int | None = None
-    wait_timeout: float = 1.0
+    max_idle: float = 0.1
 
+
+#: Shortest pause of the manager loop when nothing happens (it doubles up to max_idle).
+_MIN_IDLE = 0.002
 
 _RESULT_WORDS: Mapping[str, str] = {
     "SUCCESS": "the task finished",
@@ -271,16 +274,20 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
     names = result_names(wq)
     pending: dict[str, TaskToWq] = {}
     parent = os.getppid()
+    idle = _MIN_IDLE
     try:
         while not should_stop.is_set() and os.getppid() == parent:
-            idle = q.empty()
-            _submit_pending(wq, q, task_queue, pending, result_queue, 0.2 if idle else 0)
-            if q.empty():
-                continue
-            t = q.wait(settings.wait_timeout)
+            # Block on the executor's queue only while nothing happens: a new task wakes us at
+            # once, and Work Queue is polled with wait(0) (its own timeout is whole seconds).
+            before = len(pending)
+            _submit_pending(wq, q, task_queue, pending, result_queue, idle)
+            busy = len(pending) != before
+            t = q.wait(0)  # also accepts connecting workers when no task is queued
             while t is not None:
+                busy = True
                 _report(t, names, pending, result_queue)
                 t = q.wait(0)
+            idle = _MIN_IDLE if busy else min(idle * 2, settings.max_idle)
     finally:
         t = None
         _close_queue(q)
@@ -293,7 +300,8 @@ def _close_queue(q: Any) -> None:
         q.shutdown_workers(0)
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline and q.stats.workers_connected > 0:
-            q.wait(0.1)
+            q.wait(0)
+            time.sleep(0.05)
     except Exception:  # noqa: BLE001 - best effort on the way out
         logger.debug("shutting down workers failed", exc_info=True)
 

@@ -1,0 +1,160 @@
+"""Tests of the Work Queue binding, result translation and the manager process."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parsl_poncho import workqueue
+from parsl_poncho.errors import ExecutorError
+from parsl_poncho.workqueue import (
+    FileToWq,
+    ManagerSettings,
+    TaskToWq,
+    WqToTask,
+    count_transfers,
+    explain_result,
+    load_work_queue,
+)
+
+HAVE_WORKER = shutil.which("work_queue_worker") is not None
+
+
+def test_explain_result_names_code_and_shim_meaning():
+    text = explain_result("OUTPUT_MISSING", 65, "poncho_run: checksum mismatch\n")
+    assert "OUTPUT_MISSING" in text
+    assert "corrupt" in text
+    assert "checksum mismatch" in text
+
+
+def test_explain_result_unknown_code_and_no_output():
+    assert explain_result("NEW_THING", 0) == (
+        "Work Queue result NEW_THING: unrecognised Work Queue result"
+    )
+    assert "retried" in explain_result("MAX_RETRIES", 0)
+
+
+def test_explain_result_keeps_only_last_lines():
+    output = "\n".join(f"line {i}" for i in range(100))
+    text = explain_result("SIGNAL", 0, output)
+    assert "line 99" in text and "line 10\n" not in text
+
+
+def test_load_work_queue_falls_back_to_legacy_dir(monkeypatch):
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != workqueue.LEGACY_DIST_PACKAGES])
+    for name in ("work_queue", "ndcctools", "ndcctools.work_queue"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    if not Path(workqueue.LEGACY_DIST_PACKAGES, "work_queue.py").exists():
+        pytest.skip("Debian's python3-workqueue is not installed")
+    wq = load_work_queue()
+    assert hasattr(wq, "WorkQueue")
+    assert sys.path[-1] == workqueue.LEGACY_DIST_PACKAGES
+
+
+def test_load_work_queue_missing_is_clear(monkeypatch):
+    monkeypatch.setattr(workqueue, "LEGACY_DIST_PACKAGES", "/nonexistent/dist-packages")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "dist-packages" not in p])
+    for name in ("work_queue", "ndcctools", "ndcctools.work_queue", "_work_queue"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ExecutorError, match="python3-workqueue"):
+        load_work_queue()
+
+
+def test_result_names_maps_codes():
+    wq = load_work_queue()
+    names = workqueue.result_names(wq)
+    assert names[wq.WORK_QUEUE_RESULT_SUCCESS] == "SUCCESS"
+    assert names[wq.WORK_QUEUE_RESULT_OUTPUT_MISSING] == "OUTPUT_MISSING"
+
+
+def test_count_transfers_parses_put_lines(tmp_path):
+    log = tmp_path / "debug_log"
+    log.write_text(
+        "x wq: tx to vm (127.0.0.1:1): put file-0-ab-env-1.tar.gz 20 0644\n"
+        "x wq: tx to vm (127.0.0.1:1): infile file-0-ab-env-1.tar.gz env-1.tar.gz 1\n"
+        "x wq: tx to vm (127.0.0.1:2): put file-0-ab-env-1.tar.gz 20 0644\n"
+    )
+    assert count_transfers(str(log)) == {
+        ("vm (127.0.0.1:1)", "file-0-ab-env-1.tar.gz"): 1,
+        ("vm (127.0.0.1:2)", "file-0-ab-env-1.tar.gz"): 1,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_WORKER, reason="work_queue_worker not installed")
+def test_manager_process_runs_tasks_and_caches_inputs(tmp_path):
+    """Real manager process + one worker: results come back, a cached input is sent once."""
+    from parsl.multiprocessing import SpawnContext, SpawnProcess
+
+    big = tmp_path / "env-x.tar.gz"
+    big.write_bytes(b"0" * 100_000)
+    tasks, results, mailbox = SpawnContext.Queue(), SpawnContext.Queue(), SpawnContext.Queue()
+    stop = SpawnContext.Event()
+    settings = ManagerSettings(port=0, log_dir=str(tmp_path), max_idle=0.05)
+    proc = SpawnProcess(target=workqueue.run_manager, kwargs=dict(
+        settings=settings, task_queue=tasks, result_queue=results, port_mailbox=mailbox,
+        should_stop=stop))
+    proc.start()
+    port = mailbox.get(timeout=60)
+    assert port
+    worker = subprocess.Popen(["work_queue_worker", "--cores", "2", "-t", "60", "localhost",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for i in range(4):
+            out = tmp_path / f"out{i}"
+            tasks.put(TaskToWq(
+                id=str(i), command=f"wc -c < env-x.tar.gz > out; exit {i % 2 * 3}",
+                category="c", inputs=(FileToWq(str(big), "env-x.tar.gz", cache=True),),
+                outputs=(FileToWq(str(out), "out"),), result_file=str(out),
+                resources={"cores": 1}))
+        got: dict[str, WqToTask] = {}
+        while len(got) < 4:
+            msg = results.get(timeout=60)
+            got[msg.id] = msg
+    finally:
+        stop.set()
+        proc.join(timeout=30)
+        worker.wait(timeout=30)
+    assert proc.exitcode == 0
+    assert worker.returncode is not None
+    assert [got[str(i)].return_status for i in range(4)] == [0, 3, 0, 3]
+    assert all(m.result == "SUCCESS" and m.result_file for m in got.values())
+    assert (tmp_path / "out0").read_text().strip() == "100000"
+    sent = count_transfers(str(tmp_path / "debug_log"))
+    env_sends = [n for (_w, name), n in sent.items() if name.endswith("env-x.tar.gz")]
+    assert env_sends == [1]
+
+
+@pytest.mark.slow
+def test_manager_reports_missing_output(tmp_path):
+    from parsl.multiprocessing import SpawnContext, SpawnProcess
+
+    tasks, results, mailbox = SpawnContext.Queue(), SpawnContext.Queue(), SpawnContext.Queue()
+    stop = SpawnContext.Event()
+    proc = SpawnProcess(target=workqueue.run_manager, kwargs=dict(
+        settings=ManagerSettings(max_idle=0.05), task_queue=tasks, result_queue=results,
+        port_mailbox=mailbox, should_stop=stop))
+    proc.start()
+    port = mailbox.get(timeout=60)
+    worker = subprocess.Popen(["work_queue_worker", "-t", "60", "localhost", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        res = tmp_path / "result.pkl"
+        tasks.put(TaskToWq(id="7", command="echo broken; exit 20", category="c", inputs=(),
+                           outputs=(FileToWq(str(res), "result.pkl"),), result_file=str(res)))
+        msg = results.get(timeout=60)
+    finally:
+        stop.set()
+        proc.join(timeout=30)
+        worker.wait(timeout=30)
+    assert msg.result_file is None
+    assert msg.return_status == 20
+    text = explain_result(msg.result, msg.return_status, msg.output)
+    assert "run_function.py" in text and "broken" in text
+    with pytest.raises(queue.Empty):
+        results.get(timeout=0.1)
