@@ -7,6 +7,14 @@ from pathlib import Path as _Path
 import pytest as _pytest
 
 
+def _stable_dir(request: _pytest.FixtureRequest, name: str) -> _Path:
+    """A directory kept between runs (pytest cache), or a session temp dir without the cache."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return _Path(cache.mkdir(name))
+    return request.getfixturevalue("tmp_path_factory").mktemp(name)
+
+
 @_pytest.fixture(scope="session")
 def seeded_channel(request: _pytest.FixtureRequest) -> _Path:
     """A local conda channel with this CPython and pip, seeded once (cheap when current).
@@ -16,7 +24,7 @@ def seeded_channel(request: _pytest.FixtureRequest) -> _Path:
     from parsl_poncho.build import seed_channel
 
     explicit = _os.environ.get("PARSL_PONCHO_TEST_CHANNEL")
-    dest = _Path(explicit) if explicit else request.config.cache.mkdir("parsl-poncho-channel")
+    dest = _Path(explicit) if explicit else _stable_dir(request, "parsl-poncho-channel")
     return seed_channel(dest)
 
 
@@ -26,7 +34,7 @@ def build_cache_dir(request: _pytest.FixtureRequest) -> _Path:
     explicit = _os.environ.get("PARSL_PONCHO_TEST_BUILD_CACHE")
     if explicit:
         return _Path(explicit)
-    return request.config.cache.mkdir("parsl-poncho-build-cache")
+    return _stable_dir(request, "parsl-poncho-build-cache")
 
 
 @_pytest.fixture()

@@ -26,7 +26,7 @@ from parsl_poncho.build.conda import (
     resolve_channels,
     spec_name,
 )
-from parsl_poncho.build.data import add_data
+from parsl_poncho.build.data import add_data, check_git_source, check_url, check_var
 from parsl_poncho.build.manifest import Manifest, spec_to_dict, tool_versions, write_manifest
 from parsl_poncho.build.pack import DEFAULT_COMPRESS_LEVEL, pack_env
 from parsl_poncho.build.pip import Installer, PipRequest, find_uv, install_pip, pip_packages
@@ -122,6 +122,7 @@ def build_env(
     """
     options = options or BuildOptions()
     output = Path(output).absolute()
+    check_data_sources(spec)
     cache_dir = Path(options.cache_dir or default_cache_dir()).expanduser().absolute()
     workdir = Path(options.workdir).expanduser() if options.workdir else cache_dir / "tmp"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +134,16 @@ def build_env(
     finally:
         if not options.keep_workdir:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_data_sources(spec: Any) -> None:
+    """Refuse unsafe git remotes/refs, bad variable names and non-http URLs before any work."""
+    for var, item in spec.git.items():
+        check_var(var)
+        check_git_source(var, item.remote, item.ref)
+    for var, item in spec.http.items():
+        check_var(var)
+        check_url(var, item.url)
 
 
 def _build_in(

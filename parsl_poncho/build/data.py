@@ -69,6 +69,16 @@ def check_git_source(var: str, remote: str, ref: str | None) -> None:
         )
 
 
+def check_url(var: str, url: str) -> None:
+    """Refuse an http entry whose URL is not http, https or file."""
+    if not url.lower().startswith(("http://", "https://", "file://")):
+        raise BuildError(
+            f"http.{var}: url {url!r} is not http(s) or file: give an http or https URL",
+            step="data",
+            package=var,
+        )
+
+
 def git_env() -> dict[str, str]:
     """Environment for git: no prompts, only plain transports."""
     env = dict(os.environ)
@@ -125,12 +135,7 @@ def _ssl_context() -> ssl.SSLContext:
 
 def download(var: str, url: str, dest: Path, sha256: str | None, timeout: float | None) -> None:
     """Fetch ``url`` into ``dest`` (http, https or file); check sha256 when given."""
-    if not url.lower().startswith(("http://", "https://", "file://")):
-        raise BuildError(
-            f"http.{var}: url {url!r} is not http(s) or file: give an http or https URL",
-            step="data",
-            package=var,
-        )
+    check_url(var, url)
     digest = hashlib.sha256()
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "parsl-poncho"})
