@@ -79,3 +79,15 @@ class EnvVerificationError(ExecutorError):
         self.module = module
         self.distribution = distribution
         super().__init__(msg)
+
+
+class ShimNotFoundError(PonchoError, FileNotFoundError):
+    """A worker-side file (poncho_run, run_function.py) is missing from the installation."""
+
+
+class AnalysisOptionError(AnalysisError, ValueError):
+    """Analysis overrides (pkg_mapping, extra_pkgs, ignore, channels) are invalid; see ``problems``."""
+
+    def __init__(self, msg: str, problems: list[str] | None = None):
+        self.problems = list(problems or [])
+        super().__init__(msg)

@@ -1,0 +1,1 @@
+../../worker_shim/run_function.py
