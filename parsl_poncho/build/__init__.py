@@ -256,8 +256,12 @@ def pack_existing_env(
     compress_level: int = DEFAULT_COMPRESS_LEVEL,
     n_threads: int = 1,
     progress: ProgressCallback | None = None,
+    ignore_editable_packages: bool = False,
 ) -> Manifest:
-    """Pack an existing conda env directory (``poncho_package_create ENVDIR OUT``)."""
+    """Pack an existing conda env directory (``poncho_package_create ENVDIR OUT``).
+
+    Like cctools' poncho, files missing from conda's records are tolerated.
+    """
     prefix = Path(prefix).expanduser().absolute()
     if not (prefix / "conda-meta").is_dir():
         raise BuildError(
@@ -270,7 +274,9 @@ def pack_existing_env(
     lock = {"conda": lock_entries(records), "pip": pip_packages(prefix, records)}
     with report.phase("pack", Path(output).name):
         size, digest = pack_env(prefix, Path(output), compress_level=compress_level,
-                                n_threads=n_threads, on_missing_cache="ignore")
+                                n_threads=n_threads, on_missing_cache="ignore",
+                                ignore_missing_files=True,
+                                ignore_editable_packages=ignore_editable_packages)
     return Manifest(
         spec={}, hash=None, platform=current_subdir(), tarball=Path(output).name, size=size,
         sha256=digest, lock=lock, phases=dict(report.seconds), tools=tool_versions(),

@@ -20,6 +20,8 @@ def pack_env(
     compress_level: int = DEFAULT_COMPRESS_LEVEL,
     n_threads: int = 1,
     on_missing_cache: str = "raise",
+    ignore_missing_files: bool = False,
+    ignore_editable_packages: bool = False,
 ) -> tuple[int, str]:
     """conda-pack ``prefix`` to ``output`` (tar.gz, mode 0644) via temp + os.replace.
 
@@ -35,7 +37,12 @@ def pack_env(
     os.unlink(tmp_name)  # conda-pack refuses to overwrite without force; start clean
     tmp = Path(tmp_name)
     try:
-        env = conda_pack.CondaEnv.from_prefix(str(prefix), on_missing_cache=on_missing_cache)
+        env = conda_pack.CondaEnv.from_prefix(
+            str(prefix),
+            on_missing_cache=on_missing_cache,
+            ignore_missing_files=ignore_missing_files,
+            ignore_editable_packages=ignore_editable_packages,
+        )
         env.pack(
             output=str(tmp),
             format="tar.gz",
