@@ -86,7 +86,7 @@ class ShimNotFoundError(PonchoError, FileNotFoundError):
 
 
 class AnalysisOptionError(AnalysisError, ValueError):
-    """Analysis overrides (pkg_mapping, extra_pkgs, ignore, channels) are invalid; see ``problems``."""
+    """Analysis overrides (pkg_mapping, extra_pkgs, ignore, channels) are invalid: ``problems``."""
 
     def __init__(self, msg: str, problems: list[str] | None = None):
         self.problems = list(problems or [])
