@@ -130,8 +130,15 @@ class Spec:
             if isinstance(value, str):
                 value = (value,)
             object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "git", dict(sorted(dict(self.git).items())))
-        object.__setattr__(self, "http", dict(sorted(dict(self.http).items())))
+        # plain mappings are accepted where the model has dataclasses
+        local = tuple(LocalCode(**c) if isinstance(c, Mapping) else c for c in self.local)
+        object.__setattr__(self, "local", local)
+        if isinstance(self.pip_options, Mapping):
+            object.__setattr__(self, "pip_options", PipOptions(**self.pip_options))
+        for name, cls in (("git", GitData), ("http", HttpData)):
+            items = dict(getattr(self, name)).items()
+            value = {k: cls(**v) if isinstance(v, Mapping) else v for k, v in sorted(items)}
+            object.__setattr__(self, name, value)
 
     # -- input -------------------------------------------------------------------------------
     @classmethod
@@ -665,6 +672,8 @@ def _replace(spec: Spec, **changes: Any) -> Spec:
 # -- normalisation ----------------------------------------------------------------------------
 def _canonical_match_spec(spec: str) -> str:
     """rattler's normal form of a match spec (``numpy >=1``), or the stripped text if invalid."""
+    if not isinstance(spec, str):
+        return repr(spec)
     try:
         import rattler
 
@@ -678,6 +687,8 @@ def _canonical_requirement(requirement: str) -> str:
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
+    if not isinstance(requirement, str):
+        return repr(requirement)
     try:
         req = Requirement(requirement)
     except InvalidRequirement:
