@@ -36,6 +36,9 @@ def pack_env(
     os.close(fd)
     os.unlink(tmp_name)  # conda-pack refuses to overwrite without force; start clean
     tmp = Path(tmp_name)
+    history = Path(prefix) / "conda-meta" / "history"
+    if (Path(prefix) / "conda-meta").is_dir() and not history.exists():
+        history.touch()  # conda-pack 0.9.2 takes every member's mtime from it (None otherwise)
     try:
         env = conda_pack.CondaEnv.from_prefix(
             str(prefix),
@@ -62,7 +65,15 @@ def pack_env(
             log_tail=tail(str(exc)),
         ) from exc
     except OSError as exc:
-        raise BuildError(f"pack: cannot write {str(output)!r}: {exc}", step="pack") from exc
+        raise BuildError(
+            f"pack: packing {str(prefix)!r} into {str(output)!r} failed: {exc}", step="pack"
+        ) from exc
+    except Exception as exc:  # conda-pack has failures outside its exception class
+        raise BuildError(
+            f"pack: conda-pack failed on {str(prefix)!r}: {type(exc).__name__}: {exc}",
+            step="pack",
+            log_tail=tail(str(exc)),
+        ) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
