@@ -53,6 +53,10 @@ from parsl_poncho.workqueue import (
 
 logger = logging.getLogger(__name__)
 
+#: Node-wide unpack cache on workers. Work Queue points TMPDIR at each task's own sandbox, so
+#: the shim's ${TMPDIR:-/tmp} default would unpack every task again; expanded by the worker's sh.
+DEFAULT_WORKER_CACHE = '"${PARSL_PONCHO_WORKER_CACHE:-/tmp/parsl-poncho-$(id -u)}"'
+
 #: Parsl resource-specification keys that map onto Work Queue task resources.
 RESOURCE_KEYS = ("cores", "memory", "disk", "gpus", "priority", "running_time_min")
 
@@ -89,16 +93,21 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     :param autolabel_window: tasks measured before labelling.
     :param default_cores: cores given to a task without a resource specification.
     :param scaling_cores_per_worker: cores per worker assumed when scaling blocks.
-    :param channels: conda channels for the built envs (None: the analysis' default).
+    :param channels: conda channels replacing the specs' own (None: keep the specs').
     :param cache_dir: environment cache (None: ``$PARSL_PONCHO_CACHE`` or ~/.cache/parsl-poncho).
     :param pkg_mapping: import name -> distribution overrides for the analysis.
     :param extra_pkgs: distributions added to every env. :param ignore: modules never shipped.
     :param pin_transitive: pin dependencies of included distributions to the host's versions.
     :param pip_index_url, pip_extra_index_urls, pip_find_links: where pip installs from.
     :param build_options: a ``BuildOptions`` for the builder (solver, workdir, ...).
+    :param seed_channel: make a local conda channel from this host's CPython (once; cheap
+      after) and build python and pip from it: envs get exactly the submit side's interpreter
+      and build with no conda channel reachable. Specs needing other conda packages use their
+      channels (or ``channels``) after it.
     :param verify: import the analysed modules in each new env on this host before dispatch.
     :param unpack_timeout: seconds a task waits for another task's unpack on a worker.
-    :param worker_cache_dir: where workers unpack envs (None: the shim's default).
+    :param worker_cache_dir: where workers unpack envs, shared by the tasks of a node (None:
+      ``$PARSL_PONCHO_WORKER_CACHE`` on the worker, else ``/tmp/parsl-poncho-<uid>``).
     :param storage_access: Parsl staging providers. :param working_dir: kept for compatibility.
     :param full_debug: write Work Queue's debug log (needed to count transfers).
     :param remote_monitoring_radio: how tasks report monitoring (default: filesystem radio).
@@ -134,6 +143,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         pip_extra_index_urls: Sequence[str] = (),
         pip_find_links: Sequence[str] = (),
         build_options: Any = None,
+        seed_channel: bool = True,
         verify: bool = True,
         unpack_timeout: int = 600,
         worker_cache_dir: str | None = None,
@@ -179,6 +189,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.pip_extra_index_urls = list(pip_extra_index_urls)
         self.pip_find_links = list(pip_find_links)
         self.build_options = build_options
+        self.seed_channel = seed_channel
         self.verify = verify
         self.unpack_timeout = unpack_timeout
         self.worker_cache_dir = worker_cache_dir
@@ -238,6 +249,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             raise self.executor_exception
         if not self._started:
             raise ExecutorError(f"{self.label}: submit() called before start()")
+        func = unwrap_error_wrapper(func)
         payload = serialize_call(func, args, kwargs)
         spec, modules = self._analyse(func, args, kwargs)
         env_hash = spec.hash()
@@ -311,19 +323,19 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         from parsl_poncho.store import EnvStore
 
         cache = Path(self.cache_dir).expanduser() if self.cache_dir else None
-        return EnvStore(cache, build_options=self._make_build_options())
+        builder = SeededBuilder() if self.seed_channel else None
+        return EnvStore(cache, build_options=self._make_build_options(), builder=builder)
 
     def _make_build_options(self) -> Any:
         """BuildOptions from the pip options, unless build_options was given."""
         if self.build_options is not None:
             return self.build_options
-        if not (self.pip_index_url or self.pip_extra_index_urls or self.pip_find_links):
-            return None
         from parsl_poncho.build import BuildOptions
 
         return _build_options_with(BuildOptions, index_url=self.pip_index_url,
                                    extra_index_urls=tuple(self.pip_extra_index_urls),
-                                   find_links=tuple(self.pip_find_links))
+                                   find_links=tuple(self.pip_find_links),
+                                   channels=tuple(self.channels) if self.channels else None)
 
     def _stage_shims(self, dest: Path) -> tuple[FileToWq, FileToWq]:
         """Copy the worker shim and runner under content-derived names (cached on workers)."""
@@ -488,8 +500,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         shim = ["./poncho_run", "-e", tarball, "-w", str(self.unpack_timeout)]
         if sha256:
             shim += ["-s", sha256]
-        if self.worker_cache_dir:
-            shim += ["-u", self.worker_cache_dir]
+        shim += ["--cache-dir", self.worker_cache_dir or DEFAULT_WORKER_CACHE]
         command = " ".join(shim + ["--", "python", "run_function.py", "fn.pkl", "result.pkl",
                                    "2>&1"])
         return f"{self.init_command}; {command}" if self.init_command else command
@@ -564,7 +575,74 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                 logger.warning("%s: cancelling blocks failed", self.label, exc_info=True)
 
 
+#: Conda packages the seeded local channel provides.
+SEEDED_PACKAGES = frozenset({"python", "pip", "setuptools"})
+
+
+class SeededBuilder:
+    """The store's builder: python and pip from a channel seeded from this host's CPython.
+
+    A spec whose conda part holds only what the seeded channel provides (what the analysis
+    gives on a pip-based host) is built from that channel alone, so no conda channel needs to
+    be reachable; any other spec searches the seeded channel first, then its own channels.
+    """
+
+    def __init__(self, channel_dir: Path | None = None):
+        self.channel_dir = channel_dir
+        self._seeded: Path | None = None
+        self._lock = threading.Lock()
+
+    def channel(self) -> Path:
+        """Seed the local channel once per process (cheap when it is current)."""
+        with self._lock:
+            if self._seeded is None:
+                from parsl_poncho.build import seed_channel
+
+                self._seeded = seed_channel(self.channel_dir)
+            return self._seeded
+
+    def __call__(self, spec: Any, output: Path, *, options: Any = None,
+                 progress: Any = None) -> Any:
+        import dataclasses
+
+        from parsl_poncho.build import BuildOptions, build_env
+        from parsl_poncho.build.conda import spec_name
+
+        options = options if options is not None else BuildOptions()
+        seeded = str(self.channel())
+        names = {spec_name(m) for m in spec.conda}
+        if names <= SEEDED_PACKAGES:
+            options = dataclasses.replace(options, channels=(seeded,))
+        else:
+            options = dataclasses.replace(
+                options, extra_channels=(seeded, *options.extra_channels))
+        return build_env(spec, output, options=options, progress=progress)
+
+
 # -- pure helpers (tested directly) ---------------------------------------------------------
+
+
+_WRAP_ERROR_CODE: Any = None
+
+
+def unwrap_error_wrapper(func: Callable) -> Callable:
+    """The app function inside Parsl's ``wrap_error`` wrapper, or ``func`` unchanged.
+
+    Parsl wraps every python and bash app in ``parsl.app.errors.wrap_error``, whose wrapper
+    imports parsl on the worker just to turn an exception into a RemoteExceptionWrapper value.
+    This executor carries remote exceptions itself (same type, remote traceback attached), so it
+    submits the inner function: a python app's env then needs no parsl, and Parsl sees the same
+    failure either way.
+    """
+    global _WRAP_ERROR_CODE
+    if _WRAP_ERROR_CODE is None:
+        from parsl.app.errors import wrap_error
+
+        _WRAP_ERROR_CODE = wrap_error(len).__code__  # type: ignore[attr-defined]
+    inner = getattr(func, "__wrapped__", None)
+    if inner is not None and getattr(func, "__code__", None) is _WRAP_ERROR_CODE:
+        return inner
+    return func
 
 
 def serialize_call(func: Callable, args: tuple, kwargs: dict) -> bytes:
@@ -706,13 +784,17 @@ def modules_from_requirements(req: Any) -> dict[str, Any]:
 
 
 def env_hash_of(future: Any) -> str | None:
-    """The env hash a task ran with, from an executor future or a Parsl AppFuture."""
-    value = getattr(future, "parsl_poncho_env_hash", None)
-    if value is None:
-        record = getattr(future, "task_record", None)
-        if record is not None:
-            value = getattr(record.get("exec_fu"), "parsl_poncho_env_hash", None)
-    return value
+    """The env hash a task ran with, from an executor future or a Parsl AppFuture.
+
+    >>> env_hash_of(app_future)  # doctest: +SKIP
+    'bcb6feef0c97...'
+    """
+    record = vars(future).get("task_record")  # AppFuture.__getattr__ would make a future
+    if isinstance(record, Mapping):
+        future = record.get("exec_fu")
+    if future is None:
+        return None
+    return vars(future).get("parsl_poncho_env_hash")
 
 
 def _build_options_with(cls: Any, **pip: Any) -> Any:
@@ -724,5 +806,5 @@ def _build_options_with(cls: Any, **pip: Any) -> Any:
     return cls(**kwargs)
 
 
-__all__ = ["PonchoExecutor", "env_hash_of", "serialize_call", "wq_resources", "remote_exception",
-           "staged_files"]
+__all__ = ["PonchoExecutor", "env_hash_of", "remote_exception", "serialize_call", "staged_files",
+           "unwrap_error_wrapper", "wq_resources"]
