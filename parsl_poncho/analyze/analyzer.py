@@ -15,6 +15,7 @@ import threading
 import types
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from parsl_poncho.analyze.classify import Classifier, Distribution, normalize_name
@@ -24,6 +25,7 @@ from parsl_poncho.analyze.modules import (
     ModuleUse,
     describe,
     pickled_by_reference,
+    static_module_uses,
     strip_parsl_wrapper,
 )
 from parsl_poncho.analyze.pin import pin_spec
@@ -336,7 +338,8 @@ class Analyzer:
             elif found.kind == "local" and found.local is not None:
                 local[found.local.name] = found.local
                 providers[module] = f"local:{found.local.name}"
-                for new_module, new_use in self._scan_local(module, scanned).items():
+                scan = self._scan_local(module, found.local, scanned)
+                for new_module, new_use in scan.items():
                     if new_module not in modules:
                         modules[new_module] = new_use
                         queue.append(new_module)
@@ -359,18 +362,38 @@ class Analyzer:
             skipped=tuple(sorted(skipped)),
         )
 
-    def _scan_local(self, module: str, scanned: set[str]) -> dict[str, ModuleUse]:
-        """Modules needed to import local ``module`` remotely: its globals and its parents'."""
+    def _scan_local(self, module: str, code: LocalCode, scanned: set[str]
+                    ) -> dict[str, ModuleUse]:
+        """Modules needed to import local ``module`` remotely: its globals and its parents'.
+
+        Modules loaded here are walked live; others are read from their source file.
+        """
         finder = ModuleFinder(self._opaque)
+        found: dict[str, ModuleUse] = {}
         parts = module.split(".")
         for i in range(1, len(parts) + 1):
             name = ".".join(parts[:i])
-            loaded = sys.modules.get(name)
-            if name in scanned or not isinstance(loaded, types.ModuleType):
+            if name in scanned:
                 continue
             scanned.add(name)
-            finder.scan_module(loaded)
-        return {m: u for m, u in finder.modules.items() if not self.classifier.is_stdlib(m)}
+            loaded = sys.modules.get(name)
+            if isinstance(loaded, types.ModuleType):
+                finder.scan_module(loaded)
+                continue
+            source = _local_source(Path(code.path), parts[1:i])
+            if source is not None:
+                found.update(static_module_uses(str(source[0]), name, is_package=source[1]))
+        found.update(finder.modules)
+        return {m: u for m, u in found.items() if not self.classifier.is_stdlib(m)}
+
+    def resolve(self, uses: Mapping[str, ModuleUse], function: str) -> Requirements:
+        """Classify modules found some other way (e.g. statically, from a script)."""
+        uses = {m: u for m, u in uses.items() if not self.classifier.is_stdlib(m)}
+        return self._resolve(dict(uses), function)
+
+    def pin(self, requirements: Requirements) -> Spec:
+        """The pinned Spec of ``requirements`` with this analyzer's options."""
+        return self._pin(requirements)
 
     def _unresolved(self, module: str, use: ModuleUse, function: str, reason: str
                     ) -> UnresolvedImportError:
@@ -394,6 +417,21 @@ class Analyzer:
             channels=self.channels,
             extra_requirements=requirements.extra_requirements,
         )
+
+
+def _local_source(top: Path, sub: list[str]) -> tuple[Path, bool] | None:
+    """(source file, is a package) of a local module below the top-level path ``top``."""
+    if not sub:
+        if top.is_dir():
+            init = top / "__init__.py"
+            return (init, True) if init.is_file() else None
+        return (top, False) if top.suffix == ".py" else None
+    base = top.joinpath(*sub)
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py", True
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py"), False
+    return None
 
 
 def _cell(cell: Any) -> Any:

@@ -485,3 +485,96 @@ def describe(obj: Any) -> str:
         target = type(obj)
     module = getattr(target, "__module__", None) or "?"
     return f"{module}.{getattr(target, '__qualname__', repr(target))}"
+
+
+# -- static analysis of source files (scripts, local modules not imported here) ----------------
+def static_module_uses(path: str, module_name: str, *, is_package: bool = False,
+                       toplevel_only: bool = False) -> dict[str, ModuleUse]:
+    """Modules imported by the source file ``path`` of module ``module_name``, without running it.
+
+    Imports at the module's top level are required; those inside functions and classes are
+    marked optional (they run only when called).
+    """
+    code = compile_file(path)
+    package = module_name if is_package else (
+        module_name.rsplit(".", 1)[0] if "." in module_name else None)
+    finder = ModuleFinder()
+    top: list[_Import] = []
+    _scan_code(code, top, [])
+    for imp in top:
+        finder._import(imp, package, f"module {module_name} ({path}:{imp.line})", False)
+    if not toplevel_only:
+        for imp in code_info(code).imports:
+            finder._import(imp, package, f"module {module_name} ({path}:{imp.line})", True)
+    return finder.modules
+
+
+def compile_file(path: str) -> types.CodeType:
+    """The module code object of a Python source file (``-`` reads stdin)."""
+    if path == "-":
+        source, filename = sys.stdin.read(), "<stdin>"
+    else:
+        with open(path, "rb") as fh:
+            source, filename = fh.read(), path
+    return compile(source, filename, "exec", dont_inherit=True)
+
+
+def static_bindings(code: types.CodeType) -> dict[str, str | types.CodeType]:
+    """Top-level names of a module code object: imported module names and defined code."""
+    bindings: dict[str, str | types.CodeType] = {}
+    module: str | None = None
+    attr: str | None = None
+    last_code: types.CodeType | None = None
+    for ins in dis.get_instructions(code):
+        op = ins.opname
+        if op == "IMPORT_NAME":
+            module, attr = ins.argval, None
+        elif op == "IMPORT_FROM" and module is not None:
+            attr = ins.argval
+        elif op == "LOAD_CONST" and isinstance(ins.argval, types.CodeType):
+            last_code = ins.argval
+        elif op == "STORE_NAME":
+            if module is not None and attr is not None:
+                bindings[ins.argval] = module  # from MODULE import attr / import MODULE as x
+            elif module is not None:
+                bindings[ins.argval] = module.split(".")[0]
+                module = None
+            elif last_code is not None:
+                bindings[ins.argval] = last_code
+                last_code = None
+        elif op == "POP_TOP" and attr is not None:
+            module, attr = None, None
+    return bindings
+
+
+def static_function_uses(code: types.CodeType, name: str) -> dict[str, ModuleUse]:
+    """Modules a function defined in a script needs, found without running the script.
+
+    The function's imports, and the module-level names it reads that are bound to imports or to
+    other functions and classes of the script (followed transitively).
+    """
+    bindings = static_bindings(code)
+    targets = [c for c in _iter_code(code) if c.co_name == name]
+    finder = ModuleFinder()
+    seen: set[int] = set()
+    while targets:
+        target = targets.pop()
+        if id(target) in seen:
+            continue
+        seen.add(id(target))
+        info = code_info(target)
+        where = f"{getattr(target, 'co_qualname', target.co_name)} ({target.co_filename}:{{}})"
+        for imp in info.imports:
+            finder._import(imp, None, where.format(imp.line), False)
+        for gname, _attrs, line in info.globals_read:
+            bound = bindings.get(gname)
+            if isinstance(bound, str):
+                finder.add(bound, where.format(line))
+            elif isinstance(bound, types.CodeType):
+                targets.append(bound)
+    return finder.modules
+
+
+def find_code(code: types.CodeType, name: str) -> bool:
+    """Whether a function or class called ``name`` is defined anywhere in ``code``."""
+    return any(c.co_name == name for c in _iter_code(code))

@@ -1,0 +1,148 @@
+"""`poncho_package_analyze`: write the pinned environment spec a Python script needs.
+
+Compatible with cctools' command (``SOURCE... OUT``, ``--toplevel``, ``--function NAME``,
+``--pkg-mapping IMPORT=NAME``, ``--extra-pkg PKG``; ``-`` for stdin/stdout). The script is read,
+never run: its bytecode is walked (imports, and for ``--function`` the module-level names the
+function reads, followed through the script's other functions). Local modules beside the script
+are shipped as local code. The output is a spec for ``poncho_package_create``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from parsl_poncho.analyze import Analyzer
+from parsl_poncho.analyze.modules import (
+    ModuleFinder,
+    ModuleUse,
+    _scan_code,
+    code_info,
+    compile_file,
+    find_code,
+    static_function_uses,
+)
+from parsl_poncho.errors import AnalysisError, AnalysisOptionError, PonchoError
+
+HELP = """Determine the environment required by Python code and write it as a PONCHO spec:
+every module it imports is mapped to the installed pip or conda distribution that provides it,
+pinned to the installed version (with its dependencies unless --no-transitive), plus python, pip
+and cloudpickle. Modules that no distribution provides but that exist as files (beside the script,
+or editable installs) are shipped as local code. A module that cannot be resolved is an error:
+map it with --pkg-mapping IMPORT=DISTRIBUTION, or leave it out with --ignore MODULE."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (cctools' options plus ours)."""
+    parser = argparse.ArgumentParser(prog="poncho_package_analyze", description=HELP)
+    parser.add_argument("source", nargs="*",
+                        help="Analyze the given Python source code, or - for stdin.")
+    parser.add_argument("out", help="Path to write the JSON description, or - for stdout.")
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument("--toplevel", action="store_true",
+                         help="Only include imports at the top level of the script.")
+    actions.add_argument("--function", metavar="NAME",
+                         help="Only include what the given function needs (its imports and the "
+                              "imports and helper functions of the script it uses).")
+    parser.add_argument("--pkg-mapping", action="append", metavar="IMPORT=NAME", default=[],
+                        help="The module imported as IMPORT is provided by the pip/conda "
+                             "package NAME (or a requirement, NAME==VERSION).")
+    parser.add_argument("--extra-pkg", action="append", metavar="PKG", default=[],
+                        help="Also include the pip/conda package PKG, even if it does not "
+                             "appear in the sources.")
+    parser.add_argument("--ignore", action="append", metavar="MODULE", default=[],
+                        help="Never include MODULE (nor its submodules).")
+    parser.add_argument("--no-transitive", action="store_true",
+                        help="Pin only the distributions imported, not their dependencies.")
+    parser.add_argument("--channel", action="append", metavar="CHANNEL", default=None,
+                        help="Conda channel of the spec (repeatable; default conda-forge).")
+    parser.add_argument("--conda-prefix", metavar="DIR", default=None,
+                        help="Conda prefix whose conda-meta records to use (default: "
+                             "sys.prefix).")
+    return parser
+
+
+def _mapping(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise AnalysisOptionError(f"--pkg-mapping {item!r} is not IMPORT=NAME, e.g. "
+                                      "--pkg-mapping cv2=opencv-python")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def analyze_sources(sources: list[str], args: argparse.Namespace, analyzer: Analyzer
+                    ) -> dict[str, Any]:
+    """The spec (as a dict) for ``sources`` with the command-line options in ``args``."""
+    uses: dict[str, ModuleUse] = {}
+    for source in sources:
+        if source != "-":
+            folder = os.path.dirname(os.path.abspath(source))
+            if folder not in sys.path:
+                sys.path.insert(0, folder)  # as when the script runs: its folder is importable
+        try:
+            code = compile_file(source)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise AnalysisError(f"Cannot read Python source {source!r}: {exc}") from exc
+        name = "<stdin>" if source == "-" else source
+        if args.function:
+            if not find_code(code, args.function):
+                raise AnalysisError(f"No function or class {args.function!r} in {name}; "
+                                    "check --function")
+            found = static_function_uses(code, args.function)
+        else:
+            found = _code_uses(code, toplevel=args.toplevel)
+        for module, use in found.items():
+            uses.setdefault(module, use)
+    label = f"{args.function} in {', '.join(sources)}" if args.function else ", ".join(sources)
+    requirements = analyzer.resolve(uses, label)
+    return analyzer.pin(requirements).to_dict()
+
+
+def _code_uses(code: Any, toplevel: bool) -> dict[str, ModuleUse]:
+    finder = ModuleFinder()
+    imports: list[Any] = []
+    if toplevel:
+        _scan_code(code, imports, [])
+    else:
+        imports = list(code_info(code).imports)
+    for imp in imports:
+        finder._import(imp, None, f"{code.co_filename}:{imp.line}", False)
+    return finder.modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `poncho_package_analyze` with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    sources = args.source or ["-"]
+    try:
+        analyzer = Analyzer(
+            pkg_mapping=_mapping(args.pkg_mapping),
+            extra_pkgs=args.extra_pkg,
+            ignore=args.ignore,
+            pin_transitive=not args.no_transitive,
+            channels=args.channel,
+            conda_prefix=args.conda_prefix,
+        )
+        spec = analyze_sources(sources, args, analyzer)
+    except PonchoError as exc:
+        print(f"poncho_package_analyze: error: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(spec, indent=4, sort_keys=True) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        tmp = f"{args.out}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
