@@ -316,10 +316,17 @@ class Spec:
         }
 
     def canonical_json(self) -> str:
-        """Sorted, normalised JSON: equal for specs that differ only in order or spelling."""
-        return json.dumps(
-            self.canonical_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
+        """Sorted, normalised JSON: equal for specs that differ only in order or spelling.
+
+        Computed once per Spec object (a Spec is immutable: never mutate its git/http dicts).
+        """
+        cached = self.__dict__.get("_canonical_json")
+        if cached is None:
+            cached = json.dumps(
+                self.canonical_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+            object.__setattr__(self, "_canonical_json", cached)
+        return cached
 
     def hash(self, platform: str | None = None) -> str:
         """sha256 hex of the canonical spec, the platform (default: this host's) and format."""

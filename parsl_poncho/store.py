@@ -117,6 +117,8 @@ class EnvStore:
         self._validated: set[str] = set()
         self._known: dict[str, tuple[Env, tuple[int, int] | None]] = {}
         self._closed = False
+        with contextlib.suppress(OSError):
+            self.clean_staging()  # leftovers of builders that died (their build lock is free)
 
     def _make_dirs(self) -> None:
         try:
@@ -374,7 +376,10 @@ class EnvStore:
             if not target.exists():
                 return False
             self._discard(target)
-            return True
+        self._known.pop(env_hash, None)
+        with _try_flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX, unlink=True):
+            pass  # drop the build lock file too, unless a build of this hash is running
+        return True
 
     def prune(self, max_size: int, *, keep: tuple[str, ...] = ()) -> list[str]:
         """Evict least-recently-used entries not in use until at most ``max_size`` bytes remain.
