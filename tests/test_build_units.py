@@ -32,13 +32,13 @@ from parsl_poncho.spec import HttpData, LocalCode, Spec
 # -- channels ---------------------------------------------------------------------------------
 
 
-def test_channel_names_urls_and_paths(tmp_path):
+def test_channel_names_urls_and_paths(tmp_path, monkeypatch):
     assert conda.channel_urls("conda-forge") == ["https://conda.anaconda.org/conda-forge"]
     assert conda.channel_urls("defaults") == list(conda.DEFAULTS_URLS)
     assert conda.channel_urls("https://example.org/chan/") == ["https://example.org/chan"]
     assert conda.channel_urls("file:///srv/chan") == ["file:///srv/chan"]
     assert conda.channel_urls(str(tmp_path)) == [tmp_path.as_uri()]
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "local").mkdir()
     assert conda.channel_urls("./local") == [(tmp_path / "local").as_uri()]
     assert conda.channel_urls("local") == [(tmp_path / "local").as_uri()]
