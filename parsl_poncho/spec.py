@@ -465,6 +465,9 @@ def _semantic_problems(data: Mapping[str, Any]) -> Iterator[tuple[PathParts, str
     yield from _git_problems(data.get("git"))
     yield from _http_problems(data.get("http"))
     yield from _extension_problems(data.get(EXTENSION_KEY))
+    for key in data:
+        if key != EXTENSION_KEY and difflib.get_close_matches(key, [EXTENSION_KEY], cutoff=0.8):
+            yield (key,), f"unknown extension; did you mean {EXTENSION_KEY!r}?"
     git, http = data.get("git"), data.get("http")
     if isinstance(git, Mapping) and isinstance(http, Mapping):
         for var in sorted(set(git) & set(http)):

@@ -90,6 +90,12 @@ def test_unknown_nested_key_suggests_spelling() -> None:
         Spec.from_dict({"conda": {"dependancies": ["python"]}})
 
 
+def test_misspelt_extension_key_is_caught() -> None:
+    with pytest.raises(SpecError, match=r"x-parsl-ponch: unknown extension; did you mean"):
+        Spec.from_dict({"x-parsl-ponch": {"local": {}}})
+    assert Spec.from_dict({"x-other": {}}) == Spec()
+
+
 def test_pinned_section_gets_specific_advice() -> None:
     with pytest.raises(SpecError, match=r"'pinned' is not supported"):
         Spec.from_dict({"conda": {"dependencies": []}, "pinned": {"conda": {}}})
