@@ -622,9 +622,6 @@ class SeededBuilder:
 # -- pure helpers (tested directly) ---------------------------------------------------------
 
 
-_WRAP_ERROR_CODE: Any = None
-
-
 def unwrap_error_wrapper(func: Callable) -> Callable:
     """The app function inside Parsl's ``wrap_error`` wrapper, or ``func`` unchanged.
 
@@ -632,17 +629,11 @@ def unwrap_error_wrapper(func: Callable) -> Callable:
     imports parsl on the worker just to turn an exception into a RemoteExceptionWrapper value.
     This executor carries remote exceptions itself (same type, remote traceback attached), so it
     submits the inner function: a python app's env then needs no parsl, and Parsl sees the same
-    failure either way.
+    failure either way. (The analysis strips the same wrapper: see ``strip_parsl_wrapper``.)
     """
-    global _WRAP_ERROR_CODE
-    if _WRAP_ERROR_CODE is None:
-        from parsl.app.errors import wrap_error
+    from parsl_poncho.analyze import strip_parsl_wrapper
 
-        _WRAP_ERROR_CODE = wrap_error(len).__code__  # type: ignore[attr-defined]
-    inner = getattr(func, "__wrapped__", None)
-    if inner is not None and getattr(func, "__code__", None) is _WRAP_ERROR_CODE:
-        return inner
-    return func
+    return strip_parsl_wrapper(func)
 
 
 def serialize_call(func: Callable, args: tuple, kwargs: dict) -> bytes:
@@ -768,19 +759,22 @@ def remote_exception(report: Mapping[str, Any], *, env_hash: str = "?",
     )
 
 
-def modules_from_requirements(req: Any) -> dict[str, Any]:
-    """Module -> distribution (or None for local code) from ``Analyzer.requirements()``."""
-    if req is None:
+def modules_from_requirements(req: Any) -> dict[str, str | None]:
+    """Module -> providing distribution (None for local code) from ``Analyzer.requirements()``.
+
+    Modules first used inside a ``try`` block (optional imports) are left out: their absence
+    is something the function handles.
+    """
+    providers = getattr(req, "providers", None)
+    if not isinstance(providers, Mapping):
         return {}
-    for attr in ("module_to_distribution", "distributions_by_module", "modules"):
-        value = getattr(req, attr, None)
-        if isinstance(value, Mapping):
-            return {str(k): (str(v) if v is not None else None) for k, v in value.items()}
-        if attr == "modules" and value is not None:
-            return {str(m): None for m in value}
-    if isinstance(req, Mapping):
-        return {str(k): (str(v) if v is not None else None) for k, v in req.items()}
-    return {}
+    uses = getattr(req, "modules", {}) or {}
+    out: dict[str, str | None] = {}
+    for module, dist in providers.items():
+        if getattr(uses.get(module), "optional", False):
+            continue
+        out[str(module)] = None if str(dist).startswith("local:") else str(dist)
+    return out
 
 
 def env_hash_of(future: Any) -> str | None:

@@ -50,7 +50,8 @@ def verify_env(
     :param modules: what to import, with the distribution each should come from (for messages).
     :param env_hash: the environment's hash (for messages).
     :param poncho_run: the worker shim used to unpack and activate the environment.
-    :param unpack_dir: where the shim unpacks (kept, so later checks of the same env are fast).
+    :param unpack_dir: the shim's cache directory for these checks (one subdirectory per env,
+        kept so later checks of the same env are fast).
     :raises EnvVerificationError: a module does not import, or the environment does not start.
 
     >>> verify_env(Path("env-ab.tar.gz"), {"numpy": "numpy"}, env_hash="ab",
@@ -59,7 +60,7 @@ def verify_env(
     names = sorted(modules)
     if not names:
         return
-    command: list[str] = ["sh", str(poncho_run), "-e", str(tarball), "-u", str(unpack_dir)]
+    command: list[str] = ["sh", str(poncho_run), "-e", str(tarball), "--cache-dir", str(unpack_dir)]
     if sha256:
         command += ["-s", sha256]
     command += ["--", "python", "-c", _IMPORT_SCRIPT, *names]
