@@ -1,7 +1,39 @@
-"""parsl-poncho: run each Parsl app inside a conda environment built for it and shipped by Work Queue."""
+"""parsl-poncho: run each Parsl app in a conda environment built for it and shipped by Work Queue.
+
+Public API (imported lazily, so ``import parsl_poncho`` stays cheap and does not import parsl)::
+
+    from parsl_poncho import PonchoExecutor, env_hash_of, Analyzer, EnvStore, Env, Spec
+    from parsl_poncho.analyze import analyze   # the function; ``parsl_poncho.analyze`` is
+                                               # the subpackage, so it cannot be re-exported
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "PonchoExecutor": "parsl_poncho.executor",
+    "env_hash_of": "parsl_poncho.executor",
+    "Analyzer": "parsl_poncho.analyze",
+    "EnvStore": "parsl_poncho.store",
+    "Env": "parsl_poncho.store",
+    "Spec": "parsl_poncho.spec",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'parsl_poncho' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
