@@ -113,14 +113,17 @@ def call_function(fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     return {"status": "ok", "value": value}
 
 
-def serialize_result(result: dict[str, Any]) -> bytes:
-    """Pickle ``result``; an unpicklable return value becomes a "raised" result."""
+def serialize_result(result: dict[str, Any]) -> tuple[bytes, str]:
+    """Pickle ``result``; an unpicklable return value becomes a "raised" result.
+
+    Returns the bytes and the status they hold.
+    """
     import pickle
 
     import cloudpickle
 
     try:
-        return cloudpickle.dumps(result)
+        return cloudpickle.dumps(result), result["status"]
     except Exception as exc:
         if result.get("status") == "ok":
             value = result.get("value")
@@ -139,7 +142,7 @@ def serialize_result(result: dict[str, Any]) -> bytes:
         else:
             fallback = dict(result, exception=None)
         try:
-            return cloudpickle.dumps(fallback)
+            return cloudpickle.dumps(fallback), fallback["status"]
         except Exception as exc2:
             raise RunnerError(f"cannot pickle the result: {type(exc2).__name__}: {exc2}") from exc2
 
@@ -174,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     fn_path, result_path = argv
     try:
         fn, args, kwargs = load_call(fn_path)
-        result = call_function(fn, args, kwargs)
-        write_atomically(result_path, serialize_result(result))
+        data, status = serialize_result(call_function(fn, args, kwargs))
+        write_atomically(result_path, data)
     except RunnerError as exc:
         print(f"run_function.py: error: {exc}", file=sys.stderr)
         return EXIT_RUNNER_FAILED
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNNER_FAILED
-    return EXIT_OK if result["status"] == "ok" else EXIT_RAISED
+    return EXIT_OK if status == "ok" else EXIT_RAISED
 
 
 if __name__ == "__main__":

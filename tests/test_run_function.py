@@ -1,0 +1,225 @@
+"""worker_shim/run_function.py: runs a cloudpickled call and writes the value or the exception,
+with exit codes that tell "the function raised" from "the runner failed"."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from parsl_poncho.shim import run_function_path
+
+EXIT_OK, EXIT_RAISED, EXIT_RUNNER_FAILED = 0, 10, 20
+
+# Defined as if in a script's __main__, so cloudpickle ships them by value (as on a real submit).
+FUNCTIONS = '''
+import os, sys
+
+def add(x, y=1):
+    return x + y
+
+def fail(msg):
+    helper(msg)
+
+def helper(msg):
+    raise ValueError(msg)
+
+class NeedsTwoArgs(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+def raise_unpicklable():
+    raise NeedsTwoArgs(1, 2)
+
+class LockedError(Exception):
+    def __init__(self):
+        import threading
+        super().__init__("has a lock")
+        self.lock = threading.Lock()
+
+def raise_with_lock():
+    raise LockedError()
+
+def return_generator():
+    return (i for i in range(3))
+
+def exit_early():
+    sys.exit(3)
+
+def chatty():
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    return os.getpid()
+'''
+
+
+@pytest.fixture(scope="module")
+def fns() -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(FUNCTIONS, "<user-script>", "exec"), namespace)
+    return namespace
+
+
+def run(tmp_path: Path, fn: Any, *args: Any, **kwargs: Any):
+    """Run the runner on (fn, args, kwargs); returns (process, result dict or None)."""
+    fn_pkl = tmp_path / "fn.pkl"
+    result_pkl = tmp_path / "result.pkl"
+    fn_pkl.write_bytes(cloudpickle.dumps((fn, args, kwargs)))
+    proc = subprocess.run(
+        [sys.executable, str(run_function_path()), str(fn_pkl), str(result_pkl)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    result = cloudpickle.loads(result_pkl.read_bytes()) if result_pkl.exists() else None
+    return proc, result
+
+
+def test_returned_value(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["add"], 2, y=5)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert result == {"status": "ok", "value": 7}
+
+
+def test_raised_exception_with_remote_traceback(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["fail"], "boom")
+    assert proc.returncode == EXIT_RAISED
+    assert result["status"] == "raised"
+    assert result["exc_type"] == "builtins.ValueError"
+    assert result["message"] == "boom"
+    assert isinstance(result["exception"], ValueError)
+    assert str(result["exception"]) == "boom"
+    tb = result["traceback"]
+    assert tb.startswith("Traceback (most recent call last):")
+    assert "in fail" in tb and "in helper" in tb and tb.rstrip().endswith("ValueError: boom")
+    assert "run_function.py" not in tb  # the runner's own frames are left out
+
+
+def test_exception_that_cannot_be_unpickled_is_none(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["raise_unpicklable"])
+    assert proc.returncode == EXIT_RAISED
+    assert result["exc_type"] == "__main__.NeedsTwoArgs"
+    assert result["message"] == "1/2"
+    assert result["exception"] is None
+    assert "NeedsTwoArgs: 1/2" in result["traceback"]
+
+
+def test_exception_that_cannot_be_pickled_is_none(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["raise_with_lock"])
+    assert proc.returncode == EXIT_RAISED
+    assert result["exc_type"] == "__main__.LockedError"
+    assert result["exception"] is None
+
+
+def test_unpicklable_return_value_is_reported_as_raised(
+    tmp_path: Path, fns: dict[str, Any]
+) -> None:
+    proc, result = run(tmp_path, fns["return_generator"])
+    assert proc.returncode == EXIT_RAISED
+    assert result["exc_type"] == "_pickle.PicklingError" or result["exc_type"].endswith(
+        "PicklingError"
+    )
+    assert "builtins.generator that cannot be pickled" in result["message"]
+
+
+def test_system_exit_belongs_to_the_task(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["exit_early"])
+    assert proc.returncode == EXIT_RAISED
+    assert result["exc_type"] == "builtins.SystemExit"
+
+
+def test_output_passes_through(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["chatty"])
+    assert proc.returncode == EXIT_OK
+    assert proc.stdout == "to stdout\n" and proc.stderr == "to stderr\n"
+    assert isinstance(result["value"], int)
+
+
+def test_builtin_and_lambda(tmp_path: Path) -> None:
+    proc, result = run(tmp_path, sorted, [3, 1, 2], reverse=True)
+    assert (proc.returncode, result["value"]) == (EXIT_OK, [3, 2, 1])
+    proc, result = run(tmp_path, lambda x: x * 2, 21)
+    assert (proc.returncode, result["value"]) == (EXIT_OK, 42)
+
+
+def test_result_is_written_atomically(tmp_path: Path, fns: dict[str, Any]) -> None:
+    (tmp_path / "result.pkl").write_bytes(b"stale")
+    proc, result = run(tmp_path, fns["add"], 1)
+    assert proc.returncode == EXIT_OK
+    assert result["value"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fn.pkl", "result.pkl"]
+
+
+def runner(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(run_function_path()), *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_wrong_arguments_are_a_runner_failure(tmp_path: Path) -> None:
+    proc = runner(tmp_path, "only-one.pkl")
+    assert proc.returncode == EXIT_RUNNER_FAILED
+    assert "usage: python run_function.py FN.pkl RESULT.pkl" in proc.stderr
+
+
+def test_missing_function_file(tmp_path: Path) -> None:
+    proc = runner(tmp_path, "nope.pkl", "result.pkl")
+    assert proc.returncode == EXIT_RUNNER_FAILED
+    assert "cannot read the function file 'nope.pkl'" in proc.stderr
+    assert not (tmp_path / "result.pkl").exists()
+
+
+def test_garbage_function_file(tmp_path: Path) -> None:
+    (tmp_path / "fn.pkl").write_bytes(b"not a pickle")
+    proc = runner(tmp_path, "fn.pkl", "result.pkl")
+    assert proc.returncode == EXIT_RUNNER_FAILED
+    assert "cannot load the function from 'fn.pkl'" in proc.stderr
+
+
+def test_wrong_payload_shape(tmp_path: Path) -> None:
+    (tmp_path / "fn.pkl").write_bytes(cloudpickle.dumps({"fn": print}))
+    proc = runner(tmp_path, "fn.pkl", "result.pkl")
+    assert proc.returncode == EXIT_RUNNER_FAILED
+    assert "does not hold cloudpickle.dumps((fn, args, kwargs))" in proc.stderr
+
+
+def test_module_missing_in_environment(tmp_path: Path) -> None:
+    # A function pickled by reference to a module the worker's env does not have.
+    module_dir = tmp_path / "submit_side"
+    module_dir.mkdir()
+    (module_dir / "only_on_submit_host.py").write_text("def f():\n    return 1\n")
+    sys.path.insert(0, str(module_dir))
+    try:
+        import only_on_submit_host  # type: ignore[import-not-found]
+
+        payload = cloudpickle.dumps((only_on_submit_host.f, (), {}))
+    finally:
+        sys.path.remove(str(module_dir))
+        sys.modules.pop("only_on_submit_host", None)
+    (tmp_path / "fn.pkl").write_bytes(payload)
+    proc = runner(tmp_path, "fn.pkl", "result.pkl")
+    assert proc.returncode == EXIT_RUNNER_FAILED
+    assert "No module named 'only_on_submit_host'" in proc.stderr
+    assert "lacks a module the function or its arguments need" in proc.stderr
+
+
+def test_unwritable_result_location(tmp_path: Path, fns: dict[str, Any]) -> None:
+    (tmp_path / "fn.pkl").write_bytes(cloudpickle.dumps((fns["add"], (1,), {})))
+    proc = runner(tmp_path, "fn.pkl", str(tmp_path / "no-such-dir" / "result.pkl"))
+    assert proc.returncode == EXIT_RUNNER_FAILED
+    assert "cannot write the result file" in proc.stderr
+
+
+def test_runner_imports_only_stdlib_and_cloudpickle() -> None:
+    import ast
+
+    tree = ast.parse(run_function_path().read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"cloudpickle"}
