@@ -251,8 +251,8 @@ class Classifier:
         if names:
             dist = self.installed(names[0])
             if dist is not None:
-                if _is_editable(dist):
-                    return self._local(module, top, origin, "editable install")
+                if _is_editable(dist) or _in_source_tree(origin, dist):
+                    return self._local(module, top, origin, "editable or development install")
                 conda = self.conda.by_dist.get(normalize_name(dist.metadata["Name"] or ""))
                 if conda is not None:
                     return Classification(module, "distribution", conda.distribution())
@@ -344,6 +344,19 @@ def _origin(module: str) -> str | None:
         return str(spec.origin)
     locations = list(spec.submodule_search_locations or ())
     return str(locations[0]) if len(locations) == 1 else None
+
+
+def _in_source_tree(origin: str | None, dist: Any) -> bool:
+    """A development install: egg-info metadata, the module outside site-packages and stdlib.
+
+    (``pip install --target DIR`` also puts modules outside site-packages, with dist-info:
+    those stay distributions.)
+    """
+    meta_path = str(getattr(dist, "_path", ""))
+    if origin is None or not meta_path.rstrip("/").endswith(".egg-info"):
+        return False
+    real = os.path.realpath(origin)
+    return not real.startswith(_site_dirs()) and not real.startswith(_stdlib_dirs())
 
 
 def _is_editable(dist: Any) -> bool:

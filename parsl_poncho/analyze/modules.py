@@ -331,7 +331,27 @@ class ModuleFinder:
                     self.walk(value, f"{where}, {module.__name__}.{attr}")
 
     def _instance(self, obj: Any, t: type, where: str) -> None:
-        self.walk(t, where)
+        # An instance is rebuilt through its class (or its __reduce__ names a global): a class
+        # of an importable module needs that module, even when not reachable by its qualname
+        # (C types such as numpy's _ArrayFunctionDispatcher).
+        module_name = getattr(t, "__module__", None)
+        if (isinstance(module_name, str) and module_name in sys.modules
+                and module_name not in ("__main__", "__mp_main__")
+                and "<locals>" not in t.__qualname__
+                and not _registered_by_value(module_name, self._registry)):
+            self.add(module_name, where)
+        else:
+            self.walk(t, where)
+        try:  # objects pickled by name (numpy ufuncs, enum-like singletons) name their module
+            module = obj.__module__
+        except Exception:  # noqa: BLE001 - arbitrary __getattr__: nothing to learn
+            module = None
+        if isinstance(module, str) and module != getattr(t, "__module__", None):
+            self.add(module, where)
+        elif module is None and isinstance(getattr(obj, "__name__", None), str):
+            found = _which_module(obj)  # pickled by name, found by scanning (numpy ufuncs)
+            if found:
+                self.add(found, where)
         if self._opaque(getattr(t, "__module__", "") or ""):
             return
         state = getattr(obj, "__dict__", None)
@@ -408,21 +428,16 @@ class ModuleFinder:
         self._walk_items(func.__dict__.values(), f"{qual} (function attribute)")
 
     def _global(self, value: Any, attrs: tuple[str, ...], where: str) -> None:
-        # Follow the attribute chain through modules (no getattr: lazy module __getattr__
-        # hooks would import things); record submodules, walk the object it ends on.
+        # Follow the attribute chain through submodules only (``scipy.linalg.norm`` needs
+        # scipy.linalg): attributes of a module pickled by reference are looked up remotely,
+        # not shipped. No getattr: lazy module __getattr__ hooks would import things.
         for attr in attrs:
             if not isinstance(value, types.ModuleType):
                 break
             sub = sys.modules.get(f"{value.__name__}.{attr}")
-            nxt = vars(value).get(attr, _MISSING)
-            if isinstance(sub, types.ModuleType) and (nxt is _MISSING or nxt is sub):
-                self.walk(value, where)
-                value = sub
-            elif nxt is not _MISSING:
-                self.walk(value, where)
-                value = nxt
-            else:
+            if not isinstance(sub, types.ModuleType) or vars(value).get(attr, sub) is not sub:
                 break
+            value = sub
         self.walk(value, where)
 
     def _import(self, imp: _Import, package: str | None, where: str, optional: bool) -> None:
@@ -444,6 +459,20 @@ class ModuleFinder:
                 recorded = True
         if not recorded:
             self.add(name, where, optional)
+
+
+def _which_module(obj: Any) -> str | None:
+    """The module holding ``obj`` under its ``__name__``, as pickle.whichmodule finds it."""
+    name = obj.__name__
+    for module_name, module in list(sys.modules.items()):
+        if module_name in ("__main__", "__mp_main__") or not isinstance(module, types.ModuleType):
+            continue
+        try:
+            if vars(module).get(name) is obj:
+                return module_name
+        except TypeError:  # pragma: no cover - a module without a dict
+            continue
+    return None
 
 
 def _package_of(glob: dict[str, Any]) -> str | None:
