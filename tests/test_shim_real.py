@@ -1,0 +1,230 @@
+"""poncho_run and run_function.py on a real environment tarball made by the builder: one unpack
+among 16 concurrent tasks, SIGKILL mid-unpack, corrupt and unsafe archives, and a function run
+with the submit host's Python and the project checkout hidden (unshare --mount + tmpfs)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from shim_helpers import SHELL, ShimRunner
+
+from parsl_poncho.shim import poncho_run_path, run_function_path
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@pytest.fixture(scope="session")
+def real_env(seeded_channel: Path, build_cache_dir: Path, tmp_path_factory) -> Path:
+    """env-shimtest.tar.gz: python + pip + this cloudpickle, built by build_env (once)."""
+    from parsl_poncho.build import BuildOptions, build_env
+    from parsl_poncho.spec import Spec
+
+    out = tmp_path_factory.mktemp("real-env") / "env-shimtest.tar.gz"
+    spec = Spec(conda=(f"python={PYVER}", "pip"), pip=(f"cloudpickle=={cloudpickle.__version__}",))
+    options = BuildOptions(channels=(str(seeded_channel),), cache_dir=build_cache_dir,
+                           workdir=out.parent / "work")
+    build_env(spec, out, options=options, progress=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_env_tar(real_env: Path) -> bytes:
+    """The uncompressed tar stream of the real env (to craft variants from)."""
+    return gzip.decompress(real_env.read_bytes())
+
+
+@pytest.fixture()
+def shim(tmp_path: Path) -> ShimRunner:
+    return ShimRunner(tmp_path)
+
+
+def by_value(source: str, name: str) -> Any:
+    """A function defined as in a user's __main__ script, so cloudpickle ships its code."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, "<user-script>", "exec"), namespace)
+    return namespace[name]
+
+
+PROBE = '''
+def probe(hidden):
+    import os, sys
+    import cloudpickle
+    try:
+        import parsl  # noqa: F401
+        has_parsl = True
+    except ImportError:
+        has_parsl = False
+    return {
+        "prefix": sys.prefix,
+        "executable": sys.executable,
+        "cloudpickle": cloudpickle.__file__,
+        "sys_path": list(sys.path),
+        "hidden": {p: sorted(os.listdir(p)) for p in hidden if os.path.isdir(p)},
+        "has_parsl": has_parsl,
+        "conda_prefix": os.environ.get("CONDA_PREFIX"),
+        "user_site": __import__("site").ENABLE_USER_SITE,
+    }
+'''
+
+
+def stage_task(workdir: Path, tarball: Path, fn: Any, *args: Any) -> Path:
+    """Lay out a task sandbox as Work Queue would: shim, runner, env tarball, fn.pkl."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(poncho_run_path(), workdir / "poncho_run")
+    shutil.copy2(run_function_path(), workdir / "run_function.py")
+    shutil.copy2(tarball, workdir / tarball.name)
+    (workdir / "fn.pkl").write_bytes(cloudpickle.dumps((fn, args, {})))
+    return workdir
+
+
+def task_command(tarball_name: str) -> list[str]:
+    return [SHELL, "./poncho_run", "-e", tarball_name, "--",
+            "python", "./run_function.py", "fn.pkl", "result.pkl"]
+
+
+def test_function_roundtrip_through_the_shim(shim: ShimRunner, real_env: Path,
+                                              tmp_path: Path) -> None:
+    task = stage_task(tmp_path / "task", real_env, by_value(PROBE, "probe"), [])
+    proc = subprocess.run(task_command(real_env.name), cwd=task, env=shim.environ(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = cloudpickle.loads((task / "result.pkl").read_bytes())
+    assert result["status"] == "ok"
+    value = result["value"]
+    prefix = str(shim.cache / "env-shimtest")
+    assert value["prefix"] == value["conda_prefix"] == prefix
+    assert value["cloudpickle"].startswith(prefix + "/")
+    assert value["user_site"] is False
+    assert value["has_parsl"] is False
+
+
+def test_sixteen_concurrent_tasks_unpack_once(shim: ShimRunner, real_env: Path) -> None:
+    procs = [shim.popen("-d", "-e", real_env, "python", "-c", "import cloudpickle")
+             for _ in range(16)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 16, [err for _, err in outputs]
+    unpacks = [err for _, err in outputs if "] unpacked " in err]
+    assert len(unpacks) == 1
+    assert shim.leftovers() == []
+
+
+def test_sigkill_during_unpack_then_success(shim: ShimRunner, real_env: Path) -> None:
+    target = shim.cache / "env-shimtest"
+    proc = shim.popen("-e", real_env, "true")
+    deadline = time.monotonic() + 120
+    while not list(shim.cache.glob("env-shimtest.partial.*")):
+        assert proc.poll() is None, "the unpack finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (target / ".poncho-ready").exists()
+
+    result = shim.run("-e", real_env, "python", "-c", "import sys; print(sys.prefix)",
+                      timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(target)
+    assert shim.leftovers() == []
+
+
+def test_truncated_real_tarball(shim: ShimRunner, real_env: Path, tmp_path: Path) -> None:
+    short = tmp_path / real_env.name
+    data = real_env.read_bytes()
+    short.write_bytes(data[: len(data) * 9 // 10])
+    result = shim.run("-e", short, "python", "-c", "pass", timeout=300)
+    assert result.returncode == 65
+    assert "is truncated or corrupt" in result.stderr
+    assert not (shim.cache / "env-shimtest").exists() and shim.leftovers() == []
+
+
+@pytest.mark.parametrize(
+    "name, kind, target",
+    [
+        ("../escaped.txt", tarfile.REGTYPE, ""),
+        ("/tmp/parsl-poncho-escaped.txt", tarfile.REGTYPE, ""),
+        ("lib/escape", tarfile.SYMTYPE, "../../.."),
+    ],
+)
+def test_real_tarball_with_an_unsafe_member(shim: ShimRunner, real_env_tar: bytes,
+                                            tmp_path: Path, name: str, kind: bytes,
+                                            target: str) -> None:
+    raw = tmp_path / "env-evil.tar"
+    raw.write_bytes(real_env_tar)
+    with tarfile.open(raw, "a", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.linkname = target
+        tar.addfile(info, io.BytesIO(b""))
+    evil = tmp_path / "env-evil.tar.gz"
+    evil.write_bytes(gzip.compress(raw.read_bytes(), compresslevel=1))
+    raw.unlink()
+    result = shim.run("-e", evil, "python", "-c", "pass", timeout=300)
+    assert result.returncode == 66, result.stderr
+    assert "unsafe archive" in result.stderr
+    assert list(shim.cache.iterdir()) == []
+    assert not (tmp_path.parent / "escaped.txt").exists()
+    assert not Path("/tmp/parsl-poncho-escaped.txt").exists()
+
+
+def hidden_paths() -> list[str]:
+    """The submit host's Python installation and the project checkout (with its venv)."""
+    paths = {str(REPO)}
+    base = Path(sys.base_prefix)
+    if str(base) in ("/usr", "/usr/local", "/"):
+        paths.update(str(p) for p in base.glob("lib/python3*"))
+    elif "/.pyenv/" in str(base):
+        paths.add(str(base).split("/.pyenv/")[0] + "/.pyenv")
+    else:
+        paths.add(str(base))
+    paths.update(str(p) for p in Path("/usr/lib").glob("python3*"))
+    paths.update(str(p) for p in Path("/usr/local/lib").glob("python3*"))
+    return sorted(p for p in paths if os.path.isdir(p))
+
+
+def unshare_works() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not unshare_works(), reason="needs root and unshare --mount")
+def test_function_runs_from_the_shipped_env_alone(real_env: Path, tmp_path: Path) -> None:
+    hidden = hidden_paths()
+    task = stage_task(tmp_path / "task", real_env, by_value(PROBE, "probe"), hidden)
+    mounts = "".join(f"mount -t tmpfs tmpfs '{p}' && " for p in hidden)
+    shell = shutil.which("dash") or "/bin/sh"
+    command = " ".join(f"'{a}'" for a in [shell, *task_command(real_env.name)[1:]])
+    script = f"{mounts}cd '{task}' && exec {command}"
+    env = dict(os.environ, PARSL_PONCHO_WORKER_CACHE=str(tmp_path / "node-cache"),
+               PYTHONPATH=f"{REPO}:{sys.base_prefix}/lib/python{PYVER}", PYTHONHOME=sys.base_prefix)
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = cloudpickle.loads((task / "result.pkl").read_bytes())
+    assert result["status"] == "ok", result.get("traceback")
+    value = result["value"]
+    prefix = str(tmp_path / "node-cache" / "env-shimtest")
+    assert value["prefix"] == prefix
+    assert value["executable"].startswith(prefix + "/bin/python")
+    assert value["hidden"] == {p: [] for p in hidden}  # really hidden from the task
+    assert value["has_parsl"] is False
+    assert value["cloudpickle"].startswith(prefix + "/")
+    outside = [p for p in value["sys_path"] if p and not p.startswith((prefix, str(task)))]
+    assert outside == []
