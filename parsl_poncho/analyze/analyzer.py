@@ -327,8 +327,11 @@ class Analyzer:
                     providers[module] = normalize_name(re.split(r"[^A-Za-z0-9._-]", target)[0])
                 continue
             if module.startswith("."):
-                raise self._unresolved(module, use, function, "it is a relative import in code "
-                                       "that belongs to no package")
+                raise UnresolvedImportError(
+                    f"Cannot resolve the relative import of {module!r} in {use.where} "
+                    f"(analysing {function}): the code belongs to no package (a script or "
+                    "__main__). Use an absolute import: import the module by its name.",
+                    module=module, function=function)
             found = self.classifier.classify(module)
             if found.kind == "stdlib":
                 modules.pop(module, None)

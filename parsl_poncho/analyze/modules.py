@@ -446,7 +446,8 @@ class ModuleFinder:
             base = package or ""
             parts = base.split(".") if base else []
             if imp.level - 1 > len(parts) or not base:
-                self.add("." * imp.level + name, where, optional or imp.guarded)
+                rel = name or ",".join(imp.fromlist)
+                self.add("." * imp.level + rel, where, optional or imp.guarded)
                 return
             base = ".".join(parts[: len(parts) - (imp.level - 1)])
             name = f"{base}.{name}" if name else base
