@@ -242,7 +242,7 @@ class Classifier:
         record = self.conda.by_import.get(top)
         if record is not None:
             return Classification(module, "distribution", record.distribution())
-        names = list(dict.fromkeys(self._top_level().get(top, ())))
+        names = self._same_name_owner(top) or list(dict.fromkeys(self._top_level().get(top, ())))
         origin = _origin(top)
         if origin is None and top not in sys.modules and not names:
             return Classification(module, "missing", reason=f"no module named {top!r}")
@@ -267,6 +267,21 @@ class Classifier:
             return Classification(module, "unresolved", reason=(
                 f"{origin} is in site-packages but no installed distribution's metadata lists it"))
         return self._local(module, top, origin, "no distribution owns it")
+
+    def _same_name_owner(self, top: str) -> list[str]:
+        """The distribution named like the import name, if it provides it (no full index)."""
+        dist = self.installed(top)
+        if dist is None:
+            return []
+        listed = dist.read_text("top_level.txt")
+        if listed is not None:
+            return [top] if top in listed.split() else []
+        record = dist.read_text("RECORD") or ""
+        for line in record.splitlines():
+            head = line.split(",", 1)[0].split("/", 1)[0]
+            if head == top or head.split(".")[0] == top and not head.endswith("-info"):
+                return [top]
+        return []
 
     def _owners(self, module: str, names: list[str]) -> list[str]:
         """For a namespace package shared by several distributions: those owning ``module``."""
