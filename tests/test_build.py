@@ -315,7 +315,7 @@ def test_build_cleans_scratch_on_failure(tmp_path, monkeypatch):
         (request.prefix / "partial").mkdir(parents=True)
         raise BuildError("boom", step="solve")
 
-    monkeypatch.setattr(conda_mod.RattlerBackend, "solve", explode)
+    monkeypatch.setattr(conda_mod.RattlerBackend, "create", explode)
     options = BuildOptions(cache_dir=tmp_path / "cache", workdir=tmp_path / "work")
     with pytest.raises(BuildError, match="boom"):
         build_env(Spec(conda=("python",)), tmp_path / "env.tar.gz", options=options,

@@ -98,15 +98,3 @@ def test_stale_packages_of_another_interpreter_are_removed(tmp_path):
         path.write_bytes(b"")
     channel_mod._remove_stale(tmp_path, ["noarch/pip-2.0-py_cafe_poncho.tar.bz2"])
     assert not old.exists() and new.exists() and foreign.exists()
-
-
-def test_run_coroutine_inside_a_running_loop():
-    import asyncio
-
-    async def value():
-        return 7
-
-    async def outer():
-        return channel_mod.run_coroutine(value())
-
-    assert asyncio.run(outer()) == 7

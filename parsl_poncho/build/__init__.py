@@ -126,7 +126,7 @@ def build_env(
     cache_dir = Path(options.cache_dir or default_cache_dir()).expanduser().absolute()
     workdir = Path(options.workdir).expanduser() if options.workdir else cache_dir / "tmp"
     workdir.mkdir(parents=True, exist_ok=True)
-    report = Progress(progress, phases=len(PHASES))
+    report = Progress(progress, phases=len(PHASES) - 1)
     scratch = Path(tempfile.mkdtemp(prefix="build-", dir=workdir))
     started = time.time()
     try:
@@ -199,16 +199,14 @@ def _build_in(
 
 def _conda_phase(backend: Any, request: CondaRequest, report: Progress) -> None:
     detail = f"{len(request.specs)} spec(s) from {len(request.channels)} channel(s)"
-    if hasattr(backend, "solve"):
-        with report.phase("solve", f"{detail} with rattler"):
-            records = backend.solve(request)
-        with report.phase("install", f"{len(records)} package(s)"):
-            backend.install(request, records)
-    else:
-        with report.phase("solve", f"{detail} with {backend.name}"):
-            backend.create(request)
-        report.seconds.setdefault("install", 0.0)
-        report.done += 1
+    with report.phase("solve", f"{detail} with {backend.name} (+ install)"):
+        phases = backend.create(request) or {}
+    # the backend knows how its time split between solving and installing
+    total = report.seconds.pop("solve")
+    install = min(float(phases.get("install", 0.0)), total)
+    report.seconds["solve"] = total - install
+    report.seconds["install"] = install
+    report.say(f"solve {total - install:.2f} s, install {install:.2f} s")
 
 
 def _pip_request(spec: Any, options: BuildOptions, prefix: Path, cache_dir: Path) -> PipRequest:

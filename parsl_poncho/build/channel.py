@@ -9,7 +9,6 @@ See ../shared/notes/offline-conda.md for why each step is there.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import hashlib
 import io
@@ -22,7 +21,6 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
-import threading
 import time
 import zipfile
 from contextlib import contextmanager
@@ -159,32 +157,15 @@ def _remove_stale(dest: Path, keep: list[str]) -> None:
 
 def index_channel(channel: Path) -> None:
     """Write repodata.json for every subdir of ``channel`` with py-rattler (no .zst, no shards)."""
-    from rattler.index import index_fs
+    from parsl_poncho.build.conda import run_rattler_child
 
-    run_coroutine(index_fs(channel, write_zst=False, write_shards=False, force=True))
+    result = run_rattler_child({"op": "index", "channel": str(channel)}, step="seed")
+    if not result.get("ok"):
+        raise BuildError(
+            f"seed: indexing the channel {str(channel)!r} failed: {result.get('message')}",
+            step="seed",
+        )
     shutil.rmtree(channel / ".tmp", ignore_errors=True)
-
-
-def run_coroutine(coro: Any) -> Any:
-    """``asyncio.run`` that also works when the calling thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="parsl-poncho-rattler")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def current_subdir() -> str:

@@ -11,8 +11,11 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -80,65 +83,76 @@ class CondaRequest:
 
 
 class RattlerBackend:
-    """Solve with py-rattler (virtual packages detected on this host) and install."""
+    """Solve with py-rattler (virtual packages detected on this host) and install.
+
+    Runs in a child process (``_rattler_child``) so py-rattler's threads can never crash the
+    caller's interpreter at exit.
+    """
 
     name = "rattler"
 
-    def create(self, request: CondaRequest) -> None:
-        """Solve ``request.specs`` and install the result into ``request.prefix``."""
-        records = self.solve(request)
-        self.install(request, records)
+    def create(self, request: CondaRequest) -> dict[str, float]:
+        """Solve and install ``request``; return {"solve": s, "install": s}.
 
-    def solve(self, request: CondaRequest) -> list[Any]:
-        """The solved records; BuildError(step="solve") naming the package when possible."""
-        from rattler import Channel, Gateway, solve
-
-        from parsl_poncho.build.channel import run_coroutine
-
-        sources = [Channel(url) for url in request.channels]
-        gateway = Gateway(cache_dir=request.cache_dir / "repodata", show_progress=False)
-        try:
-            return list(
-                run_coroutine(
-                    solve(
-                        sources=sources,
-                        specs=request.specs,
-                        gateway=gateway,
-                        platforms=[request.platform, "noarch"],
-                        virtual_packages=detect_virtual_packages(),
-                    )
+        :raises BuildError: step "solve" (unsatisfiable, unreachable channel) or "install".
+        """
+        result = run_rattler_child(
+            {
+                "op": "create",
+                "prefix": str(request.prefix),
+                "specs": list(request.specs),
+                "channels": list(request.channels),
+                "platform": request.platform,
+                "cache_dir": str(request.cache_dir),
+            },
+            step="solve",
+            timeout=request.timeout,
+        )
+        if not result.get("ok"):
+            kind, text = result.get("kind", ""), result.get("message", "")
+            if result.get("where") == "install":
+                raise BuildError(
+                    f"install: could not download or link the conda packages into "
+                    f"{str(request.prefix)!r}: {first_line_of(text, kind)}",
+                    step="install",
+                    log_tail=tail(text),
                 )
-            )
-        except Exception as exc:  # rattler raises its own exception classes
-            raise solve_error(exc, request) from exc
-
-    def install(self, request: CondaRequest, records: list[Any]) -> None:
-        """Link ``records`` into the prefix from the package cache under ``cache_dir``."""
-        from rattler import install
-
-        from parsl_poncho.build.channel import run_coroutine
-
-        try:
-            run_coroutine(
-                install(
-                    records,
-                    target_prefix=request.prefix,
-                    cache_dir=request.cache_dir / "pkgs",
-                    show_progress=False,
-                    execute_link_scripts=False,
-                )
-            )
-        except Exception as exc:
-            raise BuildError(
-                f"install: could not download or link the conda packages into "
-                f"{str(request.prefix)!r}: {first_line(exc)}",
-                step="install",
-                log_tail=tail(str(exc)),
-            ) from exc
+            raise solve_error(kind, text, request)
         # rattler leaves a cache tag in the prefix: it is not part of any package.
         tag = request.prefix / "CACHEDIR.TAG"
         if tag.exists():
             tag.unlink()
+        return {k: float(v) for k, v in result.get("phases", {}).items()}
+
+
+def run_rattler_child(
+    payload: dict[str, Any], *, step: str, timeout: float | None = None
+) -> dict[str, Any]:
+    """Run ``payload`` in ``python -m parsl_poncho.build._rattler_child``; return its result."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, env.get("PYTHONPATH", "")) if p
+    )
+    with tempfile.TemporaryDirectory(prefix="rattler-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "parsl_poncho.build._rattler_child", str(result_path)]
+        try:
+            proc = subprocess.run(cmd, input=json.dumps(payload), text=True, env=env,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise BuildError(
+                f"{step}: py-rattler did not finish within {timeout} s (slow or unreachable "
+                "channel?)",
+                step=step,
+            ) from exc
+        if proc.returncode != 0 or not result_path.exists():
+            raise BuildError(
+                f"{step}: the py-rattler helper process failed (exit code {proc.returncode})",
+                step=step,
+                log_tail=tail(proc.stderr + proc.stdout),
+            )
+        return dict(json.loads(result_path.read_text()))
 
 
 def host_platform() -> str:
@@ -148,24 +162,14 @@ def host_platform() -> str:
     return current_subdir()
 
 
-@lru_cache(maxsize=1)
-def detect_virtual_packages() -> tuple[Any, ...]:
-    """This host's virtual packages (__glibc, __linux, ...), detected once per process."""
-    from rattler import VirtualPackage
-
-    return tuple(VirtualPackage.detect())
+def first_line_of(text: str, kind: str = "") -> str:
+    """The first non-empty line of an error message (or the exception kind)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else kind or "unknown error"
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def solve_error(exc: BaseException, request: CondaRequest) -> BuildError:
+def solve_error(kind: str, text: str, request: CondaRequest) -> BuildError:
     """Turn a rattler solve/gateway failure into a BuildError that names the package or channel."""
-    text = str(exc)
-    kind = type(exc).__name__
     if kind == "SolverError" or "Cannot solve" in text:
         package = conda_package_in_error(text)
         where = f" {package!r}" if package else ""
@@ -180,8 +184,8 @@ def solve_error(exc: BaseException, request: CondaRequest) -> BuildError:
     channel = next((url for url in request.channels if url.rstrip("/") in text), None)
     where = f"channel {channel!r}" if channel else f"channels {', '.join(request.channels)}"
     return BuildError(
-        f"solve: could not read the package index of {where}: {first_line(exc)}. Is it "
-        "reachable from here? Without network, seed a local channel "
+        f"solve: could not read the package index of {where}: {first_line_of(text, kind)}. Is "
+        "it reachable from here? Without network, seed a local channel "
         "(parsl-poncho channel seed DIR) and build with --channel DIR",
         step="solve",
         package=None,
@@ -256,9 +260,10 @@ class ExecutableBackend:
             extra["MAMBA_ROOT_PREFIX"] = str(request.cache_dir / "micromamba-root")
         return hermetic_env(extra)
 
-    def create(self, request: CondaRequest) -> None:
+    def create(self, request: CondaRequest) -> dict[str, float]:
         """Run the executable; a failure becomes BuildError(step="solve") naming the package."""
         executable = self.find()
+        start = time.perf_counter()
         try:
             run_step(
                 self.command(request, executable),
@@ -278,6 +283,7 @@ class ExecutableBackend:
                 package=package,
                 log_tail=exc.log_tail,
             ) from exc
+        return {"solve": time.perf_counter() - start, "install": 0.0}
 
 
 def make_backend(solver: str, executable: str | None = None) -> RattlerBackend | ExecutableBackend:
