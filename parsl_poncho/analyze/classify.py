@@ -234,20 +234,25 @@ class Classifier:
         if cached is not None:
             return cached
         with self._lock:
-            result = self._classify(module, top)
-            self._cache[module if result.reason == "namespace" else top] = result
+            result, shared = self._classify(module, top)
+            self._cache[module if shared else top] = result
         return result
 
-    def _classify(self, module: str, top: str) -> Classification:
+    def _classify(self, module: str, top: str) -> tuple[Classification, bool]:
+        """(classification, whether it holds only for ``module``, not its whole top level)."""
+        names = self._same_name_owner(top) or list(dict.fromkeys(self._top_level().get(top, ())))
+        shared = len(names) > 1  # a namespace package several distributions contribute to
+        if shared:
+            names = self._owners(module, names) or names[:1]
+        return self._classify_names(module, top, names), shared
+
+    def _classify_names(self, module: str, top: str, names: list[str]) -> Classification:
         record = self.conda.by_import.get(top)
         if record is not None:
             return Classification(module, "distribution", record.distribution())
-        names = self._same_name_owner(top) or list(dict.fromkeys(self._top_level().get(top, ())))
         origin = _origin(top)
         if origin is None and top not in sys.modules and not names:
             return Classification(module, "missing", reason=f"no module named {top!r}")
-        if len(names) > 1:
-            names = self._owners(module, names) or names[:1]
         if names:
             dist = self.installed(names[0])
             if dist is not None:
