@@ -168,6 +168,8 @@ def test_build_unpack_elsewhere_and_run(tmp_path, build_options, http_root):
     # unpack at a longer path than the build prefix, fix prefixes, run there
     env_dir = unpack(output, tmp_path / ("relocated-" + "x" * 120) / "env")
     variables = data_env(env_dir)
+    record = json.loads((env_dir / "etc" / "parsl-poncho" / "env.json").read_text())
+    assert record["lock"] == manifest.lock
     assert set(variables) == {"REPO_DIR", "REFERENCE_DB", "DATASET", "TABLE"}
     code = (
         "import os, sys, six, idna, mymod, mypkg\n"
@@ -214,6 +216,7 @@ def test_conda_version_that_does_not_exist(tmp_path, build_options):
     with pytest.raises(BuildError, match="cannot be satisfied 'python'") as info:
         build_env(spec, tmp_path / "env.tar.gz", options=build_options, progress=lambda _: None)
     assert info.value.package == "python"
+    assert "seeded local channel holds only the Python" in str(info.value)
 
 
 @pytest.mark.slow
@@ -306,6 +309,13 @@ def test_git_ref_that_does_not_exist(tmp_path, build_options):
     spec = Spec(conda=(f"python={PYVER}",), git={"R": GitData(remote=str(repo), ref="nope")})
     with pytest.raises(BuildError, match="ref 'nope' not found"):
         build_env(spec, tmp_path / "env.tar.gz", options=build_options, progress=lambda _: None)
+
+
+def test_cross_platform_build_with_pip_is_refused(tmp_path):
+    options = BuildOptions(platform="osx-arm64", cache_dir=tmp_path / "c", workdir=tmp_path / "w")
+    with pytest.raises(BuildError, match="cannot build for 'osx-arm64'"):
+        build_env(Spec(conda=("python",), pip=("six",)), tmp_path / "e.tar.gz", options=options,
+                  progress=lambda _: None)
 
 
 def test_build_cleans_scratch_on_failure(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -65,7 +65,7 @@ class BuildOptions:
     :param cache_dir: rattler package/repodata caches and pip/uv caches
         (default: ``paths.default_cache_dir()``).
     :param compress_level: gzip level of the tarball (default 4).
-    :param n_threads: conda-pack compression threads.
+    :param n_threads: conda-pack compression threads (0: up to 2, as the CPUs allow).
     :param timeout: seconds allowed to each subprocess (solver executable, pip, git, download).
     :param keep_workdir: keep the scratch dir after the build (debugging).
     """
@@ -82,10 +82,9 @@ class BuildOptions:
     workdir: Path | None = None
     cache_dir: Path | None = None
     compress_level: int = DEFAULT_COMPRESS_LEVEL
-    n_threads: int = 1
+    n_threads: int = 0
     timeout: float | None = 1800.0
     keep_workdir: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def conda_specs_for(spec: Any, needs_pip: bool) -> list[str]:
@@ -167,6 +166,12 @@ def _build_in(
         cache_dir=cache_dir / "conda",
         timeout=options.timeout,
     )
+    if platform != current_subdir() and (spec.pip or spec.local):
+        raise BuildError(
+            f"cannot build for {platform!r} on {current_subdir()!r} with pip packages or local "
+            f"code (the env's Python must run here): build on a {platform} host",
+            step="solve",
+        )
     backend = make_backend(options.solver, options.executable)
     _conda_phase(backend, request, report)
     records = conda_records(prefix)
@@ -178,6 +183,7 @@ def _build_in(
     with report.phase("code", f"{len(spec.local)} local module(s)"):
         add_local_code(prefix, spec.local)
     lock = {"conda": lock_entries(records), "pip": pip_packages(prefix, records)}
+    write_env_record(prefix, spec, lock)
     with report.phase("pack", output.name):
         size, digest = pack_env(prefix, output, compress_level=options.compress_level,
                                 n_threads=options.n_threads)
@@ -195,6 +201,17 @@ def _build_in(
             installer_tool)),
         created=started,
     )
+
+
+def write_env_record(prefix: Path, spec: Any, lock: dict[str, Any]) -> Path:
+    """Write ``<env>/etc/parsl-poncho/env.json`` (spec + lock) so a shipped env describes itself."""
+    import json
+
+    path = prefix / "etc" / "parsl-poncho" / "env.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"spec": spec_to_dict(spec), "lock": lock}, indent=1,
+                               sort_keys=True) + "\n")
+    return path
 
 
 def _conda_phase(backend: Any, request: CondaRequest, report: Progress) -> None:
@@ -252,7 +269,7 @@ def pack_existing_env(
     output: Path,
     *,
     compress_level: int = DEFAULT_COMPRESS_LEVEL,
-    n_threads: int = 1,
+    n_threads: int = 0,
     progress: ProgressCallback | None = None,
     ignore_editable_packages: bool = False,
 ) -> Manifest:

@@ -173,10 +173,14 @@ def solve_error(kind: str, text: str, request: CondaRequest) -> BuildError:
     if kind == "SolverError" or "Cannot solve" in text:
         package = conda_package_in_error(text)
         where = f" {package!r}" if package else ""
+        hint = ("Check the version pins, or add a channel that has the package (--channel / "
+                "BuildOptions.channels)")
+        if package == "python" and any(url.startswith("file:") for url in request.channels):
+            hint += (f". A seeded local channel holds only the Python that seeded it "
+                     f"({_host_python()}): seed it from the Python you need")
         return BuildError(
             f"solve: the conda dependencies cannot be satisfied{where} from channels "
-            f"{', '.join(request.channels)}: {text.strip().splitlines()[-1]}. Check the version "
-            "pins, or add a channel that has the package (--channel / BuildOptions.channels)",
+            f"{', '.join(request.channels)}: {text.strip().splitlines()[-1]}. {hint}",
             step="solve",
             package=package,
             log_tail=tail(text),
@@ -191,6 +195,10 @@ def solve_error(kind: str, text: str, request: CondaRequest) -> BuildError:
         package=None,
         log_tail=tail(text),
     )
+
+
+def _host_python() -> str:
+    return ".".join(str(part) for part in sys.version_info[:3])
 
 
 def conda_package_in_error(text: str) -> str | None:

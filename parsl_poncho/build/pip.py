@@ -3,7 +3,8 @@
 Hermetic: the host's pip/uv configuration (config files, PIP_*/UV_* variables, user site) is
 ignored, but the system CA bundle is kept so TLS works behind an intercepting proxy. Packages
 that conda installed are pinned with a constraints file so pip never replaces conda-managed files
-(conda-pack refuses to pack an env where that happened).
+(conda-pack refuses to pack an env where that happened). uv hard-links files from its cache (the
+build dir is only read, then deleted, so nothing edits them in place).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def pip_command(
     python = str(request.prefix / "bin" / "python")
     if installer == "uv":
         assert uv is not None
-        cmd = [uv, "pip", "install", "--no-config", "--python", python, "--link-mode", "copy",
+        cmd = [uv, "pip", "install", "--no-config", "--python", python, "--link-mode", "hardlink",
                "--compile-bytecode", "--no-progress"]
         if request.cache_dir is not None:
             cmd += ["--cache-dir", str(request.cache_dir / "uv")]
