@@ -10,12 +10,12 @@ import os
 import sys
 from dataclasses import dataclass
 
+import helpers
 import numpy as np
 import parsl
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-import helpers
 from parsl_poncho import PonchoExecutor, env_hash_of
 
 
