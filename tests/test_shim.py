@@ -442,6 +442,23 @@ def test_refuses_default_cache_owned_by_someone_else(tmp_path: Path, tarball: Pa
     assert "is a symlink or belongs to another user" in result.stderr
 
 
+def test_default_cache_under_a_work_queue_worker_outlives_the_task(
+    tmp_path: Path, tarball: Path
+) -> None:
+    runner = ShimRunner(tmp_path)
+    workspace = tmp_path / "scratch" / "worker-0-4242"
+    task_tmp = workspace / "t.1" / "cctools-temp-t.1.abcdef"
+    task_tmp.mkdir(parents=True)
+    env = runner.environ(WORK_QUEUE_SANDBOX=str(workspace), TMPDIR=str(task_tmp))
+    env.pop("PARSL_PONCHO_WORKER_CACHE")
+    result = subprocess.run(runner.argv("-e", tarball, "sh", "-c", "echo $CONDA_PREFIX"),
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    cache = tmp_path / "scratch" / f"parsl-poncho-{os.getuid()}"
+    assert result.stdout.strip() == str(cache / "env-fake")
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"
+
+
 # -- eviction ---------------------------------------------------------------------------------
 
 

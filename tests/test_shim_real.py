@@ -228,3 +228,67 @@ def test_function_runs_from_the_shipped_env_alone(real_env: Path, tmp_path: Path
     assert value["cloudpickle"].startswith(prefix + "/")
     outside = [p for p in value["sys_path"] if p and not p.startswith((prefix, str(task)))]
     assert outside == []
+
+
+WQ_MANAGER = """
+import json, subprocess, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+import work_queue as wq
+
+tarball, shim, workspace, counter, ntasks = sys.argv[1:6]
+q = wq.WorkQueue(port=0)
+worker = subprocess.Popen(["work_queue_worker", "--cores", "2", "-s", workspace, "-t", "60",
+                           "localhost", str(q.port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    for i in range(int(ntasks)):
+        t = wq.Task("sh ./poncho_run -e env-fake.tar.gz -- sh -c 'echo $CONDA_PREFIX'")
+        t.specify_input_file(shim, "poncho_run", cache=True)
+        t.specify_input_file(tarball, "env-fake.tar.gz", cache=True)
+        t.specify_environment_variable("FAKE_COUNTER", counter)
+        t.specify_environment_variable("FAKE_SLEEP", "1")
+        t.specify_cores(1)
+        q.submit(t)
+    results = []
+    while not q.empty():
+        t = q.wait(5)
+        if t:
+            results.append({"status": t.return_status, "output": t.output})
+    print(json.dumps(results))
+finally:
+    worker.kill()
+"""
+
+
+def work_queue_available() -> bool:
+    return bool(shutil.which("work_queue_worker")) and Path(
+        "/usr/lib/python3/dist-packages/work_queue.py").exists()
+
+
+@pytest.mark.skipif(not work_queue_available(), reason="needs Debian's work_queue_worker "
+                    "and python3-workqueue")
+def test_tasks_on_a_real_work_queue_worker_share_one_unpack(tmp_path: Path) -> None:
+    import json
+
+    from shim_helpers import make_env_tarball
+
+    tarball = make_env_tarball(tmp_path / "env-fake.tar.gz")
+    workspace = tmp_path / "worker-space"
+    workspace.mkdir()
+    counter = tmp_path / "unpack-count"
+    manager = tmp_path / "manager.py"
+    manager.write_text(WQ_MANAGER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARSL_PONCHO_WORKER")}
+    proc = subprocess.run([sys.executable, str(manager), str(tarball), str(poncho_run_path()),
+                           str(workspace), str(counter), "4"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["status"] for r in results] == [0] * 4, results
+    # The cache sits beside the worker's workspace, not in the per-task TMPDIR.
+    prefixes = {r["output"].strip() for r in results}
+    assert len(prefixes) == 1
+    (prefix,) = prefixes
+    assert Path(prefix).parent.parent == workspace
+    assert Path(prefix).parent.name == f"parsl-poncho-{os.getuid()}"
+    assert len(counter.read_text().split()) == 1
