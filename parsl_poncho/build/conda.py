@@ -111,9 +111,12 @@ class RattlerBackend:
         if not result.get("ok"):
             kind, text = result.get("kind", ""), result.get("message", "")
             if result.get("where") == "install":
+                full = ("; no space left on device: free space there or build elsewhere "
+                        "(BuildOptions.workdir / cache_dir)"
+                        if "No space left on device" in text or "os error 28" in text else "")
                 raise BuildError(
                     f"install: could not download or link the conda packages into "
-                    f"{str(request.prefix)!r}: {first_line_of(text, kind)}",
+                    f"{str(request.prefix)!r}: {first_line_of(text, kind)}{full}",
                     step="install",
                     log_tail=tail(text),
                 )
