@@ -1,0 +1,347 @@
+"""Fault injection: builders killed with SIGKILL, full disks, unreachable package sources, workers
+killed mid-task and a submit process that dies.
+
+Short versions run in CI (``slow`` where they build real envs); ``-m long`` runs the long ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parsl_poncho.errors import BuildError
+from parsl_poncho.spec import Spec
+from parsl_poncho.store import EnvStore
+
+from .conftest import (
+    FAKE_ENV_MEMBERS,
+    PYTHON,
+    Member,
+    check_entry,
+    record,
+    run_shim,
+    sha256_file,
+    write_tarball,
+)
+
+EXIT_UNPACK_FAILED = 67
+
+# -- 1. builder killed with SIGKILL at random points -----------------------------------------------
+
+# The child: one EnvStore.get with the real builder; every progress line goes to stdout.
+BUILD_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    print("START", flush=True)
+    from parsl_poncho.build import BuildOptions
+    from parsl_poncho.spec import Spec
+    from parsl_poncho.store import EnvStore
+    cache, spec_json, channel, pkg = sys.argv[1:5]
+    options = BuildOptions(channels=(channel,), cache_dir=Path(pkg), workdir=None, timeout=300)
+    store = EnvStore(Path(cache), build_options=options,
+                     progress=lambda line: print("PHASE", line, flush=True))
+    env = store.get(Spec.from_dict(json.loads(spec_json))).result()
+    print("DONE", env.hash, flush=True)
+    """
+)
+
+_PHASE = re.compile(r"^PHASE \[\d+/\d+\] (\w+): (done in)?")
+
+#: Where a trial aims its kill: (the line to wait for, the longest extra random delay).
+KILL_TARGETS = (
+    ("solve", 5.0),  # rattler fills the (cold) package cache and links the env
+    ("pack", 2.0),
+    ("pack done", 0.05),  # between the tarball and the publish: JSON files, fsync, rename
+    ("START", 0.4),  # interpreter starting, imports, store opening
+    ("solve", 0.5),  # solve + install in rattler's child process (warm cache)
+    ("code", 0.05),
+    ("pack", 1.0),
+)
+
+
+def trial_spec(work: Path, i: int) -> dict[str, Any]:
+    """A spec with python and one local module of its own (a new hash per trial)."""
+    module = work / f"trialmod_{i}.py"
+    module.write_text(f"VALUE = {i}\n")
+    return {
+        "conda": {"channels": ["conda-forge"], "dependencies": [f"python={PYTHON}"]},
+        "x-parsl-poncho": {"local": {f"trialmod_{i}": {"path": str(module),
+                                                       "sha256": sha256_file(module)}}},
+    }
+
+
+@dataclass
+class ChildBuild:
+    """A build in a child process (own process group) and the lines it printed, timestamped."""
+
+    proc: subprocess.Popen[str]
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append((time.monotonic(), "EOF"))
+            self.cond.notify_all()
+
+    def wait_for(self, target: str, timeout: float = 300) -> bool:
+        """Wait until ``target`` ("START", a phase name, or "<phase> done") shows; False on EOF."""
+        phase, _, done = target.partition(" ")
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for _, line in self.lines:
+                    if line == "EOF" or line.startswith("DONE"):
+                        return False
+                    if phase == "START" and line == "START":
+                        return True
+                    m = _PHASE.match(line)
+                    if m and m.group(1) == phase and bool(m.group(2)) == bool(done):
+                        return True
+                left = deadline - time.monotonic()
+                assert left > 0, f"child never reached {target!r}: {self.lines[-5:]}"
+                self.cond.wait(left)
+
+    def last_phase(self) -> str:
+        with self.cond:
+            for _, line in reversed(self.lines):
+                m = _PHASE.match(line)
+                if m:
+                    return m.group(1) + (" done" if m.group(2) else "")
+                if line in ("START",) or line.startswith("DONE"):
+                    return line.split()[0].lower()
+        return "not started"
+
+
+def start_build(cache: Path, spec: dict[str, Any], channel: Path, pkg: Path) -> ChildBuild:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BUILD_CHILD, str(cache), json.dumps(spec), str(channel), str(pkg)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    child = ChildBuild(proc)
+    threading.Thread(target=child.read, daemon=True).start()
+    return child
+
+
+def check_store(cache: Path) -> list[str]:
+    """Every published entry is intact; nothing outside envs/ looks like an entry."""
+    hashes = [check_entry(d) for d in sorted((cache / "envs").iterdir())]
+    for d in (cache / "envs").iterdir():
+        assert re.fullmatch(r"[0-9a-f]{64}", d.name), f"stray entry {d.name} in envs/"
+    return hashes
+
+
+def run_kill_trials(n: int, tmp_path: Path, channel: Path, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    cache, pkg, work = tmp_path / "cache", tmp_path / "pkg-cache", tmp_path / "work"
+    work.mkdir()
+    stats: dict[str, Any] = {"killed": 0, "finished before kill": 0, "survived": 0,
+                             "rebuilt": 0, "at": {}}
+    for i in range(n):
+        spec_dict = trial_spec(work, i)
+        target, spread = KILL_TARGETS[i % len(KILL_TARGETS)] if i < len(KILL_TARGETS) else \
+            rng.choice(KILL_TARGETS)
+        child = start_build(cache, spec_dict, channel, pkg)
+        reached = child.wait_for(target)
+        if reached:
+            time.sleep(rng.uniform(0, spread))
+        phase = child.last_phase()
+        try:
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.proc.wait(timeout=60)
+        finished = any(line.startswith("DONE") for _, line in child.lines)
+        if child.proc.returncode == -signal.SIGKILL and not finished:
+            stats["killed"] += 1
+            stats["at"][phase] = stats["at"].get(phase, 0) + 1
+        else:
+            stats["finished before kill"] += 1
+        # No entry may be anything but complete, right after the kill.
+        check_store(cache)
+        spec = Spec.from_dict(spec_dict)
+        with EnvStore(cache, build_options=_options(channel, pkg)) as store:
+            published = store.lookup(store.key(spec))
+            env = store.get(spec).result(timeout=600)
+            if published is None:
+                stats["rebuilt"] += 1
+            assert env.sha256 == sha256_file(env.tarball)
+            assert store.lookup(env.hash) == env
+        with tarfile.open(env.tarball) as tar:
+            member = next(n for n in tar.getnames() if n.endswith(f"trialmod_{i}.py"))
+            payload = tar.extractfile(member)
+            assert payload is not None and payload.read() == f"VALUE = {i}\n".encode()
+        assert list((cache / "staging").glob(f"build-{env.hash}-*")) == []
+        stats["survived"] += 1
+    # After everything: every entry intact, every spec a hit, no builder leftovers anywhere.
+    hashes = check_store(cache)
+    assert len(hashes) == n
+    with EnvStore(cache, build_options=_options(channel, pkg)) as store:
+        for i in range(n):
+            assert store.get(Spec.from_dict(trial_spec(work, i))).done()
+        store.clean_staging()
+    assert [p.name for p in (cache / "staging").iterdir()] == []
+    return stats
+
+
+def _options(channel: Path, pkg: Path) -> Any:
+    from parsl_poncho.build import BuildOptions
+
+    return BuildOptions(channels=(str(channel),), cache_dir=pkg, workdir=None, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "trials", [pytest.param(3, id="short"), pytest.param(21, id="long", marks=pytest.mark.long)]
+)
+def test_builder_killed_at_random_points(trials: int, tmp_path: Path,
+                                         seeded_channel: Path) -> None:
+    seed = int(os.environ.get("PARSL_PONCHO_FAULT_SEED", "7"))
+    started = time.monotonic()
+    stats = run_kill_trials(trials, tmp_path, seeded_channel, seed)
+    at = ", ".join(f"{k}:{v}" for k, v in sorted(stats.pop("at").items()))
+    record("faults: builder SIGKILL", injected=trials, killed=stats["killed"],
+           survived=stats["survived"], rebuilt_after_kill=stats["rebuilt"],
+           kill_points=at, seconds=time.monotonic() - started)
+    assert stats["survived"] == trials
+    assert stats["killed"] >= trials * 2 // 3, stats
+
+
+# -- 2. disk full during a build and during an unpack ----------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("size", "phase"), [("16m", "install"), ("56m", "pack")])
+def test_disk_full_during_build(size: str, phase: str, tmpfs: Any, real_options: Any) -> None:
+    disk = tmpfs("cache", size)
+    cache = disk.path / "cache"
+    spec = Spec(conda=(f"python={PYTHON}",))
+    with EnvStore(cache, build_options=real_options) as store:
+        with pytest.raises(BuildError, match=r"[Nn]o space left on device") as info:
+            store.get(spec).result(timeout=600)
+        assert info.value.step == phase
+        assert store.entries() == []
+        assert store.lookup(store.key(spec)) is None
+    assert list((cache / "envs").iterdir()) == []
+    assert list((cache / "staging").iterdir()) == []
+    assert disk.used_bytes() < 1 << 20, "the failed build left data behind"
+    # With room again, the next build is clean.
+    disk.resize("200m")
+    with EnvStore(cache, build_options=real_options) as store:
+        env = store.get(spec).result(timeout=600)
+    assert check_store(cache) == [env.hash]
+    record("faults: disk full", injected=1, survived=1)
+
+
+def _unpack_leftovers(cache: Path) -> list[str]:
+    """Anything in a worker cache that a later task could take for (part of) an environment."""
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+@pytest.mark.timeout(300)
+def test_disk_full_during_unpack(tmpfs: Any, tmp_path: Path) -> None:
+    disk = tmpfs("worker", "4m")
+    cache = disk.path / "cache"
+    big = Member("share/filler.bin", data=os.urandom(6 << 20))
+    tarball = write_tarball(tmp_path / ("env-" + "b" * 64 + ".tar.gz"), (*FAKE_ENV_MEMBERS, big))
+    result = run_shim("-e", tarball, "-s", sha256_file(tarball), "--", "true", cache=cache)
+    assert result.returncode == EXIT_UNPACK_FAILED, result.stderr
+    assert re.search(r"disk full|No space left", result.stderr), result.stderr
+    assert _unpack_leftovers(cache) == []
+    assert disk.used_bytes() < 256 << 10
+    disk.resize("64m")
+    result = run_shim("-e", tarball, "--", "sh", "-c", 'cat "$CONDA_PREFIX/share/data/hello.txt"',
+                      cache=cache)
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    ready = [p for p in cache.iterdir() if (p / ".poncho-ready").exists()]
+    assert len(ready) == 1
+    record("faults: disk full", injected=1, survived=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_disk_full_during_unpack_of_a_real_env(tmpfs: Any, tmp_path: Path,
+                                               real_options: Any) -> None:
+    with EnvStore(tmp_path / "cache", build_options=real_options) as store:
+        env = store.get(Spec(conda=(f"python={PYTHON}",))).result(timeout=600)
+    disk = tmpfs("worker", "24m")
+    cache = disk.path / "cache"
+    result = run_shim("-e", env.tarball, "-s", env.sha256, "--", "python", "-c", "print(1)",
+                      cache=cache)
+    assert result.returncode == EXIT_UNPACK_FAILED, result.stderr
+    assert _unpack_leftovers(cache) == []
+    disk.resize("200m")
+    result = run_shim("-e", env.tarball, "-s", env.sha256, "--", "python", "-c",
+                      "import sys; print(sys.prefix)", cache=cache)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(str(cache))
+    record("faults: disk full", injected=1, survived=1)
+
+
+# -- 3. package sources unreachable -----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_unreachable_conda_channel_names_it(closed_port: int, tmp_path: Path,
+                                            real_options: Any) -> None:
+    import dataclasses
+
+    url = f"http://127.0.0.1:{closed_port}/my-channel"
+    options = dataclasses.replace(real_options, channels=(url,))
+    with EnvStore(tmp_path / "cache", build_options=options) as store:
+        with pytest.raises(BuildError, match=re.escape(url)) as info:
+            store.get(Spec(conda=(f"python={PYTHON}",))).result(timeout=600)
+        assert info.value.step == "solve"
+        assert store.entries() == []
+    record("faults: source unreachable", injected=1, survived=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_unreachable_pip_index_names_it(closed_port: int, tmp_path: Path,
+                                        real_options: Any) -> None:
+    import dataclasses
+
+    index = f"http://127.0.0.1:{closed_port}/simple"
+    options = dataclasses.replace(real_options, index_url=index)
+    spec = Spec(conda=(f"python={PYTHON}", "pip"), pip=("six==1.16.0",))
+    with EnvStore(tmp_path / "cache", build_options=options) as store:
+        with pytest.raises(BuildError, match=re.escape(f"127.0.0.1:{closed_port}")) as info:
+            store.get(spec).result(timeout=600)
+        assert info.value.step == "pip"
+        assert store.entries() == []
+    record("faults: source unreachable", injected=1, survived=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", ["http", "git"])
+def test_unreachable_data_source_names_it(kind: str, closed_port: int, tmp_path: Path,
+                                          real_options: Any) -> None:
+    url = f"http://127.0.0.1:{closed_port}/data/thing" + (".git" if kind == "git" else ".csv")
+    section = {"DATA": {"remote": url}} if kind == "git" else {"DATA": {"url": url}}
+    spec = Spec.from_dict({"conda": {"dependencies": [f"python={PYTHON}"]}, kind: section})
+    with EnvStore(tmp_path / "cache", build_options=real_options) as store:
+        with pytest.raises(BuildError, match=re.escape(url)) as info:
+            store.get(spec).result(timeout=600)
+        assert info.value.step == "data"
+        assert store.entries() == []
+    record("faults: source unreachable", injected=1, survived=1)
