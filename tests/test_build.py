@@ -332,3 +332,55 @@ def test_build_cleans_scratch_on_failure(tmp_path, monkeypatch):
                   progress=lambda _: None)
     assert not any((tmp_path / "work").iterdir())
     shutil.rmtree(tmp_path / "work")
+
+
+# -- pip: hermetic, honours find-links ---------------------------------------------------------
+
+
+def make_wheel(wheelhouse: Path, name: str = "poncho_test_wheel", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel (not on PyPI) for find-links tests."""
+    import base64
+    import zipfile
+
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"VALUE = 'from the wheelhouse'\n",
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        .encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = wheelhouse / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return wheel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_pip_part_is_hermetic_and_uses_find_links(tmp_path, build_options, monkeypatch,
+                                                  installer):
+    # host settings that would break the build if they leaked in
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("UV_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "nowhere"))
+    wheelhouse = tmp_path / "wheels"
+    make_wheel(wheelhouse)
+    spec = Spec(conda=(f"python={PYVER}", "pip"), pip=("poncho-test-wheel==1.0", "six"))
+    options = replace(build_options, installer=installer, find_links=(str(wheelhouse),))
+    manifest = build_env(spec, tmp_path / "env.tar.gz", options=options,
+                         progress=lambda _: None)
+    pip_lock = {p["name"].lower().replace("_", "-"): p for p in manifest.lock["pip"]}
+    assert pip_lock["poncho-test-wheel"]["version"] == "1.0"
+    assert pip_lock["poncho-test-wheel"]["installer"] == installer
+    assert "six" in pip_lock
