@@ -634,3 +634,25 @@ def test_busybox_node_runs_checks_and_refuses(
     truncated.write_bytes(data[: len(data) // 2])
     result = run_busybox(shim, busybox_bin, "-e", truncated, "true")
     assert result.returncode == EXIT_CORRUPT, result.stderr
+
+
+def test_eviction_without_flock_spares_recently_used(
+    shim: ShimRunner, busybox_bin: Path, tmp_path: Path
+) -> None:
+    # busybox-bin has no flock: in use = used within PARSL_PONCHO_WORKER_CACHE_GRACE seconds
+    tarballs = {
+        name: make_env_tarball(tmp_path / f"env-{name}.tar.gz", FakeEnv(filler_bytes=400_000))
+        for name in ("a", "b", "c")
+    }
+    for name in ("a", "b"):
+        assert run_busybox(shim, busybox_bin, "-e", tarballs[name], "true").returncode == 0
+    two_hours_ago = time.time() - 7200
+    os.utime(shim.cache / "env-b" / ".poncho-used", (two_hours_ago, two_hours_ago))
+    one_env_kib = int((shim.cache / "env-a" / ".poncho-size").read_text())
+    result = run_busybox(shim, busybox_bin, "--cache-max-size", f"{one_env_kib + 10}K",
+                         "-e", tarballs["c"], "true")
+    assert result.returncode == 0, result.stderr
+    assert not (shim.cache / "env-b").exists()
+    assert (shim.cache / "env-a" / ".poncho-ready").is_file()  # used a moment ago
+    assert (shim.cache / "env-c" / ".poncho-ready").is_file()
+    assert "over its limit" in result.stderr
