@@ -326,3 +326,32 @@ def test_argument_types_are_memoised_per_type():
     b = analyzer.analyze(func, pandas.DataFrame({"b": [2]}))
     assert a is b and any(p.startswith("pandas==") for p in a.pip)
     assert not any(p.startswith("pandas==") for p in analyzer.analyze(func, 3).pip)
+
+
+def test_new_function_objects_from_the_same_code_reuse_the_analysis():
+    import numpy
+
+    def factory(value):
+        def inner():
+            return numpy.asarray(value)
+
+        return inner
+
+    analyzer = Analyzer()
+    first = analyzer.analyze(factory(1))
+    assert analyzer.analyze(factory(2)) is first  # atomic cell values: same needs
+    import pandas
+
+    other = analyzer.analyze(factory(pandas.DataFrame()))  # a weak-referenceable new value
+    assert other is not first and any(p.startswith("pandas==") for p in other.pip)
+    assert analyzer.analyze(factory([pandas.DataFrame()])) is not first  # containers: re-walk
+
+
+def test_parsl_walltime_wrapper_needs_parsl():
+    from parsl.app.python import timeout
+
+    def task():
+        return 1
+
+    spec = Analyzer(pin_transitive=False).analyze(timeout(task, 5))
+    assert f"parsl=={metadata.version('parsl')}" in spec.pip

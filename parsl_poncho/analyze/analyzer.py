@@ -35,6 +35,8 @@ from parsl_poncho.spec import LocalCode, Spec
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _DIST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _MISSING = object()
+_CONTAINER_TYPES = (list, tuple, set, frozenset, dict)
+_CODE_ENTRIES = 8  # entries kept per code object for new function objects to reuse
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Requirements:
 
 @dataclass
 class _Entry:
+    holder: Any  # weakref to what holds the root's globals (its module, or the function)
     code: Any
     defaults: tuple[Any, ...]
     kwdefaults: tuple[tuple[str, Any], ...]
@@ -68,17 +71,49 @@ class _Entry:
     by_args: dict[frozenset[str], tuple[Requirements, Spec]] = field(default_factory=dict)
 
 
+class _Strong:
+    """A strong reference to a module-level object (its module keeps it alive anyway)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 def _fingerprint(value: Any) -> Any:
+    """How a memo entry recognises a value again without keeping it alive."""
     try:
         return weakref.ref(value)
     except TypeError:
-        return type(value)
+        pass
+    if type(value) not in _ATOMIC and _module_level(value):
+        return _Strong(value)
+    return type(value)
+
+
+def _module_level(value: Any) -> bool:
+    module = sys.modules.get(getattr(value, "__module__", None) or "")
+    name = getattr(value, "__name__", None)
+    return module is not None and isinstance(name, str) and vars(module).get(name) is value
 
 
 def _matches(fp: Any, value: Any) -> bool:
-    if type(fp) is weakref.ReferenceType:
+    kind = type(fp)
+    if kind is weakref.ReferenceType:
         return fp() is value
+    if kind is _Strong:
+        return fp.value is value
     return type(value) is fp
+
+
+def _matches_strict(fp: Any, value: Any, by_type: Callable[[type], bool]) -> bool:
+    """Like _matches, but a value known only by its type must be one whose type says all."""
+    kind = type(fp)
+    if kind is weakref.ReferenceType:
+        return fp() is value
+    if kind is _Strong:
+        return fp.value is value
+    return type(value) is fp and (fp in _ATOMIC or by_type(fp))
 
 
 class Analyzer:
@@ -138,6 +173,7 @@ class Analyzer:
             raise AnalysisOptionError(
                 "Invalid analysis options:\n  " + "\n  ".join(problems), problems)
         self._memo: weakref.WeakKeyDictionary[Any, _Entry] = weakref.WeakKeyDictionary()
+        self._by_code: weakref.WeakKeyDictionary[Any, list[_Entry]] = weakref.WeakKeyDictionary()
         self._type_uses: weakref.WeakKeyDictionary[type, dict[str, ModuleUse]] = (
             weakref.WeakKeyDictionary())
         self._lock = threading.RLock()
@@ -193,6 +229,11 @@ class Analyzer:
                 return None
             name = name.rsplit(".", 1)[0]
 
+    def _type_decides(self, t: type) -> bool:
+        """Whether instances of ``t`` need exactly what ``t`` needs (a distribution's type)."""
+        return (not issubclass(t, _CONTAINER_TYPES) and pickled_by_reference(t)
+                and self._opaque(getattr(t, "__module__", "") or ""))
+
     def _opaque(self, module: str) -> bool:
         if not module or self._ignored(module):
             return True
@@ -215,6 +256,7 @@ class Analyzer:
         """Forget memoised results (after installing packages or editing local code)."""
         with self._lock:
             self._memo = weakref.WeakKeyDictionary()
+            self._by_code = weakref.WeakKeyDictionary()
             self._type_uses = weakref.WeakKeyDictionary()
             conda_prefix = self.classifier.conda_prefix
             self.classifier = Classifier(conda_prefix)
@@ -272,12 +314,36 @@ class Analyzer:
         if entry is not None and _valid(entry, root):
             return entry
         with self._lock:
-            entry = self._build_entry(root)
+            entry = self._same_code_entry(root)
+            if entry is None:
+                entry = self._build_entry(root)
+                if entry.code is not None:
+                    entries = self._by_code.setdefault(entry.code, [])
+                    entries.append(entry)
+                    del entries[:-_CODE_ENTRIES]
             try:
                 self._memo[root] = entry
             except TypeError:
                 pass
         return entry
+
+    def _same_code_entry(self, root: Any) -> _Entry | None:
+        """An entry of another function object with the same code, globals and cell values.
+
+        New function objects from the same code (closures from a factory, Parsl's per-call
+        walltime wrapper) then cost a memo check, not a new analysis.
+        """
+        if not isinstance(root, types.FunctionType):
+            return None
+        entries = self._by_code.get(root.__code__)
+        if not entries:
+            return None
+        for entry in entries:
+            holder = entry.holder()
+            if holder is not None and _globals_of(holder) is root.__globals__ and _valid(
+                    entry, root, self._type_decides):
+                return entry
+        return None
 
     def _build_entry(self, root: Any) -> _Entry:
         name = describe(root)
@@ -287,9 +353,11 @@ class Analyzer:
         requirements = self._resolve(uses, name)
         bindings: dict[tuple[int, str], tuple[Any, str, Any]] = {}
         for owner, gname, value in finder.bindings:
-            bindings[(id(owner), gname)] = (weakref.ref(owner), gname, _fingerprint(value))
+            holder = _globals_holder(owner)
+            bindings[(id(holder), gname)] = (weakref.ref(holder), gname, _fingerprint(value))
         is_func = isinstance(root, types.FunctionType)
         return _Entry(
+            holder=weakref.ref(_globals_holder(root)) if is_func else weakref.ref(root),
             code=root.__code__ if is_func else None,
             defaults=tuple(map(_fingerprint, root.__defaults__ or ())) if is_func else (),
             kwdefaults=tuple((k, _fingerprint(v)) for k, v in (root.__kwdefaults__ or {}).items())
@@ -444,27 +512,50 @@ def _cell(cell: Any) -> Any:
         return _MISSING
 
 
-def _valid(entry: _Entry, root: Any) -> bool:
+def _valid(entry: _Entry, root: Any, by_type: Callable[[type], bool] | None = None) -> bool:
+    """Whether ``entry`` still describes ``root``.
+
+    With ``by_type``, ``root`` is another function object: values not weak-referenceable must
+    be atomic or of a type for which ``by_type`` says the type alone decides what is needed.
+    """
     if entry.code is not None:
+        match = _matches if by_type is None else functools.partial(
+            _matches_strict, by_type=by_type)
         if root.__code__ is not entry.code:
             return False
         defaults = root.__defaults__ or ()
         if len(defaults) != len(entry.defaults) or not all(
-                map(_matches, entry.defaults, defaults)):
+                map(match, entry.defaults, defaults)):
             return False
         kw = root.__kwdefaults__ or {}
         if len(kw) != len(entry.kwdefaults) or not all(
-                _matches(fp, kw.get(k, _MISSING)) for k, fp in entry.kwdefaults):
+                match(fp, kw.get(k, _MISSING)) for k, fp in entry.kwdefaults):
             return False
         cells = root.__closure__ or ()
+        if len(cells) != len(entry.cells):
+            return False
         for fp, cell in zip(entry.cells, cells):
-            if not _matches(fp, _cell(cell)):
+            if not match(fp, _cell(cell)):
                 return False
-    for owner_ref, name, fp in entry.bindings:
-        owner = owner_ref()
-        if owner is None or not _matches(fp, owner.__globals__.get(name, _MISSING)):
+    for holder_ref, name, fp in entry.bindings:
+        holder = holder_ref()
+        if holder is None or not _matches(fp, _globals_of(holder).get(name, _MISSING)):
             return False
     return True
+
+
+def _globals_holder(func: types.FunctionType) -> Any:
+    """The module whose namespace is ``func.__globals__`` (it outlives the function), or func."""
+    module = sys.modules.get(func.__globals__.get("__name__", ""))
+    if module is not None and getattr(module, "__dict__", None) is func.__globals__:
+        return module
+    return func
+
+
+def _globals_of(holder: Any) -> dict[str, Any]:
+    if isinstance(holder, types.ModuleType):
+        return vars(holder)
+    return holder.__globals__
 
 
 def _split_callable(func: Any) -> tuple[Any, list[Any]]:
