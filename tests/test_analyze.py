@@ -299,22 +299,17 @@ def test_memo_sees_rebound_globals_and_closures():
 
 def test_memo_keeps_nothing_alive():
     analyzer = Analyzer()
-
-    def make():
-        import numpy
-
-        def rec(n):
-            return numpy.zeros(n) if n else rec(n - 1)
-
-        return rec
-
-    func = make()
+    namespace: dict = {}
+    exec("def make():\n    import numpy\n    def rec(n):\n"
+         "        return numpy.zeros(n) if n else rec(n - 1)\n    return rec\n", namespace)
+    func = namespace.pop("make")()  # a recursive closure: its cell holds the function itself
     analyzer.analyze(func)
-    ref = weakref.ref(func)
-    assert len(analyzer._memo) == 1
-    del func
+    refs = [weakref.ref(func), weakref.ref(func.__code__)]
+    assert len(analyzer._memo) == 1 and len(analyzer._by_code) == 1
+    del func, namespace
     gc.collect()
-    assert ref() is None and len(analyzer._memo) == 0
+    assert [r() for r in refs] == [None, None]
+    assert len(analyzer._memo) == 0 and len(analyzer._by_code) == 0
 
 
 def test_argument_types_are_memoised_per_type():

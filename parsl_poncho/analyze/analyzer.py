@@ -60,7 +60,7 @@ class Requirements:
 @dataclass
 class _Entry:
     holder: Any  # weakref to what holds the root's globals (its module, or the function)
-    code: Any
+    code: Any  # weakref to the code object (None for classes and builtins)
     defaults: tuple[Any, ...]
     kwdefaults: tuple[tuple[str, Any], ...]
     cells: tuple[Any, ...]
@@ -318,7 +318,7 @@ class Analyzer:
             if entry is None:
                 entry = self._build_entry(root)
                 if entry.code is not None:
-                    entries = self._by_code.setdefault(entry.code, [])
+                    entries = self._by_code.setdefault(root.__code__, [])
                     entries.append(entry)
                     del entries[:-_CODE_ENTRIES]
             try:
@@ -358,7 +358,7 @@ class Analyzer:
         is_func = isinstance(root, types.FunctionType)
         return _Entry(
             holder=weakref.ref(_globals_holder(root)) if is_func else weakref.ref(root),
-            code=root.__code__ if is_func else None,
+            code=weakref.ref(root.__code__) if is_func else None,
             defaults=tuple(map(_fingerprint, root.__defaults__ or ())) if is_func else (),
             kwdefaults=tuple((k, _fingerprint(v)) for k, v in (root.__kwdefaults__ or {}).items())
             if is_func else (),
@@ -521,7 +521,7 @@ def _valid(entry: _Entry, root: Any, by_type: Callable[[type], bool] | None = No
     if entry.code is not None:
         match = _matches if by_type is None else functools.partial(
             _matches_strict, by_type=by_type)
-        if root.__code__ is not entry.code:
+        if root.__code__ is not entry.code():
             return False
         defaults = root.__defaults__ or ()
         if len(defaults) != len(entry.defaults) or not all(
