@@ -344,22 +344,29 @@ class ModuleFinder:
             self.walk(t, where)
         try:  # objects pickled by name (numpy ufuncs, enum-like singletons) name their module
             module = obj.__module__
+            named = isinstance(getattr(obj, "__name__", None), str)
         except Exception:  # noqa: BLE001 - arbitrary __getattr__: nothing to learn
-            module = None
+            module, named = None, False
         if isinstance(module, str) and module != getattr(t, "__module__", None):
             self.add(module, where)
-        elif module is None and isinstance(getattr(obj, "__name__", None), str):
+        elif module is None and named:
             found = _which_module(obj)  # pickled by name, found by scanning (numpy ufuncs)
             if found:
                 self.add(found, where)
         if self._opaque(getattr(t, "__module__", "") or ""):
             return
-        state = getattr(obj, "__dict__", None)
+        try:
+            state = obj.__dict__
+        except Exception:  # noqa: BLE001 - no instance dict, or a hostile __getattribute__
+            state = None
         if isinstance(state, dict):
             self._walk_items(state.values(), f"{where}, attribute of {t.__qualname__}")
-        for slot in getattr(t, "__slots__", ()) if isinstance(getattr(t, "__slots__", ()),
-                                                               (tuple, list)) else ():
-            value = getattr(obj, slot, None)
+        slots = getattr(t, "__slots__", ())
+        for slot in slots if isinstance(slots, (tuple, list)) else ():
+            try:
+                value = getattr(obj, slot, None)
+            except Exception:  # noqa: BLE001 - a slot property that raises: nothing to learn
+                continue
             self.walk(value, f"{where}, attribute of {t.__qualname__}")
 
     def _class(self, cls: type, where: str) -> None:
@@ -471,7 +478,7 @@ def _which_module(obj: Any) -> str | None:
         try:
             if vars(module).get(name) is obj:
                 return module_name
-        except TypeError:  # pragma: no cover - a module without a dict
+        except Exception:  # noqa: BLE001 - odd objects in sys.modules: skip them
             continue
     return None
 
