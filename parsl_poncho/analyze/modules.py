@@ -344,9 +344,12 @@ class ModuleFinder:
             self.walk(t, where)
         try:  # objects pickled by name (numpy ufuncs, enum-like singletons) name their module
             module = obj.__module__
-            named = isinstance(getattr(obj, "__name__", None), str)
         except Exception:  # noqa: BLE001 - arbitrary __getattr__: nothing to learn
-            module, named = None, False
+            module = None
+        try:
+            named = isinstance(getattr(obj, "__name__", None), str)
+        except Exception:  # noqa: BLE001
+            named = False
         if isinstance(module, str) and module != getattr(t, "__module__", None):
             self.add(module, where)
         elif module is None and named:
