@@ -168,6 +168,27 @@ def test_sigkill_during_unpack_then_next_task_succeeds(
     assert shim.leftovers() == []
 
 
+def test_waiters_take_over_when_the_unpacker_is_killed(
+    shim: ShimRunner, tarball: Path, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    unpacker = shim.popen("-e", tarball, "true", FAKE_SLEEP="60", FAKE_STARTED=str(started))
+    wait_for(started.exists)
+    started.unlink()
+    waiters = [shim.popen("-w", "60", "-e", tarball, "sh", "-c", "cat $CONDA_PREFIX/prefix.txt",
+                          FAKE_SLEEP="1")
+               for _ in range(8)]
+    time.sleep(0.5)
+    os.killpg(unpacker.pid, signal.SIGKILL)
+    unpacker.wait(timeout=30)
+    outputs = [w.communicate(timeout=120) for w in waiters]
+    assert [w.returncode for w in waiters] == [0] * 8, [err for _, err in outputs]
+    assert {out.strip() for out, _ in outputs} == {str(shim.cache / "env-fake")}
+    assert shim.unpack_count() == 2  # the killed one and exactly one redo
+    assert sum("breaking stale lock" in err for _, err in outputs) == 1
+    assert shim.leftovers() == []
+
+
 def test_sigterm_during_unpack_cleans_up(shim: ShimRunner, tarball: Path, tmp_path: Path) -> None:
     started = tmp_path / "started"
     proc = shim.popen("-e", tarball, "true", FAKE_SLEEP="60", FAKE_STARTED=str(started))

@@ -292,3 +292,23 @@ def test_tasks_on_a_real_work_queue_worker_share_one_unpack(tmp_path: Path) -> N
     assert Path(prefix).parent.parent == workspace
     assert Path(prefix).parent.name == f"parsl-poncho-{os.getuid()}"
     assert len(counter.read_text().split()) == 1
+
+
+@pytest.mark.long
+def test_sigkill_at_random_moments_never_leaves_a_broken_env(shim: ShimRunner,
+                                                              real_env: Path) -> None:
+    import random
+
+    rng = random.Random(4)
+    target = shim.cache / "env-shimtest"
+    for _ in range(12):
+        shutil.rmtree(shim.cache, ignore_errors=True)
+        proc = shim.popen("-e", real_env, "true")
+        time.sleep(rng.uniform(0.0, 1.5))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        result = shim.run("-e", real_env, "python", "-c", "import cloudpickle, sys; "
+                          "print(sys.prefix)", timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(target)
+        assert shim.leftovers() == []
