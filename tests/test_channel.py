@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import tarfile
 import time
+import zipfile
 
 import pytest
 
@@ -17,17 +19,43 @@ PYVERSION = ".".join(str(p) for p in sys.version_info[:3])
 PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def _repodata(channel, subdir):
-    return json.loads((channel / subdir / "repodata.json").read_text())["packages"]
+def unzstd_raw(data: bytes) -> bytes:
+    """Decode a zstd frame made only of raw blocks (what channel.py writes)."""
+    assert data[:4] == (0xFD2FB528).to_bytes(4, "little")
+    pos, out = 6, []
+    while True:
+        header = int.from_bytes(data[pos:pos + 3], "little")
+        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+        assert kind == 0, "not a raw block"
+        out.append(data[pos + 3:pos + 3 + size])
+        pos += 3 + size
+        if last:
+            assert pos == len(data)
+            return b"".join(out)
+
+
+def conda_tarballs(pkg):
+    """(info tar, pkg tar) of a .conda file."""
+    with zipfile.ZipFile(pkg) as archive:
+        assert json.loads(archive.read("metadata.json")) == {"conda_pkg_format_version": 2}
+        names = archive.namelist()
+        info = next(n for n in names if n.startswith("info-"))
+        content = next(n for n in names if n.startswith("pkg-"))
+        return (tarfile.open(fileobj=io.BytesIO(unzstd_raw(archive.read(info)))),
+                tarfile.open(fileobj=io.BytesIO(unzstd_raw(archive.read(content)))))
+
+
+def _repodata(channel, subdir, key="packages"):
+    return json.loads((channel / subdir / "repodata.json").read_text())[key]
 
 
 @pytest.mark.slow
 def test_seeded_channel_has_python_pip_setuptools(seeded_channel):
-    python = [r for r in _repodata(seeded_channel, channel_mod.current_subdir()).values()
-              if r["name"] == "python"]
+    python = [r for r in _repodata(seeded_channel, channel_mod.current_subdir(),
+                                   "packages.conda").values() if r["name"] == "python"]
     assert len(python) == 1 and python[0]["version"] == PYVERSION
     assert any(dep.startswith("__glibc >=") for dep in python[0]["depends"])
-    noarch = {r["name"]: r for r in _repodata(seeded_channel, "noarch").values()}
+    noarch = {r["name"]: r for r in _repodata(seeded_channel, "noarch", "packages.conda").values()}
     assert {"pip", "setuptools"} <= set(noarch)
     assert noarch["pip"]["noarch"] == "python"
     assert not (seeded_channel / ".tmp").exists()
@@ -35,7 +63,7 @@ def test_seeded_channel_has_python_pip_setuptools(seeded_channel):
 
 @pytest.mark.slow
 def test_seed_again_is_a_cheap_no_op(seeded_channel):
-    packages = sorted(seeded_channel.glob("*/*.tar.bz2"))
+    packages = sorted(seeded_channel.glob("*/*.conda"))
     mtimes = [p.stat().st_mtime for p in packages]
     start = time.perf_counter()
     assert seed_channel(seeded_channel) == seeded_channel
@@ -45,11 +73,12 @@ def test_seed_again_is_a_cheap_no_op(seeded_channel):
 
 @pytest.mark.slow
 def test_python_package_is_relocatable(seeded_channel):
-    pkg = next((seeded_channel / channel_mod.current_subdir()).glob("python-*.tar.bz2"))
-    with tarfile.open(pkg) as tar:
-        paths = json.load(tar.extractfile("info/paths.json"))["paths"]
-        config = tar.extractfile(f"bin/python{PYVER}-config").read().decode()
-        names = set(tar.getnames())
+    pkg = next((seeded_channel / channel_mod.current_subdir()).glob("python-*.conda"))
+    info, content = conda_tarballs(pkg)
+    with info, content:
+        paths = json.load(info.extractfile("info/paths.json"))["paths"]
+        config = content.extractfile(f"bin/python{PYVER}-config").read().decode()
+        names = set(content.getnames())
     by_path = {p["_path"]: p for p in paths}
     # text placeholders only: the new prefix is usually longer than the old one
     assert all(p.get("file_mode", "text") == "text" for p in paths)
@@ -92,9 +121,10 @@ def test_marker_mismatch_means_reseed(tmp_path):
 def test_stale_packages_of_another_interpreter_are_removed(tmp_path):
     (tmp_path / "noarch").mkdir()
     old = tmp_path / "noarch" / "pip-1.0-py_deadbeef_poncho.tar.bz2"
-    new = tmp_path / "noarch" / "pip-2.0-py_cafe_poncho.tar.bz2"
+    old2 = tmp_path / "noarch" / "pip-1.0-py_deadbeef_poncho.conda"
+    new = tmp_path / "noarch" / "pip-2.0-py_cafe_poncho.conda"
     foreign = tmp_path / "noarch" / "other-1.0-0.tar.bz2"
-    for path in (old, new, foreign):
+    for path in (old, old2, new, foreign):
         path.write_bytes(b"")
-    channel_mod._remove_stale(tmp_path, ["noarch/pip-2.0-py_cafe_poncho.tar.bz2"])
-    assert not old.exists() and new.exists() and foreign.exists()
+    channel_mod._remove_stale(tmp_path, ["noarch/pip-2.0-py_cafe_poncho.conda"])
+    assert not old.exists() and not old2.exists() and new.exists() and foreign.exists()

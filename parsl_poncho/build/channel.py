@@ -32,7 +32,7 @@ from parsl_poncho.errors import BuildError
 from parsl_poncho.paths import default_channel_dir
 
 #: Bump when the packages this module makes change shape; part of the seed fingerprint.
-SEED_FORMAT_VERSION = 1
+SEED_FORMAT_VERSION = 2
 
 MARKER_NAME = ".parsl-poncho-seed.json"
 
@@ -150,7 +150,7 @@ def _remove_stale(dest: Path, keep: list[str]) -> None:
     for sub in dest.iterdir():
         if not sub.is_dir() or sub.name.startswith("."):
             continue
-        for pkg in sub.glob("*_poncho*.tar.bz2"):
+        for pkg in [*sub.glob("*_poncho.tar.bz2"), *sub.glob("*_poncho.conda")]:
             if str(pkg.relative_to(dest)) not in keep_set:
                 pkg.unlink()
 
@@ -207,7 +207,7 @@ def _make_python_package(scratch: Path, outdir: Path, subdir: str, tag: str) -> 
         "timestamp": int(time.time() * 1000),
     }
     about = {"summary": f"CPython {version} from {base} (parsl-poncho channel seed)"}
-    out = outdir / f"python-{version}-{build}.tar.bz2"
+    out = outdir / f"python-{version}-{build}.conda"
     return _write_package(stage, entries, index, about, None, out)
 
 
@@ -398,7 +398,7 @@ def _make_noarch_package(wheel: Path, scratch: Path, outdir: Path, tag: str) -> 
     link = {"noarch": {"type": "python", "entry_points": entry_points},
             "package_metadata_version": 1}
     about = {"summary": f"{name} {version} from the wheel bundled with ensurepip"}
-    out = outdir / f"{name.lower()}-{version}-{build}.tar.bz2"
+    out = outdir / f"{name.lower()}-{version}-{build}.conda"
     return _write_package(stage, entries, index, about, link, out)
 
 
@@ -417,11 +417,67 @@ def _console_scripts(entry_points_txt: Path) -> list[str]:
     return scripts
 
 
-# -- writing a .tar.bz2 conda package ------------------------------------------------------------
+# -- writing a .conda package (zstd frames of raw blocks: no compressor needed) -----------------
+
+#: Zstandard frame magic number and the largest block a frame may carry.
+_ZSTD_MAGIC = (0xFD2FB528).to_bytes(4, "little")
+_ZSTD_BLOCK = 128 * 1024
+# Frame header descriptor 0 (no content size, no checksum, no dictionary) followed by a window
+# descriptor of 2**17 bytes (exponent 7 -> windowLog 17), enough for 128 KiB raw blocks.
+_ZSTD_HEADER = _ZSTD_MAGIC + bytes([0x00, 7 << 3])
 
 
 def _write_package(stage: Path, entries: list[_Pkg], index: dict[str, Any], about: dict[str, Any],
                    link: dict[str, Any] | None, out: Path) -> Path:
+    """Write ``out`` (``<name>-<version>-<build>.conda``): metadata, info and pkg tarballs.
+
+    The tarballs are zstd frames made of raw (stored) blocks: valid zstd that every conda client
+    reads, written without a zstd library and extracted at memory speed. Channels are local, so
+    the bytes saved by compressing would only cost CPU on every cold install.
+    """
+    info = _info_files(stage, entries, index, about, link)
+    stem = out.name[: -len(".conda")]
+    tmp = out.with_name(out.name + ".tmp")
+    with tempfile.TemporaryDirectory(prefix="conda-pkg-", dir=out.parent) as scratch:
+        info_tar = Path(scratch) / "info.tar"
+        pkg_tar = Path(scratch) / "pkg.tar"
+        with tarfile.open(info_tar, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in info.items():
+                member = tarfile.TarInfo(name)
+                member.size = len(data)
+                member.mtime = int(time.time())
+                member.mode = 0o644
+                tar.addfile(member, io.BytesIO(data))
+        with tarfile.open(pkg_tar, "w", format=tarfile.PAX_FORMAT) as tar:
+            for entry in entries:
+                tar.add(stage / entry.rel, arcname=entry.rel, recursive=False)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr("metadata.json", json.dumps({"conda_pkg_format_version": 2}))
+            _add_zstd_raw(archive, f"pkg-{stem}.tar.zst", pkg_tar)
+            _add_zstd_raw(archive, f"info-{stem}.tar.zst", info_tar)
+    os.replace(tmp, out)
+    return out
+
+
+def _add_zstd_raw(archive: zipfile.ZipFile, name: str, source: Path) -> None:
+    """Store ``source`` in ``archive`` as one zstd frame of raw blocks."""
+    size = source.stat().st_size
+    with open(source, "rb") as fin, archive.open(name, "w", force_zip64=True) as fout:
+        fout.write(_ZSTD_HEADER)
+        remaining = size
+        while True:
+            chunk = fin.read(_ZSTD_BLOCK)
+            remaining -= len(chunk)
+            last = 1 if remaining <= 0 else 0
+            fout.write(((len(chunk) << 3) | last).to_bytes(3, "little"))  # block type 0: raw
+            fout.write(chunk)
+            if last:
+                break
+
+
+def _info_files(stage: Path, entries: list[_Pkg], index: dict[str, Any], about: dict[str, Any],
+                link: dict[str, Any] | None) -> dict[str, bytes]:
+    """The ``info/`` files of a package: index, about, paths, files, has_prefix, link."""
     paths = []
     has_prefix = []
     for entry in entries:
@@ -449,18 +505,7 @@ def _write_package(stage: Path, entries: list[_Pkg], index: dict[str, Any], abou
         info["info/has_prefix"] = "".join(f"{line}\n" for line in has_prefix).encode()
     if link:
         info["info/link.json"] = json.dumps(link, indent=2).encode()
-    tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w:bz2", compresslevel=9) as tar:
-        for name, data in info.items():
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            member.mtime = int(time.time())
-            member.mode = 0o644
-            tar.addfile(member, io.BytesIO(data))
-        for entry in entries:
-            tar.add(stage / entry.rel, arcname=entry.rel, recursive=False)
-    os.replace(tmp, out)
-    return out
+    return info
 
 
 def _sha256(path: Path) -> str:

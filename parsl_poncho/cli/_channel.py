@@ -35,7 +35,7 @@ def seed_command(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     path = seed_channel(args.dir, force=args.force)
     packages = sorted(
-        str(p.relative_to(path)) for p in path.glob("*/*.tar.bz2")
+        str(p.relative_to(path)) for p in [*path.glob("*/*.conda"), *path.glob("*/*.tar.bz2")]
     )
     summary = {"channel": str(path), "url": path.as_uri(), "packages": packages,
                "seconds": round(time.perf_counter() - start, 3)}
