@@ -483,3 +483,32 @@ def test_default_progress_logs_when_not_a_tty(monkeypatch, caplog):
     with caplog.at_level("INFO", logger="parsl_poncho.build"):
         callback("hello")
     assert "hello" in caplog.text
+
+
+# -- scratch dirs -----------------------------------------------------------------------------
+
+
+def test_scratch_dir_removed_and_stale_ones_reaped(tmp_path):
+    import subprocess
+
+    from parsl_poncho.build import scratch
+
+    work = tmp_path / "work"
+    # a build killed with SIGKILL: its dir and lock file remain, nobody holds the lock
+    code = ("import os, signal, sys; from pathlib import Path;"
+            "from parsl_poncho.build.scratch import scratch_dir\n"
+            "with scratch_dir(Path(sys.argv[1])) as d:\n"
+            "    (d / 'env').mkdir(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code, str(work)], check=False)
+    dead = list(work.glob("build-*"))
+    assert len(dead) == 1
+    young_unlocked = work / "build-starting"
+    young_unlocked.mkdir()
+    with scratch.scratch_dir(work) as live:
+        assert live.exists() and not dead[0].exists()
+        assert young_unlocked.exists()  # may be a build that is just starting
+        assert scratch.reap_stale(work) == []  # the live one is locked
+    assert not live.exists()
+    with scratch.scratch_dir(work, keep=True) as kept:
+        pass
+    assert kept.exists()

@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from parsl_poncho.build.manifest import Manifest, spec_to_dict, tool_versions, w
 from parsl_poncho.build.pack import DEFAULT_COMPRESS_LEVEL, pack_env
 from parsl_poncho.build.pip import Installer, PipRequest, find_uv, install_pip, pip_packages
 from parsl_poncho.build.progress import Progress, ProgressCallback
+from parsl_poncho.build.scratch import scratch_dir
 from parsl_poncho.errors import BuildError
 from parsl_poncho.paths import default_cache_dir
 
@@ -124,15 +123,10 @@ def build_env(
     check_data_sources(spec)
     cache_dir = Path(options.cache_dir or default_cache_dir()).expanduser().absolute()
     workdir = Path(options.workdir).expanduser() if options.workdir else cache_dir / "tmp"
-    workdir.mkdir(parents=True, exist_ok=True)
     report = Progress(progress, phases=len(PHASES) - 1)
-    scratch = Path(tempfile.mkdtemp(prefix="build-", dir=workdir))
     started = time.time()
-    try:
+    with scratch_dir(workdir, keep=options.keep_workdir) as scratch:
         return _build_in(spec, output, options, cache_dir, scratch, report, started)
-    finally:
-        if not options.keep_workdir:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def check_data_sources(spec: Any) -> None:
