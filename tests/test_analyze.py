@@ -350,3 +350,36 @@ def test_parsl_walltime_wrapper_needs_parsl():
 
     spec = Analyzer(pin_transitive=False).analyze(timeout(task, 5))
     assert f"parsl=={metadata.version('parsl')}" in spec.pip
+
+
+def test_odd_objects_do_not_break_the_walk():
+    class _Hostile:  # local: a module-level class would ship this test module
+        def __getattribute__(self, name):
+            raise RuntimeError(f"no {name}")
+
+    import enum
+    import threading
+
+    import numpy
+
+    class Color(enum.Enum):
+        RED = 1
+
+    class Slotted:
+        __slots__ = ("a",)
+
+        def __init__(self):
+            self.a = numpy.float32(1)
+
+    loop: list = [1]
+    loop.append(loop)
+
+    slotted, hostile, lock = Slotted(), _Hostile(), threading.Lock()
+
+    def task(c=Color.RED, s=slotted, h=hostile, lock=lock, loop=loop):
+        return c, s, h, lock, loop
+
+    req = Analyzer().requirements(task, iter([1]), (x for x in ()))
+    assert {d.name for d in req.distributions} == {"numpy"}, {
+        k: v.where for k, v in req.modules.items()}
+    assert {d.name for d in Analyzer().requirements(print).distributions} == set()

@@ -247,7 +247,13 @@ class ModuleFinder:
         self._seen.add(key)
         self._keep.append(obj)
         self._count += 1
-        self._dispatch(obj, t, where)
+        try:
+            self._dispatch(obj, t, where)
+        except Exception:  # noqa: BLE001 - a hostile object (__getattribute__ raising...):
+            try:  # its class is all that can be known
+                self._class(t, where)
+            except Exception:  # noqa: BLE001
+                return
 
     def scan_module(self, module: types.ModuleType) -> None:
         """Record what importing ``module`` (a local module shipped by reference) needs.
