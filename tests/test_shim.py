@@ -677,3 +677,13 @@ def test_eviction_without_flock_spares_recently_used(
     assert (shim.cache / "env-a" / ".poncho-ready").is_file()  # used a moment ago
     assert (shim.cache / "env-c" / ".poncho-ready").is_file()
     assert "over its limit" in result.stderr
+
+
+def test_worker_without_tar_is_told_so(
+    shim: ShimRunner, busybox_bin: Path, tarball: Path
+) -> None:
+    (busybox_bin / "tar").unlink()
+    result = run_busybox(shim, busybox_bin, "-e", tarball, "true")
+    assert result.returncode == EXIT_UNPACK
+    assert "this worker node has no 'tar'" in result.stderr
+    assert shim.leftovers() == []
