@@ -383,3 +383,15 @@ def test_odd_objects_do_not_break_the_walk():
     assert {d.name for d in req.distributions} == {"numpy"}, {
         k: v.where for k, v in req.modules.items()}
     assert {d.name for d in Analyzer().requirements(print).distributions} == set()
+
+
+def test_concurrent_analyses_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    analyzer = Analyzer()
+    funcs = [CASES[n].func for n in ("mixed_numpy_scipy_pandas", "local_package_function",
+                                     "uses_local_class", "calls_helper_transitively")] * 8
+    with ThreadPoolExecutor(8) as pool:
+        specs = list(pool.map(analyzer.analyze, funcs))
+    for func, spec in zip(funcs, specs):
+        assert spec == analyzer.analyze(func)
