@@ -50,7 +50,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-# -- network -------------------------------------------------------------------------------------
+# -- network --------------------------------------------------------------------------------------
 @pytest.fixture()
 def closed_port() -> Iterator[int]:
     """A port on 127.0.0.1 that refuses connections (bound, never listening, so nobody takes it)."""
@@ -83,7 +83,7 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         server.server_close()
 
 
-# -- disks -----------------------------------------------------------------------------------------
+# -- disks ----------------------------------------------------------------------------------------
 @dataclass
 class Tmpfs:
     """A mounted tmpfs of a fixed size; ``resize`` remounts it with another size."""
@@ -127,7 +127,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Tmpfs]]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-# -- crafted tarballs ------------------------------------------------------------------------------
+# -- crafted tarballs -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Member:
     """One crafted archive member: "file", "dir", "symlink", "hardlink", "fifo" or "chardev"."""
@@ -187,7 +187,7 @@ def fake_env_tarball(tmp_path: Path) -> Path:
     return write_tarball(tmp_path / ("env-" + "a" * 64 + ".tar.gz"), FAKE_ENV_MEMBERS)
 
 
-# -- the shim ---------------------------------------------------------------------------------------
+# -- the shim -------------------------------------------------------------------------------------
 def run_shim(*args: str | Path, cache: Path | None = None, env: dict[str, str] | None = None,
              timeout: float = 120, path: str | None = None,
              shell: str = "/bin/sh") -> subprocess.CompletedProcess[str]:

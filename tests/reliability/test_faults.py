@@ -40,7 +40,7 @@ from .conftest import (
 
 EXIT_UNPACK_FAILED = 67
 
-# -- 1. builder killed with SIGKILL at random points -----------------------------------------------
+# -- 1. builder killed with SIGKILL at random points ----------------------------------------------
 
 # The child: one EnvStore.get with the real builder; every progress line goes to stdout.
 BUILD_CHILD = textwrap.dedent(
@@ -227,7 +227,7 @@ def test_builder_killed_at_random_points(trials: int, tmp_path: Path,
     assert stats["killed"] >= trials * 2 // 3, stats
 
 
-# -- 2. disk full during a build and during an unpack ----------------------------------------------
+# -- 2. disk full during a build and during an unpack ---------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(("size", "phase"), [("16m", "install"), ("56m", "pack")])
@@ -266,8 +266,8 @@ def test_disk_full_during_unpack(tmpfs: Any, tmp_path: Path) -> None:
     result = run_shim("-e", tarball, "-s", sha256_file(tarball), "--", "true", cache=cache)
     assert result.returncode == EXIT_UNPACK_FAILED, result.stderr
     assert re.search(r"disk full|No space left", result.stderr), result.stderr
-    assert _unpack_leftovers(cache) == []
-    assert disk.used_bytes() < 256 << 10
+    assert _unpack_leftovers(cache) == [], result.stderr
+    assert disk.used_bytes() < 256 << 10, (disk.used_bytes(), result.stderr)
     disk.resize("64m")
     result = run_shim("-e", tarball, "--", "sh", "-c", 'cat "$CONDA_PREFIX/share/data/hello.txt"',
                       cache=cache)
@@ -288,7 +288,7 @@ def test_disk_full_during_unpack_of_a_real_env(tmpfs: Any, tmp_path: Path,
     result = run_shim("-e", env.tarball, "-s", env.sha256, "--", "python", "-c", "print(1)",
                       cache=cache)
     assert result.returncode == EXIT_UNPACK_FAILED, result.stderr
-    assert _unpack_leftovers(cache) == []
+    assert _unpack_leftovers(cache) == [], result.stderr
     disk.resize("200m")
     result = run_shim("-e", env.tarball, "-s", env.sha256, "--", "python", "-c",
                       "import sys; print(sys.prefix)", cache=cache)
@@ -297,7 +297,7 @@ def test_disk_full_during_unpack_of_a_real_env(tmpfs: Any, tmp_path: Path,
     record("faults: disk full", injected=1, survived=1)
 
 
-# -- 3. package sources unreachable -----------------------------------------------------------------
+# -- 3. package sources unreachable ---------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_unreachable_conda_channel_names_it(closed_port: int, tmp_path: Path,
