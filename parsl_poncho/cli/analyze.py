@@ -10,9 +10,11 @@ are shipped as local code. The output is a spec for ``poncho_package_create``.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from parsl_poncho.analyze import Analyzer
@@ -21,7 +23,6 @@ from parsl_poncho.analyze.modules import (
     ModuleUse,
     _scan_code,
     code_info,
-    compile_file,
     find_code,
     static_function_uses,
 )
@@ -86,8 +87,10 @@ def analyze_sources(sources: list[str], args: argparse.Namespace, analyzer: Anal
             if folder not in sys.path:
                 sys.path.insert(0, folder)  # as when the script runs: its folder is importable
         try:
-            code = compile_file(source)
-        except (OSError, SyntaxError, ValueError) as exc:
+            text = sys.stdin.read() if source == "-" else Path(source).read_text()
+            code = compile(text, "<stdin>" if source == "-" else source, "exec",
+                           dont_inherit=True)
+        except (OSError, SyntaxError, ValueError, UnicodeDecodeError) as exc:
             raise AnalysisError(f"Cannot read Python source {source!r}: {exc}") from exc
         name = "<stdin>" if source == "-" else source
         if args.function:
@@ -96,7 +99,7 @@ def analyze_sources(sources: list[str], args: argparse.Namespace, analyzer: Anal
                                     "check --function")
             found = static_function_uses(code, args.function)
         else:
-            found = _code_uses(code, toplevel=args.toplevel)
+            found = _code_uses(code, _toplevel_import_lines(text) if args.toplevel else None)
         for module, use in found.items():
             uses.setdefault(module, use)
     label = f"{args.function} in {', '.join(sources)}" if args.function else ", ".join(sources)
@@ -104,11 +107,19 @@ def analyze_sources(sources: list[str], args: argparse.Namespace, analyzer: Anal
     return analyzer.pin(requirements).to_dict()
 
 
-def _code_uses(code: Any, toplevel: bool) -> dict[str, ModuleUse]:
+def _toplevel_import_lines(text: str) -> set[int]:
+    """Lines of the import statements in the module body (as cctools' --toplevel reads it)."""
+    return {node.lineno for node in ast.parse(text).body
+            if isinstance(node, (ast.Import, ast.ImportFrom))}
+
+
+def _code_uses(code: Any, lines: set[int] | None) -> dict[str, ModuleUse]:
+    """Imports of a script's code: all of them, or those on ``lines`` (module-body imports)."""
     finder = ModuleFinder()
     imports: list[Any] = []
-    if toplevel:
+    if lines is not None:
         _scan_code(code, imports, [])
+        imports = [imp for imp in imports if imp.line in lines]
     else:
         imports = list(code_info(code).imports)
     for imp in imports:
