@@ -395,3 +395,11 @@ def test_concurrent_analyses_agree():
         specs = list(pool.map(analyzer.analyze, funcs))
     for func, spec in zip(funcs, specs):
         assert spec == analyzer.analyze(func)
+
+
+def test_container_subclasses_need_their_class():
+    from sklearn.utils import Bunch
+
+    bunch = Bunch(a=1)  # a dict subclass from scikit-learn
+    req = Analyzer().requirements(lambda b: b, bunch)
+    assert {d.name for d in req.distributions} == {"scikit-learn"}

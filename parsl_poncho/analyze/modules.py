@@ -27,6 +27,7 @@ _ATOMIC = frozenset(
      type(NotImplemented)}
 )
 _CONTAINERS = (list, tuple, set, frozenset)
+_BUILTIN_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
 _MAX_ITEMS = 200  # items walked per container: enough to see the types, bounded for huge args
 _MAX_OBJECTS = 5000  # objects walked per analysis
 _SKIP_CLASS_ATTRS = frozenset({"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"})
@@ -266,9 +267,8 @@ class ModuleFinder:
         for attr, value in list(vars(module).items()):
             if attr in _SKIP_MODULE_ATTRS:
                 continue
-            if getattr(value, "__module__", None) == name and isinstance(
-                value, (types.FunctionType, type)
-            ):
+            if isinstance(value, (types.FunctionType, type)) and getattr(
+                value, "__module__", None) == name:
                 self._walk_defined(value, name)
             else:
                 self.walk(value, f"{where}, global {attr!r}")
@@ -303,14 +303,21 @@ class ModuleFinder:
         elif isinstance(obj, (types.BuiltinFunctionType, types.MethodWrapperType)):
             self._builtin(obj, where)
         elif isinstance(obj, _CONTAINERS):
+            self._container_type(t, where)
             self._walk_items(obj, where)
         elif isinstance(obj, dict):
+            self._container_type(t, where)
             self._walk_items(obj.keys(), where)
             self._walk_items(obj.values(), where)
         elif isinstance(obj, (types.CodeType, weakref.ref)):
             return
         else:
             self._instance(obj, t, where)
+
+    def _container_type(self, t: type, where: str) -> None:
+        """A subclass of a builtin container (a namedtuple, a dict subclass) needs its class."""
+        if t not in _BUILTIN_CONTAINERS:
+            self.walk(t, where)
 
     def _walk_items(self, items: Iterable[Any], where: str) -> None:
         for n, item in enumerate(items):
