@@ -9,8 +9,8 @@ from typing import Any, Sequence
 from parsl_poncho.build._util import site_packages
 from parsl_poncho.errors import BuildError
 
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".git", ".mypy_cache",
-                                 ".pytest_cache")
+# The same files the analyzer hashes into LocalCode.sha256: everything but bytecode.
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
 
 
 def add_local_code(prefix: Path, local: Sequence[Any]) -> list[str]:
