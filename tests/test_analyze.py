@@ -16,6 +16,7 @@ from rattler import PrefixRecord
 from parsl_poncho.analyze import Analyzer, analyze, find_modules, strip_parsl_wrapper
 from parsl_poncho.analyze.classify import Classifier, normalize_channel, normalize_name
 from parsl_poncho.analyze.pin import python_version
+from parsl_poncho.spec import Spec
 
 CORPUS = Path(__file__).parent / "analyze_corpus"
 if str(CORPUS) not in sys.path:
@@ -88,6 +89,7 @@ def test_corpus_in_venv(name, venv_analyzer):
     assert "parsl" not in pinned
     for code in spec.local:
         assert Path(code.path).exists() and len(code.sha256) == 64
+    assert Spec.from_dict(spec.to_dict()).hash() == spec.hash()  # a valid, stable spec
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -104,6 +106,7 @@ def test_corpus_against_conda_prefix(name, conda_prefix):
         version = metadata.version(dist)
         assert f"{dist}={version}=py311_test_0" in spec.conda
         assert not any(p.startswith(f"{dist}==") for p in spec.pip)
+    assert Spec.from_dict(spec.to_dict()).hash() == spec.hash()
     assert spec.channels[0] == "conda-forge"
     assert set(spec.channels) <= {"conda-forge", "file:///opt/local-channel"}
 
