@@ -91,3 +91,12 @@ class AnalysisOptionError(AnalysisError, ValueError):
     def __init__(self, msg: str, problems: list[str] | None = None):
         self.problems = list(problems or [])
         super().__init__(msg)
+
+
+class MissingModuleError(UnresolvedImportError, ModuleNotFoundError):
+    """An app imports a module that does not exist on the submit host either.
+
+    Raised by PonchoExecutor.submit() in place of UnresolvedImportError so that code catching
+    ``ImportError``/``ModuleNotFoundError`` around ``future.result()`` behaves as with any other
+    executor (where the same import fails on the worker).
+    """

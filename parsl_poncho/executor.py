@@ -39,8 +39,10 @@ from parsl.utils import RepresentationMixin, get_std_fname_mode
 
 from parsl_poncho.errors import (
     ExecutorError,
+    MissingModuleError,
     RemoteTaskError,
     TaskSerializationError,
+    UnresolvedImportError,
 )
 from parsl_poncho.workqueue import (
     FileToWq,
@@ -403,8 +405,18 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
     # -- submission -------------------------------------------------------------------------
     def _analyse(self, func: Callable, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any]]:
-        """The spec of ``func`` and the modules (-> distribution) it needs; memoised by Analyzer."""
-        spec = self._analyzer.analyze(func, *args, **kwargs)
+        """The spec of ``func`` and the modules (-> distribution) it needs; memoised by Analyzer.
+
+        :raises MissingModuleError: (an ImportError) the function imports a module that exists
+            nowhere here, so the task fails the way it would on a worker.
+        """
+        try:
+            spec = self._analyzer.analyze(func, *args, **kwargs)
+        except UnresolvedImportError as exc:
+            if isinstance(exc, MissingModuleError) or _importable(exc.module):
+                raise
+            raise MissingModuleError(str(exc), module=exc.module,
+                                     function=exc.function) from exc
         modules: dict[str, Any] = {}
         if self.verify and hasattr(self._analyzer, "requirements"):
             modules = modules_from_requirements(self._analyzer.requirements(func, *args, **kwargs))
@@ -666,6 +678,16 @@ def _unpicklable_part(func: Callable, args: tuple, kwargs: dict) -> str | None:
         except Exception:  # noqa: BLE001
             return what
     return None
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be found on this host (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _short(obj: Any) -> str:

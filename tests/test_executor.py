@@ -401,3 +401,18 @@ def test_worker_command_uses_chosen_port_and_options():
     cmd = PonchoExecutor(init_command="module load x")._task_command("env-a.tar.gz", "ff")
     assert cmd.startswith("module load x; ./poncho_run -e env-a.tar.gz")
     assert "-s ff" in cmd and "run_function.py fn.pkl result.pkl" in cmd
+
+
+def test_import_of_a_module_that_exists_nowhere_is_an_import_error(tmp_path):
+    from parsl_poncho.analyze import Analyzer
+    from parsl_poncho.errors import MissingModuleError, UnresolvedImportError
+
+    def bad_import():
+        import non_existent_module_xyz  # noqa: F401
+
+    ex = PonchoExecutor(analyzer=Analyzer())
+    ex._analyzer = ex.analyzer
+    with pytest.raises(ImportError, match="non_existent_module_xyz") as info:
+        ex._analyse(bad_import, (), {})
+    assert isinstance(info.value, MissingModuleError)
+    assert isinstance(info.value, UnresolvedImportError)

@@ -1,0 +1,138 @@
+"""Benchmark PonchoExecutor against Parsl's stock WorkQueueExecutor on the same local workers.
+
+Prints one table:
+  * throughput of N no-op tasks (warm env) -- PonchoExecutor vs stock WorkQueueExecutor without
+    packing (ratio), the stock one also with a 1-core resource spec (without one, each stock
+    task takes a whole worker);
+  * first-task latency (app call -> result, right after parsl.load): PonchoExecutor with a cold
+    cache (empty env store and worker unpack cache: build + verify + transfer + unpack) and a warm
+    one, and the stock executor.
+
+Usage: python bench/executor.py [--tasks 1000] [--repeat 3]
+Each executor gets one LocalProvider block: one work_queue_worker using all cores of this host.
+The builder's package caches (rattler, uv) stay warm in the cold case: "cold" means this
+spec was never built, not that nothing was ever downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import parsl
+from parsl.config import Config
+from parsl.providers import LocalProvider
+
+
+@parsl.python_app
+def noop(parsl_resource_specification={}):  # noqa: B006 - Parsl's own convention
+    return None
+
+
+def _stock_alias() -> None:
+    """Let Parsl's WorkQueueExecutor import Debian's legacy module as ndcctools.work_queue."""
+    alias = Path(tempfile.gettempdir()) / "parsl-poncho-ndcctools-alias"
+    pkg = alias / "ndcctools"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "work_queue.py").write_text(
+        "import sys\n"
+        "if '/usr/lib/python3/dist-packages' not in sys.path:\n"
+        "    sys.path.append('/usr/lib/python3/dist-packages')\n"
+        "from work_queue import *  # noqa\nfrom work_queue import WorkQueue, Task  # noqa\n")
+    if str(alias) not in sys.path:
+        sys.path.insert(0, str(alias))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(alias), os.environ.get("PYTHONPATH")) if p)
+    # stock workers run `python3` from PATH and need parsl there
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+
+
+def _provider() -> LocalProvider:
+    return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)
+
+
+def poncho_executor(cache: Path) -> Any:
+    from parsl_poncho import PonchoExecutor
+
+    return PonchoExecutor(cache_dir=str(cache), provider=_provider())
+
+
+def stock_executor(_cache: Path) -> Any:
+    from parsl.executors import WorkQueueExecutor
+
+    return WorkQueueExecutor(port=0, coprocess=False, provider=_provider())
+
+
+def run(make: Callable[[Path], Any], cache: Path, run_dir: Path, *, tasks: int,
+        spec: dict | None) -> tuple[float, float]:
+    """(first-task latency, throughput of ``tasks`` no-ops after it) for one fresh DFK."""
+    config = Config(executors=[make(cache)], run_dir=str(run_dir), strategy="none")
+    kw = {} if spec is None else {"parsl_resource_specification": spec}
+    with parsl.load(config):
+        t0 = time.perf_counter()
+        noop(**kw).result()
+        latency = time.perf_counter() - t0
+        throughput = float("nan")
+        if tasks:
+            t0 = time.perf_counter()
+            futures = [noop(**kw) for _ in range(tasks)]
+            for f in futures:
+                f.result()
+            throughput = tasks / (time.perf_counter() - t0)
+    return latency, throughput
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    _stock_alias()
+    work = Path(tempfile.mkdtemp(prefix="bench-executor-"))
+    worker_cache = work / "worker-cache"
+    os.environ["PARSL_PONCHO_WORKER_CACHE"] = str(worker_cache)
+    one_core = {"cores": 1, "memory": 500, "disk": 500}
+    rows: dict[str, list[tuple[float, float]]] = {k: [] for k in (
+        "poncho cold", "poncho warm", "stock", "stock 1-core spec")}
+    try:
+        for i in range(args.repeat):
+            cache = work / f"cache-{i}"  # a new store: this spec was never built
+            shutil.rmtree(worker_cache, ignore_errors=True)
+            rows["poncho cold"].append(run(poncho_executor, cache, work / f"r{i}a", tasks=0,
+                                           spec=None))
+            rows["poncho warm"].append(run(poncho_executor, cache, work / f"r{i}b",
+                                           tasks=args.tasks if i == 0 else 0, spec=None))
+            rows["stock"].append(run(stock_executor, cache, work / f"r{i}c",
+                                     tasks=args.tasks if i == 0 else 0, spec=None))
+            rows["stock 1-core spec"].append(run(stock_executor, cache, work / f"r{i}d",
+                                                 tasks=args.tasks if i == 0 else 0,
+                                                 spec=one_core))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _print_table(rows, args)
+    return 0
+
+
+def _print_table(rows: dict[str, list[tuple[float, float]]], args: argparse.Namespace) -> None:
+    base = rows["stock"][0][1]
+    print(f"\nPonchoExecutor vs Parsl WorkQueueExecutor (pack=False), one local worker with "
+          f"{os.cpu_count()} cores; {args.tasks} no-op tasks; latency median of {args.repeat}")
+    print(f"{'executor':<20} {'first task s (median)':>22} {'tasks/s':>10} {'vs stock':>9}")
+    for name, values in rows.items():
+        latency = statistics.median(v[0] for v in values)
+        tput = values[0][1]
+        shown = "-" if tput != tput else f"{tput:.1f}"
+        ratio = "-" if tput != tput else f"{tput / base:.2f}x"
+        print(f"{name:<20} {latency:>22.2f} {shown:>10} {ratio:>9}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
