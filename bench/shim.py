@@ -7,6 +7,9 @@ Usage: python bench/shim.py [--tarball ENV.tar.gz] [--repeat N] [--warm-repeat M
 Without --tarball, one env (python + pip + the --pip packages) is built with build_env from a
 seeded channel. All rows run `python -c pass` inside that env, in the same process run:
 
+Cases take turns within each round (interleaved) so that load from other processes falls on
+all of them alike; each row is the median over the rounds.
+
 - first task (fresh node cache each run, median of N):
     floor                    `tar xzf ENV -C fresh_dir` (no checks, no relocation, no python)
     poncho_run               list + check members, extract, conda-unpack, activate, run python
@@ -68,17 +71,23 @@ def run_timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path | No
     return elapsed
 
 
-def median_fresh(n: int, root: Path, make_argv) -> float:
-    """Median of n runs, each given a fresh empty directory (removed afterwards, untimed)."""
-    times = []
-    for i in range(n):
-        fresh = root / f"fresh-{i}"
-        fresh.mkdir()
-        try:
-            times.append(make_argv(fresh))
-        finally:
-            shutil.rmtree(fresh, ignore_errors=True)
-    return statistics.median(times)
+def fresh_dir_run(root: Path, run) -> float:
+    """Time ``run(fresh_dir)`` with a new empty directory (removed afterwards, untimed)."""
+    fresh = Path(tempfile.mkdtemp(dir=root))
+    try:
+        return run(fresh)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def interleaved_medians(n: int, cases: dict[str, object]) -> dict[str, float]:
+    """Median of n runs per case, the cases taking turns so that load from other processes
+    on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(n):
+        for name, run in cases.items():
+            times[name].append(run())
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def shim_env(cache: Path) -> dict[str, str]:
@@ -90,20 +99,20 @@ def shim_env(cache: Path) -> dict[str, str]:
 def first_task_rows(tarball: Path, root: Path, n: int) -> dict[str, float]:
     shim = str(poncho_run_path())
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    rows = {
-        "tar xzf (floor)": median_fresh(
-            n, root, lambda d: run_timed(["tar", "xzf", str(tarball), "-C", str(d)])),
-        "poncho_run": median_fresh(
-            n, root, lambda d: run_timed([SH, shim, "-e", str(tarball), *TASK], shim_env(d))),
-        "poncho_run -s SHA256": median_fresh(
-            n, root, lambda d: run_timed([SH, shim, "-s", digest, "-e", str(tarball), *TASK],
-                                         shim_env(d))),
+    cases = {
+        "tar xzf (floor)": lambda: fresh_dir_run(
+            root, lambda d: run_timed(["tar", "xzf", str(tarball), "-C", str(d)])),
+        "poncho_run": lambda: fresh_dir_run(
+            root, lambda d: run_timed([SH, shim, "-e", str(tarball), *TASK], shim_env(d))),
+        "poncho_run -s SHA256": lambda: fresh_dir_run(
+            root, lambda d: run_timed([SH, shim, "-s", digest, "-e", str(tarball), *TASK],
+                                      shim_env(d))),
     }
     if os.access(PYTHON_PACKAGE_RUN, os.X_OK):
-        rows["python_package_run -e"] = median_fresh(
-            n, root, lambda d: run_timed([PYTHON_PACKAGE_RUN, "-e", str(tarball), "--", *TASK],
-                                         cwd=d))
-    return rows
+        cases["python_package_run -e"] = lambda: fresh_dir_run(
+            root, lambda d: run_timed([PYTHON_PACKAGE_RUN, "-e", str(tarball), "--", *TASK],
+                                      cwd=d))
+    return interleaved_medians(n, cases)
 
 
 def warm_task_rows(tarball: Path, root: Path, n: int, n_ppr: int) -> dict[str, float]:
@@ -113,20 +122,20 @@ def warm_task_rows(tarball: Path, root: Path, n: int, n_ppr: int) -> dict[str, f
     run_timed([SH, shim, "-e", str(tarball), *TASK], env)  # unpack once
     prefix = cache / tarball.name.removesuffix(".tar.gz")
     direct = [str(prefix / "bin" / "python"), *TASK[1:]]
-    rows = {
-        "python, no shim (floor)": statistics.median(run_timed(direct) for _ in range(n)),
-        "poncho_run": statistics.median(
-            run_timed([SH, shim, "-e", str(tarball), *TASK], env) for _ in range(n)),
+    cases = {
+        "python, no shim (floor)": lambda: run_timed(direct),
+        "poncho_run": lambda: run_timed([SH, shim, "-e", str(tarball), *TASK], env),
     }
     if os.access(PYTHON_PACKAGE_RUN, os.X_OK):
-        rows["python_package_run -e"] = statistics.median(
-            run_timed([PYTHON_PACKAGE_RUN, "-e", str(tarball), "--", *TASK], cwd=root)
-            for _ in range(n_ppr))
         unpack_to = root / "ppr-unpacked"
         ppr_u = [PYTHON_PACKAGE_RUN, "-u", str(unpack_to), "-e", str(tarball), "--", *TASK]
         run_timed(ppr_u, cwd=root)
-        rows["python_package_run -u DIR"] = statistics.median(
-            run_timed(ppr_u, cwd=root) for _ in range(n))
+        cases["python_package_run -u DIR"] = lambda: run_timed(ppr_u, cwd=root)
+    rows = interleaved_medians(n, cases)
+    if os.access(PYTHON_PACKAGE_RUN, os.X_OK):
+        ppr_e = [PYTHON_PACKAGE_RUN, "-e", str(tarball), "--", *TASK]
+        rows["python_package_run -e"] = interleaved_medians(
+            n_ppr, {"ppr": lambda: run_timed(ppr_e, cwd=root)})["ppr"]
     return rows
 
 
