@@ -52,6 +52,25 @@ def row(name: str, phases: dict[str, float], total: float) -> str:
     return f"{name:<6}{cells}{total:>9.2f}"
 
 
+def store_hits(spec: Spec, options: BuildOptions, root: Path, repeat: int) -> None:
+    """EnvStore.get of a built spec: the hit a second request costs (no build)."""
+    try:
+        from parsl_poncho.store import EnvStore
+    except ImportError:
+        print("store: parsl_poncho.store not available, hit time not measured")
+        return
+    with EnvStore(root / "store", build_options=options) as store:
+        build_s, _ = timed(lambda: store.get(spec).result())
+        same = median_of(repeat, lambda: store.get(spec).result())
+    fresh = []
+    for _ in range(repeat):
+        with EnvStore(root / "store", build_options=options) as store:
+            fresh.append(timed(lambda s=store: s.get(spec).result())[0])
+    print(f"store: build+publish {build_s:.2f} s; hit (same EnvStore) "
+          f"{same * 1e3:.2f} ms; hit (new EnvStore, e.g. a new process) "
+          f"{statistics.median(fresh) * 1e3:.2f} ms  (median of {repeat})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per pack measurement")
@@ -92,6 +111,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
     print(row("cold", cold.phases, cold_s))
     print(row("warm", warm.phases, warm_s))
     print(f"warm/cold total: {warm_s / cold_s:.2f}")
+    store_hits(spec, options, root, args.repeat)
 
     # pack vs tar czf of one and the same env dir
     keep = dataclasses.replace(options, keep_workdir=True, workdir=root / "keep")

@@ -64,7 +64,7 @@ class BuildOptions:
     :param cache_dir: rattler package/repodata caches and pip/uv caches
         (default: ``paths.default_cache_dir()``).
     :param compress_level: gzip level of the tarball (default 4).
-    :param n_threads: conda-pack compression threads (0: up to 2, as the CPUs allow).
+    :param n_threads: conda-pack compression threads (default 1; 0: up to 2, as CPUs allow).
     :param timeout: seconds allowed to each subprocess (solver executable, pip, git, download).
     :param keep_workdir: keep the scratch dir after the build (debugging).
     """
@@ -81,7 +81,7 @@ class BuildOptions:
     workdir: Path | None = None
     cache_dir: Path | None = None
     compress_level: int = DEFAULT_COMPRESS_LEVEL
-    n_threads: int = 0
+    n_threads: int = 1
     timeout: float | None = 1800.0
     keep_workdir: bool = False
 
@@ -263,7 +263,7 @@ def pack_existing_env(
     output: Path,
     *,
     compress_level: int = DEFAULT_COMPRESS_LEVEL,
-    n_threads: int = 0,
+    n_threads: int = 1,
     progress: ProgressCallback | None = None,
     ignore_editable_packages: bool = False,
 ) -> Manifest:

@@ -18,14 +18,15 @@ def pack_env(
     output: Path,
     *,
     compress_level: int = DEFAULT_COMPRESS_LEVEL,
-    n_threads: int = 0,
+    n_threads: int = 1,
     on_missing_cache: str = "raise",
     ignore_missing_files: bool = False,
     ignore_editable_packages: bool = False,
 ) -> tuple[int, str]:
     """conda-pack ``prefix`` to ``output`` (tar.gz, mode 0644) via temp + os.replace.
 
-    ``n_threads`` 0 means up to 2 threads, as the CPUs allow (2 threads: ~25% faster here).
+    ``n_threads`` 0 means up to 2 threads, as the CPUs allow. One is the default: on this
+    2-core host shared with other work, 2 threads were 20-28% slower in 2 of 3 bench runs.
 
     :returns: (size in bytes, sha256 hex) of the tarball.
     :raises BuildError: step ``"pack"`` with conda-pack's explanation.
