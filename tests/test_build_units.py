@@ -248,6 +248,10 @@ def test_uv_command(tmp_path):
     assert cmd[cmd.index("--constraint") + 1] == str(tmp_path / "c.txt")
     assert cmd[cmd.index("--cache-dir") + 1] == str(tmp_path / "cache" / "uv")
     assert cmd[-2:] == ["six==1.17.0", "idna"]
+    assert "--compile-bytecode" in cmd
+    request.compile_bytecode = False
+    assert "--compile-bytecode" not in pip.pip_command("uv", "/bin/uv", request, None)
+    assert "--no-compile" in pip.pip_command("pip", None, request, None)
 
 
 def test_pip_command_is_isolated_and_keeps_tls(tmp_path):

@@ -40,6 +40,7 @@ class PipRequest:
     find_links: list[str] = field(default_factory=list)
     cache_dir: Path | None = None
     timeout: float | None = None
+    compile_bytecode: bool = True
 
 
 def find_uv() -> str | None:
@@ -103,12 +104,16 @@ def pip_command(
     if installer == "uv":
         assert uv is not None
         cmd = [uv, "pip", "install", "--no-config", "--python", python, "--link-mode", "hardlink",
-               "--compile-bytecode", "--no-progress"]
+               "--no-progress"]
+        if request.compile_bytecode:
+            cmd.append("--compile-bytecode")
         if request.cache_dir is not None:
             cmd += ["--cache-dir", str(request.cache_dir / "uv")]
     else:
         cmd = [python, "-m", "pip", "install", "--isolated", "--no-input",
                "--disable-pip-version-check", "--no-warn-script-location"]
+        if not request.compile_bytecode:
+            cmd.append("--no-compile")
         if request.cache_dir is not None:
             cmd += ["--cache-dir", str(request.cache_dir / "pip")]
         bundle = ca_bundle()
