@@ -67,6 +67,17 @@ def check_git_source(var: str, remote: str, ref: str | None) -> None:
             step="data",
             package=var,
         )
+    # The same rules as spec validation (e.g. ssh://-oProxyCommand=... hosts), for Specs
+    # constructed directly and never validated.
+    from parsl_poncho.spec import git_ref_error, git_remote_error
+
+    problem = git_remote_error(remote) or (git_ref_error(ref) if ref else None)
+    if problem:
+        raise BuildError(
+            f"git.{var}: remote {remote!r} / ref {ref!r} is refused: {problem}",
+            step="data",
+            package=var,
+        )
 
 
 def check_url(var: str, url: str) -> None:
