@@ -26,7 +26,18 @@ from parsl_poncho.cli import run as cli_run
 from parsl_poncho.shim import poncho_run_path, run_function_path
 
 REPO = Path(__file__).resolve().parent.parent
-HOST = os.uname().nodename
+
+
+def _lock_host() -> str:
+    """How poncho_run names this host in lock owners: hostname/pidns-<PID namespace inode>."""
+    try:
+        ns = os.readlink(f"/proc/{os.getpid()}/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return os.uname().nodename
+    return f"{os.uname().nodename}/pidns-{ns[len('pid:['):-1]}"
+
+
+HOST = _lock_host()
 
 EXIT_USAGE, EXIT_CORRUPT, EXIT_UNSAFE, EXIT_UNPACK, EXIT_LOCK = 64, 65, 66, 67, 68
 
@@ -251,6 +262,12 @@ def test_lock_of_live_process_times_out(shim: ShimRunner, tarball: Path) -> None
     assert f"pid {os.getpid()} on host {HOST}" in result.stderr
     assert time.monotonic() - started < 15
     assert (shim.cache / "env-fake.lock").is_dir()  # not ours to remove
+
+
+def test_lock_from_another_pid_namespace_is_not_broken(shim: ShimRunner, tarball: Path) -> None:
+    write_lock(shim.cache / "env-fake.lock", dead_pid(), f"{os.uname().nodename}/pidns-1")
+    result = shim.run("-w", "1", "-e", tarball, "true")
+    assert result.returncode == EXIT_LOCK
 
 
 def test_lock_from_another_host_is_not_broken(shim: ShimRunner, tarball: Path) -> None:
