@@ -704,3 +704,15 @@ def test_worker_without_tar_is_told_so(
     assert result.returncode == EXIT_UNPACK
     assert "this worker node has no 'tar'" in result.stderr
     assert shim.leftovers() == []
+
+
+def test_paths_with_spaces_and_odd_names(tmp_path: Path) -> None:
+    odd = tmp_path / "my dir"
+    odd.mkdir()
+    runner = ShimRunner(odd)
+    tarball = make_env_tarball(odd / "env with spaces & $x.tar.gz")
+    result = runner.run("-d", "--cache-max-size", "1K", "-e", tarball.name, "sh", "-c",
+                        'printf "%s\\n" "$CONDA_PREFIX" "$DATA_DIR"')
+    assert result.returncode == 0, result.stderr
+    prefix = odd / "cache" / "env_with_spaces____x"
+    assert result.stdout.splitlines() == [str(prefix), f"{prefix}/share/data"]
