@@ -13,7 +13,7 @@ cloudpickled dict, one of:
      "exception": <the exception object, or None when it does not survive pickling>}
 
 A return value that cannot be pickled is reported as "raised" (exc_type
-"pickle.PicklingError"), since the function's result cannot reach the caller.
+"_pickle.PicklingError"), since the function's result cannot reach the caller.
 
 Exit codes:
     0   the function returned; RESULT.pkl holds {"status": "ok", ...}
@@ -156,9 +156,7 @@ def write_atomically(path: str, data: bytes) -> None:
         raise RunnerError(f"cannot write the result file {path!r}: {exc}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            f.write(data)  # no fsync: readers are on this node, after this process exits
         os.replace(tmp, path)
     except OSError as exc:
         try:
