@@ -25,8 +25,9 @@ def pack_env(
 ) -> tuple[int, str]:
     """conda-pack ``prefix`` to ``output`` (tar.gz, mode 0644) via temp + os.replace.
 
-    ``n_threads`` 0 means up to 2 threads, as the CPUs allow. One is the default: on this
-    2-core host shared with other work, 2 threads were 20-28% slower in 2 of 3 bench runs.
+    ``n_threads`` 0 means up to 2 threads, as the CPUs allow. One is the default: it leaves a
+    core to concurrent builds and tasks; 2 threads packed ~15% faster in bench/build.py on the
+    2-core host (interleaved medians).
 
     :returns: (size in bytes, sha256 hex) of the tarball.
     :raises BuildError: step ``"pack"`` with conda-pack's explanation.
