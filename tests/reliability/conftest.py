@@ -260,3 +260,129 @@ def umask(mask: int) -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+# -- the workflow script (submit process) and Work Queue workers ---------------------------------
+WORKFLOW = Path(__file__).parent / "workflow" / "script.py"
+
+
+@pytest.fixture(scope="session")
+def shared_pkg_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rattler/uv package cache shared by the workflow runs of one session."""
+    return tmp_path_factory.mktemp("workflow-pkg-cache")
+
+
+@dataclass
+class Workflow:
+    """A running workflow script: its process (own session) and the lines it printed."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str]
+    cond: threading.Condition
+
+    def wait_line(self, prefix: str, count: int = 1, timeout: float = 600) -> list[str]:
+        """The first ``count`` lines starting with ``prefix`` (AssertionError on timeout/exit)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [line for line in self.lines if line.startswith(prefix)]
+                if len(found) >= count:
+                    return found[:count]
+                assert "EOF" not in self.lines, f"workflow ended early: {self.lines[-15:]}"
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {count} x {prefix!r} lines: {self.lines[-15:]}"
+                self.cond.wait(left)
+
+    def port(self) -> int:
+        return int(self.wait_line("PORT ")[0].split()[1])
+
+    def summary(self, timeout: float = 1800) -> dict[str, Any]:
+        import json
+
+        line = self.wait_line("SUMMARY ", timeout=timeout)[0]
+        self.proc.wait(timeout=120)
+        return json.loads(line[len("SUMMARY "):])
+
+    def builds(self) -> list[str]:
+        with self.cond:
+            return [line.split()[1] for line in self.lines if line.startswith("BUILD ")]
+
+    def kill(self) -> None:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+
+def start_workflow(tmp: Path, channel: Path, pkg_cache: Path, *, cache: Path, run_dir: Path,
+                   tasks: int, workers: int = 0, extra: tuple[str, ...] = (),
+                   worker_cache: Path | None = None) -> Workflow:
+    """Start the workflow script (stdout read in a thread; stderr to ``run_dir``.stderr)."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARSL_PONCHO_")}
+    env["PARSL_PONCHO_WORKER_CACHE"] = str(worker_cache or tmp / "worker-cache")
+    stderr = open(f"{run_dir}.stderr", "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKFLOW), "--cache", str(cache), "--channel", str(channel),
+         "--pkg-cache", str(pkg_cache), "--run-dir", str(run_dir), "--tasks", str(tasks),
+         "--workers", str(workers), *extra],
+        cwd=WORKFLOW.parent, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        start_new_session=True,
+    )
+    stderr.close()
+    flow = Workflow(proc, [], threading.Condition())
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with flow.cond:
+                flow.lines.append(line.rstrip("\n"))
+                flow.cond.notify_all()
+        with flow.cond:
+            flow.lines.append("EOF")
+            flow.cond.notify_all()
+
+    threading.Thread(target=read, daemon=True).start()
+    return flow
+
+
+class Workers:
+    """work_queue_worker processes started by a test, each in its own session; all killed at
+    teardown (with any task processes they left)."""
+
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, port: int, cores: int = 1, *extra: str) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARSL_PONCHO_")}
+        env["PARSL_PONCHO_WORKER_CACHE"] = str(self.cache)
+        proc = subprocess.Popen(
+            ["work_queue_worker", "--cores", str(cores), "--timeout", "120", *extra,
+             "localhost", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        import signal
+
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    if not shutil.which("work_queue_worker"):
+        pytest.skip("work_queue_worker is not installed (Debian: coop-computing-tools)")
+    pool = Workers(tmp_path / "worker-cache")
+    yield pool
+    pool.close()
