@@ -175,15 +175,17 @@ def solve_error(kind: str, text: str, request: CondaRequest) -> BuildError:
     """Turn a rattler solve/gateway failure into a BuildError that names the package or channel."""
     if kind == "SolverError" or "Cannot solve" in text:
         package = conda_package_in_error(text)
-        where = f" {package!r}" if package else ""
-        hint = ("Check the version pins, or add a channel that has the package (--channel / "
-                "BuildOptions.channels)")
+        where = f" for {package!r}" if package else ""
+        hint = ("Check the name and version pins, or add a channel that has the package "
+                "(--channel / BuildOptions.channels)")
         if package == "python" and any(url.startswith("file:") for url in request.channels):
             hint += (f". A seeded local channel holds only the Python that seeded it "
                      f"({_host_python()}): seed it from the Python you need")
+        reason = text.strip().splitlines()[-1].strip().rstrip(".")
+        reason = reason.replace("Cannot solve the request because of: ", "")
         return BuildError(
-            f"solve: the conda dependencies cannot be satisfied{where} from channels "
-            f"{', '.join(request.channels)}: {text.strip().splitlines()[-1]}. {hint}",
+            f"solve: no solution{where} in channels {', '.join(request.channels)} "
+            f"({reason}). {hint}",
             step="solve",
             package=package,
             log_tail=tail(text),
@@ -192,8 +194,9 @@ def solve_error(kind: str, text: str, request: CondaRequest) -> BuildError:
     where = f"channel {channel!r}" if channel else f"channels {', '.join(request.channels)}"
     return BuildError(
         f"solve: could not read the package index of {where}: {first_line_of(text, kind)}. Is "
-        "it reachable from here? Without network, seed a local channel "
-        "(parsl-poncho channel seed DIR) and build with --channel DIR",
+        "it reachable from here? Without conda channels, build from a local channel seeded "
+        "with this Python: poncho_package_create --offline, or `parsl-poncho channel seed DIR` "
+        "and BuildOptions(channels=(DIR,)) / --channel DIR --override-channels",
         step="solve",
         package=None,
         log_tail=tail(text),
