@@ -18,7 +18,9 @@ which=${1:-poncho}
 [ $# -gt 0 ] && shift
 case $which in
     poncho) config=$here/config.py ;;
-    stock) config=$here/stock_config.py ;;
+    stock) config=$here/stock_config.py
+           PYTHONPATH=$here/stock_alias${PYTHONPATH:+:$PYTHONPATH}
+           export PYTHONPATH ;;
     *) echo "usage: $0 [poncho|stock] [pytest args...]" >&2; exit 64 ;;
 esac
 venv=${SUITE_VENV:-$HOME/.cache/parsl-poncho/suite-venv}
