@@ -516,3 +516,14 @@ def test_scratch_dir_removed_and_stale_ones_reaped(tmp_path):
     with scratch.scratch_dir(work, keep=True) as kept:
         pass
     assert kept.exists()
+
+
+def test_default_progress_prints_on_a_terminal(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    monkeypatch.setattr(sys, "stderr", stream)
+    progress.default_progress()("[1/5] solve: done in 0.10 s")
+    assert stream.getvalue() == "parsl-poncho: [1/5] solve: done in 0.10 s\n"

@@ -128,3 +128,21 @@ def test_stale_packages_of_another_interpreter_are_removed(tmp_path):
         path.write_bytes(b"")
     channel_mod._remove_stale(tmp_path, ["noarch/pip-2.0-py_cafe_poncho.conda"])
     assert not old.exists() and not old2.exists() and new.exists() and foreign.exists()
+
+
+@pytest.mark.slow
+def test_two_processes_seeding_one_new_channel(tmp_path):
+    import subprocess
+
+    dest = tmp_path / "channel"
+    code = ("import sys; from pathlib import Path; from parsl_poncho.build import seed_channel;"
+            "print(seed_channel(Path(sys.argv[1])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(dest)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert {out.strip() for out, _ in outs} == {str(dest)}
+    python = [r for r in _repodata(dest, channel_mod.current_subdir(), "packages.conda").values()
+              if r["name"] == "python"]
+    assert len(python) == 1
+    assert not list(dest.glob("*/*.tmp")) and not list(dest.glob("seed-*"))
