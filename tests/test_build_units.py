@@ -527,3 +527,21 @@ def test_default_progress_prints_on_a_terminal(monkeypatch):
     monkeypatch.setattr(sys, "stderr", stream)
     progress.default_progress()("[1/5] solve: done in 0.10 s")
     assert stream.getvalue() == "parsl-poncho: [1/5] solve: done in 0.10 s\n"
+
+
+def test_pip_options_from_spec_and_build_options_merge(tmp_path):
+    from parsl_poncho.build import _pip_request
+    from parsl_poncho.spec import PipOptions
+
+    spec = Spec(conda=("python",), pip=("six",), pip_options=PipOptions(
+        index_url="https://spec/simple", extra_index_urls=("https://spec-extra/simple",),
+        find_links=("/spec-wheels",)))
+    plain = _pip_request(spec, BuildOptions(), tmp_path, tmp_path)
+    assert (plain.index_url, plain.extra_index_urls, plain.find_links) == (
+        "https://spec/simple", ["https://spec-extra/simple"], ["/spec-wheels"])
+    merged = _pip_request(spec, BuildOptions(index_url="https://mirror/simple",
+                                             extra_index_urls=("https://x/simple",),
+                                             find_links=("/wheels",)), tmp_path, tmp_path)
+    assert merged.index_url == "https://mirror/simple"
+    assert merged.extra_index_urls == ["https://spec-extra/simple", "https://x/simple"]
+    assert merged.find_links == ["/spec-wheels", "/wheels"]
