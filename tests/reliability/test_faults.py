@@ -6,6 +6,7 @@ Short versions run in CI (``slow`` where they build real envs); ``-m long`` runs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from .conftest import (
     record,
     run_shim,
     sha256_file,
+    start_workflow,
     write_tarball,
 )
 
@@ -345,3 +347,106 @@ def test_unreachable_data_source_names_it(kind: str, closed_port: int, tmp_path:
         assert info.value.step == "data"
         assert store.entries() == []
     record("faults: source unreachable", injected=1, survived=1)
+
+
+# -- 4. a worker killed mid-task ----------------------------------------------------------------
+def _wait_for_marks(marks: Path, count: int, timeout: float = 600) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted(p.name for p in marks.iterdir())
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"only {len(found)} task attempts started"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize(
+    ("tasks", "kills"), [pytest.param(4, 1, id="short"),
+                         pytest.param(24, 6, id="long", marks=pytest.mark.long)]
+)
+def test_worker_killed_mid_task_is_retried_with_the_right_result(
+    tasks: int, kills: int, tmp_path: Path, seeded_channel: Path, shared_pkg_cache: Path,
+    workers: Any,
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    flow = start_workflow(
+        tmp_path, seeded_channel, shared_pkg_cache, cache=tmp_path / "cache",
+        run_dir=tmp_path / "runinfo", tasks=tasks, workers=0,
+        extra=("--sleep", "6", "--marker-dir", str(marks), "--max-retries", str(kills + 3),
+               "--print-results"),
+    )
+    try:
+        port = flow.port()
+        started = 0
+        for _ in range(kills):
+            victim = workers.start(port, 4)
+            started = len(_wait_for_marks(marks, started + 1))  # a task runs on the victim
+            time.sleep(0.5)
+            os.kill(victim.pid, signal.SIGKILL)  # the worker only: its tasks are orphaned
+            victim.wait(timeout=30)
+        workers.start(port, 4)
+        summary = flow.summary(timeout=1500)
+    finally:
+        flow.kill()
+    attempts = len(list(marks.iterdir()))
+    record("faults: worker SIGKILL mid-task", injected=kills, tasks=tasks,
+           right=summary["right"], lost=summary["lost"], attempts=attempts)
+    assert summary["right"] == tasks, summary
+    assert summary["lost"] == summary["wrong"] == summary["failed"] == 0
+    assert attempts > tasks, "no task was retried after its worker died"
+    record("faults: worker SIGKILL mid-task", survived=kills)
+
+
+# -- 5. the submit process dies; the workflow is restarted --------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("restarts", [pytest.param(1, id="short"),
+                                      pytest.param(4, id="long", marks=pytest.mark.long)])
+def test_restarted_workflow_reuses_cached_envs(restarts: int, tmp_path: Path,
+                                               seeded_channel: Path, shared_pkg_cache: Path,
+                                               workers: Any) -> None:
+    cache, tasks = tmp_path / "cache", 30
+
+    def run(n: int, *, kill_after: int | None) -> Any:
+        flow = start_workflow(tmp_path, seeded_channel, shared_pkg_cache, cache=cache,
+                              run_dir=tmp_path / f"run{n}", tasks=tasks, workers=0,
+                              extra=("--sleep", "0.2", "--print-results"))
+        worker = workers.start(flow.port(), 2)
+        try:
+            if kill_after is not None:
+                flow.wait_line("RESULT ", kill_after)
+                flow.kill()  # SIGKILL to the submit process and its manager process
+                return flow
+            return flow, flow.summary(timeout=1500)
+        finally:
+            flow.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+
+    first = run(0, kill_after=3 + 5)  # RESULT 0..2 need all three envs
+    assert first.proc.returncode == -signal.SIGKILL
+    built = sorted(first.builds())
+    assert len(built) == 3
+    stamps = {h: _stamp(cache, h) for h in built}
+    for n in range(1, restarts + 1):
+        if n < restarts:  # die again, part way through
+            again = run(n, kill_after=4)
+            assert again.builds() == []
+            continue
+        flow, summary = run(n, kill_after=None)
+        assert flow.builds() == [], "a restarted workflow rebuilt a cached env"
+        assert summary["right"] == tasks and summary["lost"] == 0, summary
+        assert summary["envs"] == built
+    assert {h: _stamp(cache, h) for h in built} == stamps, "cached tarballs were rewritten"
+    assert check_store(cache) == built
+    assert [p.name for p in (cache / "staging").iterdir()] == []
+    record("faults: submit process SIGKILL", injected=restarts, survived=restarts,
+           rebuilds_after_restart=0, envs_reused=3 * restarts)
+
+
+def _stamp(cache: Path, env_hash: str) -> tuple[int, int]:
+    st = (cache / "envs" / env_hash / f"env-{env_hash}.tar.gz").stat()
+    return st.st_ino, st.st_mtime_ns
