@@ -431,3 +431,54 @@ def test_unpicklable_argument_is_named_at_submission() -> None:
 
 def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kwargs)
+
+
+# -- Work Queue's password file ------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_only_workers_with_the_password_run_tasks(tmp_path: Path, seeded_channel: Path,
+                                                  shared_pkg_cache: Path, workers: Any) -> None:
+    import time
+
+    import parsl
+    from parsl.config import Config
+    from parsl.providers import LocalProvider
+
+    from parsl_poncho.build import BuildOptions
+    from parsl_poncho.executor import PonchoExecutor
+
+    password = tmp_path / "wq.password"
+    password.write_text("correct horse battery staple\n")
+    password.chmod(0o600)
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("Tr0ub4dor&3\n")
+
+    @parsl.python_app
+    def double(x: int) -> int:
+        return 2 * x
+
+    options = BuildOptions(channels=(str(seeded_channel),), cache_dir=shared_pkg_cache)
+    executor = PonchoExecutor(store=EnvStore(tmp_path / "cache", build_options=options),
+                              project_password_file=str(password),
+                              provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0))
+    config = Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), strategy="none")
+    with parsl.load(config):
+        port = executor._chosen_port
+        assert executor.worker_command.startswith(f"work_queue_worker --password {password}")
+        future = double(21)
+        workers.start(port, 1)
+        workers.start(port, 1, "--password", str(wrong))
+        deadline = time.monotonic() + 600
+        while not executor._store.entries():  # the env is built: the task can be dispatched
+            assert time.monotonic() < deadline, "the env was never built"
+            time.sleep(0.5)
+        time.sleep(12)  # verification, dispatch, and time for a wrong worker to take the task
+        assert not future.done(), "a worker without the right password ran a task"
+        workers.start(port, 1, "--password", str(password))
+        assert future.result(timeout=600) == 42
+    log = next((tmp_path / "runinfo").rglob("transaction_log")).read_text().splitlines()
+    events = [line.split(maxsplit=2)[2] for line in log if not line.startswith("#")]
+    connected = [e for e in events if e.endswith("CONNECTION") and "DISCONNECTION" not in e]
+    assert len(connected) == 1, f"workers without the password connected: {connected}"
+    assert events.index(next(e for e in events if "WAITING" in e)) < events.index(connected[0])
+    record("security: Work Queue password", workers_refused=2, workers_accepted=1)
