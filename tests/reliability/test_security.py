@@ -477,7 +477,8 @@ def test_only_workers_with_the_password_run_tasks(tmp_path: Path, seeded_channel
         workers.start(port, 1, "--password", str(password))
         assert future.result(timeout=600) == 42
     log = next((tmp_path / "runinfo").rglob("transaction_log")).read_text().splitlines()
-    events = [line.split(maxsplit=2)[2] for line in log if not line.startswith("#")]
+    events = [line.split(maxsplit=2)[2] for line in log
+              if not line.startswith("#") and len(line.split(maxsplit=2)) == 3]
     connected = [e for e in events if e.endswith("CONNECTION") and "DISCONNECTION" not in e]
     assert len(connected) == 1, f"workers without the password connected: {connected}"
     assert events.index(next(e for e in events if "WAITING" in e)) < events.index(connected[0])
