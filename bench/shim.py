@@ -80,14 +80,17 @@ def fresh_dir_run(root: Path, run) -> float:
         shutil.rmtree(fresh, ignore_errors=True)
 
 
-def interleaved_medians(n: int, cases: dict[str, object]) -> dict[str, float]:
-    """Median of n runs per case, the cases taking turns so that load from other processes
-    on the machine falls on all of them alike."""
+Row = tuple[float, float]  # (median, minimum) seconds
+
+
+def interleaved_medians(n: int, cases: dict[str, object]) -> dict[str, Row]:
+    """Median and minimum of n runs per case, the cases taking turns so that load from other
+    processes on the machine falls on all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(n):
         for name, run in cases.items():
             times[name].append(run())
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: (statistics.median(values), min(values)) for name, values in times.items()}
 
 
 def shim_env(cache: Path) -> dict[str, str]:
@@ -96,7 +99,7 @@ def shim_env(cache: Path) -> dict[str, str]:
     return env
 
 
-def first_task_rows(tarball: Path, root: Path, n: int) -> dict[str, float]:
+def first_task_rows(tarball: Path, root: Path, n: int) -> dict[str, Row]:
     shim = str(poncho_run_path())
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
     cases = {
@@ -115,7 +118,7 @@ def first_task_rows(tarball: Path, root: Path, n: int) -> dict[str, float]:
     return interleaved_medians(n, cases)
 
 
-def warm_task_rows(tarball: Path, root: Path, n: int, n_ppr: int) -> dict[str, float]:
+def warm_task_rows(tarball: Path, root: Path, n: int, n_ppr: int) -> dict[str, Row]:
     shim = str(poncho_run_path())
     cache = root / "warm-cache"
     env = shim_env(cache)
@@ -139,15 +142,17 @@ def warm_task_rows(tarball: Path, root: Path, n: int, n_ppr: int) -> dict[str, f
     return rows
 
 
-def print_table(title: str, rows: dict[str, float], floor: str, ppr: str) -> None:
-    base = rows[floor]
-    other = rows.get(ppr)
+def print_table(title: str, rows: dict[str, Row], floor: str, ppr: str) -> None:
+    """Medians, their ratios to the floor and to python_package_run; minima for reference."""
+    base = rows[floor][0]
+    other = rows[ppr][0] if ppr in rows else None
     print(f"\n{title}")
-    print(f"{'case':<28}{'median s':>10}{'vs floor':>10}{'+ms vs floor':>14}{'vs ' + ppr:>28}")
-    for name, seconds in rows.items():
+    print(f"{'case':<28}{'median s':>10}{'vs floor':>10}{'+ms vs floor':>14}"
+          f"{'vs ' + ppr:>28}{'min s':>9}")
+    for name, (seconds, fastest) in rows.items():
         vs_ppr = f"{seconds / other:.2f}x" if other else "n/a"
         print(f"{name:<28}{seconds:>10.3f}{seconds / base:>9.2f}x"
-              f"{(seconds - base) * 1000:>14.1f}{vs_ppr:>28}")
+              f"{(seconds - base) * 1000:>14.1f}{vs_ppr:>28}{fastest:>9.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
