@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 from parsl_poncho.build._util import sha256_file, tail
 from parsl_poncho.errors import BuildError
 
 #: gzip level: 4 packs about twice as fast as 9 for a few percent more bytes.
 DEFAULT_COMPRESS_LEVEL = 4
+
+_TEMP_DIR = threading.local()
+
+
+class _TempfileBesideOutput:
+    """Stands in for ``tempfile`` inside conda_pack.core, whose pack() writes the whole archive
+    to ``tempfile.mkstemp()`` in $TMPDIR and then copies it over: a build killed meanwhile (or a
+    full disk at the copy) left a partial tarball in /tmp forever. Here the temp file goes beside
+    the output (same filesystem: a rename; inside the store's staging dir, which is cleaned)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(tempfile, name)
+
+    def mkstemp(self, *args: Any, **kwargs: Any) -> tuple[int, str]:
+        where = getattr(_TEMP_DIR, "path", None)
+        if where is not None and "dir" not in kwargs and len(args) < 3:
+            kwargs["dir"] = where
+            kwargs.setdefault("prefix", ".conda-pack-")
+        return tempfile.mkstemp(*args, **kwargs)
 
 
 def pack_env(
@@ -45,6 +66,11 @@ def pack_env(
     history = Path(prefix) / "conda-meta" / "history"
     if (Path(prefix) / "conda-meta").is_dir() and not history.exists():
         history.touch()  # conda-pack 0.9.2 takes every member's mtime from it (None otherwise)
+    import conda_pack.core
+
+    if not isinstance(conda_pack.core.tempfile, _TempfileBesideOutput):
+        conda_pack.core.tempfile = _TempfileBesideOutput()  # type: ignore[assignment]
+    _TEMP_DIR.path = str(output.parent)
     try:
         env = conda_pack.CondaEnv.from_prefix(
             str(prefix),
@@ -81,6 +107,7 @@ def pack_env(
             log_tail=tail(str(exc)),
         ) from exc
     finally:
+        _TEMP_DIR.path = None
         if tmp.exists():
             tmp.unlink()
     return size, digest
