@@ -134,10 +134,16 @@ class ChildBuild:
         return "not started"
 
 
-def start_build(cache: Path, spec: dict[str, Any], channel: Path, pkg: Path) -> ChildBuild:
+def start_build(cache: Path, spec: dict[str, Any], channel: Path, pkg: Path,
+                tmpdir: Path | None = None) -> ChildBuild:
+    env = dict(os.environ)
+    if tmpdir is not None:  # the builder's $TMPDIR: a killed build must leave nothing there
+        tmpdir.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
     proc = subprocess.Popen(
         [sys.executable, "-c", BUILD_CHILD, str(cache), json.dumps(spec), str(channel), str(pkg)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        env=env,
     )
     child = ChildBuild(proc)
     threading.Thread(target=child.read, daemon=True).start()
@@ -162,7 +168,7 @@ def run_kill_trials(n: int, tmp_path: Path, channel: Path, seed: int) -> dict[st
         spec_dict = trial_spec(work, i)
         target, spread = KILL_TARGETS[i % len(KILL_TARGETS)] if i < len(KILL_TARGETS) else \
             rng.choice(KILL_TARGETS)
-        child = start_build(cache, spec_dict, channel, pkg)
+        child = start_build(cache, spec_dict, channel, pkg, tmp_path / "tmpdir")
         reached = child.wait_for(target)
         if reached:
             time.sleep(rng.uniform(0, spread))
@@ -193,6 +199,8 @@ def run_kill_trials(n: int, tmp_path: Path, channel: Path, seed: int) -> dict[st
             payload = tar.extractfile(member)
             assert payload is not None and payload.read() == f"VALUE = {i}\n".encode()
         assert list((cache / "staging").glob(f"build-{env.hash}-*")) == []
+        leaked = [p.name for p in (tmp_path / "tmpdir").iterdir()]
+        assert leaked == [], f"the killed build left {leaked} in $TMPDIR (killed at {phase})"
         stats["survived"] += 1
     # After everything: every entry intact, every spec a hit, no builder leftovers anywhere.
     hashes = check_store(cache)
