@@ -172,6 +172,10 @@ class EnvStore:
         if known is not None and stamp is not None and known[1] == stamp:
             return known[0]
         env = self.lookup(env_hash)
+        if env is not None and not _intact(env):  # checked once per process and tarball
+            logger.warning("env %s: %s no longer matches its recorded size and sha256 (damaged "
+                           "on disk); rebuilding it", env_hash, env.tarball)
+            env = None
         if env is None:
             self._known.pop(env_hash, None)
         else:
@@ -271,7 +275,7 @@ class EnvStore:
         """Under the hash's build lock: return the entry if someone published it, else build."""
         with _flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX):
             env = self.lookup(env_hash)
-            if env is not None:  # another process built it while we waited for the lock
+            if env is not None and _intact(env):  # another process built it meanwhile
                 self._touch(env_hash)
                 return env
             self._remove_stale_staging(env_hash)
@@ -519,6 +523,15 @@ def _manifest_dict(manifest: Any) -> dict[str, Any]:
         f"the builder returned {type(manifest).__name__}, not a manifest with to_dict()",
         step="store",
     )
+
+
+def _intact(env: Env) -> bool:
+    """The tarball still has the size and sha256 recorded when it was published."""
+    try:
+        return env.tarball.stat().st_size == env.size and _file_digest(env.tarball) == (
+            env.sha256, env.size)
+    except OSError:
+        return False
 
 
 def _file_digest(path: Path) -> tuple[str, int]:
