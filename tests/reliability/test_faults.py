@@ -458,3 +458,29 @@ def test_restarted_workflow_reuses_cached_envs(restarts: int, tmp_path: Path,
 def _stamp(cache: Path, env_hash: str) -> tuple[int, int]:
     st = (cache / "envs" / env_hash / f"env-{env_hash}.tar.gz").stat()
     return st.st_ino, st.st_mtime_ns
+
+
+# -- 6. a cached tarball damaged on disk ----------------------------------------------------------
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "emptied"])
+def test_damaged_cache_entry_is_never_served_and_is_rebuilt(damage: str, tmp_path: Path) -> None:
+    from .test_fuzz_specs import FakeBuilder
+
+    builder = FakeBuilder()
+    spec = Spec(conda=(f"python={PYTHON}",), pip=("six==1.16.0",))
+    with EnvStore(tmp_path / "cache", builder=builder) as store:
+        env = store.get(spec).result(timeout=60)
+    data = bytearray(env.tarball.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "truncated":
+        del data[len(data) // 2:]
+    else:
+        data.clear()
+    env.tarball.write_bytes(bytes(data))
+    with EnvStore(tmp_path / "cache", builder=builder) as store:
+        again = store.get(spec).result(timeout=60)
+        assert sha256_file(again.tarball) == again.sha256
+        assert store.get(spec).result(timeout=60) == again
+    assert builder.calls == 2
+    assert check_store(tmp_path / "cache") == [env.hash]
+    record("faults: damaged cache entry", injected=1, survived=1)
