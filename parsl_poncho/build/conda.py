@@ -137,7 +137,11 @@ def run_rattler_child(
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (package_root, env.get("PYTHONPATH", "")) if p
     )
-    with tempfile.TemporaryDirectory(prefix="rattler-") as tmp:
+    # Beside the env being built (the build's scratch dir, reaped after a crash), not $TMPDIR,
+    # where a builder killed meanwhile left the directory forever.
+    prefix = payload.get("prefix")
+    where = str(Path(prefix).parent) if prefix and Path(prefix).parent.is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="rattler-", dir=where) as tmp:
         result_path = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "parsl_poncho.build._rattler_child", str(result_path)]
         try:
