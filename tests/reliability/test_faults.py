@@ -66,7 +66,7 @@ _PHASE = re.compile(r"^PHASE \[\d+/\d+\] (\w+): (done in)?")
 
 #: Where a trial aims its kill: (the line to wait for, the longest extra random delay).
 KILL_TARGETS = (
-    ("solve", 5.0),  # rattler fills the (cold) package cache and links the env
+    ("solve", 3.0),  # rattler fills the (cold) package cache and links the env
     ("pack", 2.0),
     ("pack done", 0.05),  # between the tarball and the publish: JSON files, fsync, rename
     ("START", 0.4),  # interpreter starting, imports, store opening

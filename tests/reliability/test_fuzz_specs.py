@@ -126,19 +126,25 @@ spec_dicts = st.one_of(
 )
 
 # -- properties ---------------------------------------------------------------------------------
-COUNTS: Counter[str] = Counter()
+COUNTS: Counter[str] = Counter()  # this session's counts (also added to the run's report)
+SECTION = "bad input: fuzzed specs"
+
+
+def count(what: str) -> None:
+    COUNTS[what] += 1
+    record(SECTION, **{what: 1})
 
 
 def check_dict(data: Any) -> Spec | None:
     """The property: Spec.from_dict accepts ``data`` or raises SpecError, nothing else."""
-    COUNTS["tried"] += 1
+    count("tried")
     try:
         spec = Spec.from_dict(data)
     except SpecError as exc:
-        COUNTS["refused"] += 1
+        count("refused")
         assert str(exc).startswith("Invalid environment spec") and exc.problems
         return None
-    COUNTS["valid"] += 1
+    count("valid")
     digest = spec.hash()
     assert len(digest) == 64 and spec.hash() == digest
     again = Spec.from_dict(spec.to_dict())
@@ -148,7 +154,7 @@ def check_dict(data: Any) -> Spec | None:
     try:  # the builder's own refusals (for Specs that skipped validation) agree with validation
         check_data_sources(spec)
     except BuildError as exc:
-        COUNTS["valid but refused by the builder"] += 1
+        count("valid but refused by the builder")
         pytest.fail(f"validation accepted what the builder refuses: {exc}")
     return spec
 
@@ -187,7 +193,7 @@ def _dict_property(data: Any) -> None:
             env = store.get(spec).result(timeout=60)
             assert store.get(spec).done()
             check_entry(env.tarball.parent)
-        COUNTS["stored"] += 1
+        count("stored")
 
 
 @given(spec_dicts)
@@ -218,7 +224,7 @@ file_bodies = st.one_of(
 
 
 def _file_property(name: str, body: bytes | str) -> None:
-    COUNTS["files tried"] += 1
+    count("files tried")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         if isinstance(body, str):
@@ -228,7 +234,7 @@ def _file_property(name: str, body: bytes | str) -> None:
         try:
             spec = Spec.from_file(path)
         except SpecError:
-            COUNTS["files refused"] += 1
+            count("files refused")
             return
     spec.validate()
     assert len(spec.hash()) == 64
@@ -266,15 +272,15 @@ def _direct_property(kwargs: dict[str, Any]) -> None:
     try:  # the constructor may reject wrongly typed arguments outright (a caller's bug)
         spec = Spec(**kwargs)
     except TypeError:
-        COUNTS["objects refused by the constructor"] += 1
+        count("objects refused by the constructor")
         return
-    COUNTS["objects tried"] += 1
+    count("objects tried")
     never = FakeBuilder()
     try:
         spec.validate()
         valid = True
     except SpecError:
-        COUNTS["objects refused"] += 1
+        count("objects refused")
         valid = False
     with tempfile.TemporaryDirectory() as tmp, EnvStore(Path(tmp), builder=never) as store:
         if valid:
@@ -297,15 +303,6 @@ def test_directly_constructed_specs_are_validated(kwargs: dict[str, Any]) -> Non
 @fuzz(LONG)
 def test_directly_constructed_specs_are_validated_long(kwargs: dict[str, Any]) -> None:
     _direct_property(kwargs)
-
-
-def test_report_fuzz_counts() -> None:
-    """Runs last in this module: put the counts in the run's report."""
-    if not COUNTS:
-        pytest.skip("no fuzzing ran in this session (selected out)")
-    record("bad input: fuzzed specs", **{k: v for k, v in sorted(COUNTS.items())})
-    assert COUNTS["tried"] == 0 or COUNTS["refused"] + COUNTS["valid"] == COUNTS["tried"]
-    COUNTS.clear()
 
 
 # -- a bounded sample of valid fuzzed specs, really built ----------------------------------------
