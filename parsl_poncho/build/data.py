@@ -153,10 +153,13 @@ def download(var: str, url: str, dest: Path, sha256: str | None, timeout: float 
         kwargs: dict[str, Any] = {"timeout": timeout or 300}
         if url.lower().startswith("https://"):
             kwargs["context"] = _ssl_context()
+        received = 0
         with urllib.request.urlopen(request, **kwargs) as response, open(dest, "wb") as out:
+            length = (response.headers.get("Content-Length") or "").strip()
             for block in iter(lambda: response.read(_DOWNLOAD_BLOCK), b""):
                 digest.update(block)
                 out.write(block)
+                received += len(block)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise BuildError(
             f"http.{var}: could not download {url!r}: {exc}. Check the URL and that it is "
@@ -164,6 +167,13 @@ def download(var: str, url: str, dest: Path, sha256: str | None, timeout: float 
             step="data",
             package=var,
         ) from exc
+    if length.isdigit() and received != int(length):  # the connection dropped mid-body
+        raise BuildError(
+            f"http.{var}: download of {url!r} ended after {received} of {length} bytes (the "
+            "connection was cut); retry, and give a sha256 in the spec to catch this always",
+            step="data",
+            package=var,
+        )
     if sha256 and digest.hexdigest().lower() != sha256.lower():
         raise BuildError(
             f"http.{var}: sha256 mismatch for {url!r}: expected {sha256.lower()}, got "
