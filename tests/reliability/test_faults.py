@@ -484,3 +484,49 @@ def test_damaged_cache_entry_is_never_served_and_is_rebuilt(damage: str, tmp_pat
     assert builder.calls == 2
     assert check_store(tmp_path / "cache") == [env.hash]
     record("faults: damaged cache entry", injected=1, survived=1)
+
+
+# -- 7. a data source that misbehaves mid-transfer ------------------------------------------------
+@pytest.fixture()
+def rude_server() -> Any:
+    """A one-shot HTTP server on 127.0.0.1: ("cut", n) sends n of the promised bytes and hangs
+    up; ("stall",) accepts and never answers."""
+    import socket
+
+    servers: list[socket.socket] = []
+
+    def start(mode: str, n: int = 0) -> str:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        servers.append(srv)
+
+        def serve() -> None:
+            conn, _ = srv.accept()
+            conn.recv(4096)
+            if mode == "cut":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * n)
+                conn.close()
+            else:
+                time.sleep(30)
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"http://127.0.0.1:{srv.getsockname()[1]}/data.bin"
+
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+@pytest.mark.parametrize("mode", ["cut", "stall"])
+def test_download_cut_or_stalled_is_a_clear_error(mode: str, rude_server: Any,
+                                                  tmp_path: Path) -> None:
+    from parsl_poncho.build.data import download
+
+    url = rude_server(mode, 5000)
+    pattern = r"ended after 5000 of 100000 bytes" if mode == "cut" else r"could not download"
+    with pytest.raises(BuildError, match=pattern) as info:
+        download("DATA", url, tmp_path / "data.bin", None, timeout=2)
+    assert url in str(info.value) and info.value.step == "data"
+    record("faults: data source misbehaving", injected=1, survived=1)
