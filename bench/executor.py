@@ -26,36 +26,34 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import parsl
-from parsl.config import Config
-from parsl.providers import LocalProvider
+#: An ``ndcctools.work_queue`` alias of Debian's legacy module for the stock executor; Parsl
+#: checks for it when parsl is first imported, so it goes on sys.path before that.
+STOCK_ALIAS = Path(__file__).resolve().parent.parent / "tests" / "parsl_suite" / "stock_alias"
 
 
-@parsl.python_app
-def noop(parsl_resource_specification={}):  # noqa: B006 - Parsl's own convention
+def _noop(parsl_resource_specification={}):  # noqa: B006 - Parsl's own convention
     return None
 
 
-def _stock_alias() -> None:
-    """Let Parsl's WorkQueueExecutor import Debian's legacy module as ndcctools.work_queue."""
-    alias = Path(tempfile.gettempdir()) / "parsl-poncho-ndcctools-alias"
-    pkg = alias / "ndcctools"
-    pkg.mkdir(parents=True, exist_ok=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "work_queue.py").write_text(
-        "import sys\n"
-        "if '/usr/lib/python3/dist-packages' not in sys.path:\n"
-        "    sys.path.append('/usr/lib/python3/dist-packages')\n"
-        "from work_queue import *  # noqa\nfrom work_queue import WorkQueue, Task  # noqa\n")
-    if str(alias) not in sys.path:
-        sys.path.insert(0, str(alias))
+noop: Any = None
+
+
+def _setup() -> None:
+    """Make the stock executor importable, then import parsl and define the app."""
+    global noop
+    sys.path.insert(0, str(STOCK_ALIAS))
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(alias), os.environ.get("PYTHONPATH")) if p)
+        p for p in (str(STOCK_ALIAS), os.environ.get("PYTHONPATH")) if p)
     # stock workers run `python3` from PATH and need parsl there
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    import parsl
+
+    noop = parsl.python_app(_noop)
 
 
-def _provider() -> LocalProvider:
+def _provider() -> Any:
+    from parsl.providers import LocalProvider
+
     return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)
 
 
@@ -74,6 +72,9 @@ def stock_executor(_cache: Path) -> Any:
 def run(make: Callable[[Path], Any], cache: Path, run_dir: Path, *, tasks: int,
         spec: dict | None) -> tuple[float, float]:
     """(first-task latency, throughput of ``tasks`` no-ops after it) for one fresh DFK."""
+    import parsl
+    from parsl.config import Config
+
     config = Config(executors=[make(cache)], run_dir=str(run_dir), strategy="none")
     kw = {} if spec is None else {"parsl_resource_specification": spec}
     with parsl.load(config):
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    _stock_alias()
+    _setup()
     work = Path(tempfile.mkdtemp(prefix="bench-executor-"))
     worker_cache = work / "worker-cache"
     os.environ["PARSL_PONCHO_WORKER_CACHE"] = str(worker_cache)

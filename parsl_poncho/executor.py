@@ -254,7 +254,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         func = unwrap_error_wrapper(func)
         payload = serialize_call(func, args, kwargs)
         spec, modules = self._analyse(func, args, kwargs)
-        env_hash = spec.hash()
+        env_hash = self._store.key(spec) if hasattr(self._store, "key") else spec.hash()
         task = self._prepare(func, resource_specification or {}, payload, args, kwargs)
         fu: Future = Future()
         fu.parsl_executor_task_id = task.id  # type: ignore[attr-defined]
@@ -306,7 +306,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             q.close()
             q.join_thread()
         if self.store is None and hasattr(self._store, "close"):
-            self._store.close()
+            self._store.close(wait=False)  # a build in flight finishes in the background
         shutil.rmtree(self._unpack_dir, ignore_errors=True)
         super().shutdown()
         logger.info("%s shut down", self.label)
@@ -459,7 +459,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             ready.set_exception(exc)
             return
         env = built.result()
-        if not self.verify or not modules:
+        if not self.verify or not modules or self._verified_marker(env, modules).exists():
             ready.set_result(env)
             return
         try:
@@ -480,7 +480,21 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             ready.set_exception(exc)
         else:
             logger.info("env %s verified: %s import", env.hash, ", ".join(sorted(modules)))
+            marker = self._verified_marker(env, modules)
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError:
+                logger.debug("cannot record verification in %s", marker, exc_info=True)
             ready.set_result(env)
+
+    def _verified_marker(self, env: Any, modules: Mapping[str, Any]) -> Path:
+        """A file in the env cache saying ``modules`` import in ``env`` (checked in any run)."""
+        key = hashlib.sha256(
+            "\n".join([env.hash, getattr(env, "sha256", ""), *sorted(modules)]).encode()
+        ).hexdigest()
+        base = Path(getattr(self._store, "cache_dir", self._unpack_dir))
+        return base / "verified" / key
 
     def _dispatch(self, task: _Prepared, fu: Future, ready: Future) -> None:
         """The env is ready (or failed): send the task to Work Queue, or fail its future."""
