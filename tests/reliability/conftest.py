@@ -386,3 +386,20 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(tmp_path / "worker-cache")
     yield pool
     pool.close()
+
+
+def external_worker_executor(tmp_path: Path, channel: Path, pkg_cache: Path, **kwargs: Any) -> Any:
+    """(PonchoExecutor with no provider blocks: the test starts workers, Parsl Config)."""
+    from parsl.config import Config
+    from parsl.providers import LocalProvider
+
+    from parsl_poncho.build import BuildOptions
+    from parsl_poncho.executor import PonchoExecutor
+    from parsl_poncho.store import EnvStore
+
+    options = BuildOptions(channels=(str(channel),), cache_dir=pkg_cache)
+    executor = PonchoExecutor(store=EnvStore(tmp_path / "cache", build_options=options),
+                              provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0),
+                              **kwargs)
+    config = Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), strategy="none")
+    return executor, config
