@@ -4,11 +4,11 @@ Prints one table:
   * throughput of N no-op tasks (warm env) -- PonchoExecutor vs stock WorkQueueExecutor without
     packing (ratio), the stock one also with a 1-core resource spec (without one, each stock
     task takes a whole worker);
-  * first-task latency (app call -> result, right after parsl.load): PonchoExecutor with a cold
-    cache (empty env store and worker unpack cache: build + verify + transfer + unpack) and a warm
-    one, and the stock executor.
+  * first-task latency (app call -> result, ``--settle`` seconds after parsl.load so the worker
+    is connected): PonchoExecutor with a cold cache (empty env store and worker unpack cache:
+    analyse + build + verify + transfer + unpack) and a warm one, and the stock executor.
 
-Usage: python bench/executor.py [--tasks 1000] [--repeat 3]
+Usage: python bench/executor.py [--tasks 1000] [--repeat 3] [--settle 10]
 Each executor gets one LocalProvider block: one work_queue_worker using all cores of this host.
 The builder's package caches (rattler, uv) stay warm in the cold case: "cold" means this
 spec was never built, not that nothing was ever downloaded.
@@ -70,14 +70,19 @@ def stock_executor(_cache: Path) -> Any:
 
 
 def run(make: Callable[[Path], Any], cache: Path, run_dir: Path, *, tasks: int,
-        spec: dict | None) -> tuple[float, float]:
-    """(first-task latency, throughput of ``tasks`` no-ops after it) for one fresh DFK."""
+        spec: dict | None, settle: float = 0.0) -> tuple[float, float]:
+    """(first-task latency, throughput of ``tasks`` no-ops after it) for one fresh DFK.
+
+    With ``settle`` the first task is submitted that many seconds after parsl.load, once the
+    worker is connected, so worker start-up is not part of the latency.
+    """
     import parsl
     from parsl.config import Config
 
     config = Config(executors=[make(cache)], run_dir=str(run_dir), strategy="none")
     kw = {} if spec is None else {"parsl_resource_specification": spec}
     with parsl.load(config):
+        time.sleep(settle)
         t0 = time.perf_counter()
         noop(**kw).result()
         latency = time.perf_counter() - t0
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=10.0,
+                        help="seconds between parsl.load and the first task (worker start-up)")
     args = parser.parse_args(argv)
     _setup()
     work = Path(tempfile.mkdtemp(prefix="bench-executor-"))
@@ -107,15 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             cache = work / f"cache-{i}"  # a new store: this spec was never built
             shutil.rmtree(worker_cache, ignore_errors=True)
+            n = args.tasks if i == 0 else 0
+            common = {"settle": args.settle}
             rows["poncho cold"].append(run(poncho_executor, cache, work / f"r{i}a", tasks=0,
-                                           spec=None))
-            rows["poncho warm"].append(run(poncho_executor, cache, work / f"r{i}b",
-                                           tasks=args.tasks if i == 0 else 0, spec=None))
-            rows["stock"].append(run(stock_executor, cache, work / f"r{i}c",
-                                     tasks=args.tasks if i == 0 else 0, spec=None))
+                                           spec=None, **common))
+            rows["poncho warm"].append(run(poncho_executor, cache, work / f"r{i}b", tasks=n,
+                                           spec=None, **common))
+            rows["stock"].append(run(stock_executor, cache, work / f"r{i}c", tasks=n,
+                                     spec=None, **common))
             rows["stock 1-core spec"].append(run(stock_executor, cache, work / f"r{i}d",
-                                                 tasks=args.tasks if i == 0 else 0,
-                                                 spec=one_core))
+                                                 tasks=n, spec=one_core, **common))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _print_table(rows, args)
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 def _print_table(rows: dict[str, list[tuple[float, float]]], args: argparse.Namespace) -> None:
     base = rows["stock"][0][1]
     print(f"\nPonchoExecutor vs Parsl WorkQueueExecutor (pack=False), one local worker with "
-          f"{os.cpu_count()} cores; {args.tasks} no-op tasks; latency median of {args.repeat}")
+          f"{os.cpu_count()} cores; {args.tasks} no-op tasks; first task submitted "
+          f"{args.settle:g} s after parsl.load (worker up); latency median of {args.repeat}")
     print(f"{'executor':<20} {'first task s (median)':>22} {'tasks/s':>10} {'vs stock':>9}")
     for name, values in rows.items():
         latency = statistics.median(v[0] for v in values)
