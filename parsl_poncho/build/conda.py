@@ -154,8 +154,10 @@ def run_rattler_child(
                 step=step,
             ) from exc
         if proc.returncode != 0 or not result_path.exists():
+            said = [line for line in proc.stderr.splitlines() if line.strip()]
             raise BuildError(
-                f"{step}: the py-rattler helper process failed (exit code {proc.returncode})",
+                f"{step}: the py-rattler helper process failed (exit code {proc.returncode})"
+                + (f": {said[-1].strip()}" if said else ""),
                 step=step,
                 log_tail=tail(proc.stderr + proc.stdout),
             )
