@@ -242,7 +242,7 @@ def test_builder_killed_at_random_points(trials: int, tmp_path: Path,
 # -- 2. disk full during a build and during an unpack ---------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize(("size", "phase"), [("16m", "install"), ("56m", "pack")])
+@pytest.mark.parametrize(("size", "phase"), [("16m", "solve|install"), ("56m", "pack")])
 def test_disk_full_during_build(size: str, phase: str, tmpfs: Any, real_options: Any) -> None:
     disk = tmpfs("cache", size)
     cache = disk.path / "cache"
@@ -250,7 +250,7 @@ def test_disk_full_during_build(size: str, phase: str, tmpfs: Any, real_options:
     with EnvStore(cache, build_options=real_options) as store:
         with pytest.raises(BuildError, match=r"[Nn]o space left on device") as info:
             store.get(spec).result(timeout=600)
-        assert info.value.step == phase
+        assert info.value.step in phase.split("|")
         assert store.entries() == []
         assert store.lookup(store.key(spec)) is None
     assert list((cache / "envs").iterdir()) == []
