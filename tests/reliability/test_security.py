@@ -10,7 +10,6 @@ import io
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -428,9 +427,6 @@ def test_unpicklable_argument_is_named_at_submission() -> None:
         serialize_call(gen_fn, (), {})
     record("bad input: unpicklable calls", tried=3, refused=3)
 
-
-def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kwargs)
 
 
 # -- Work Queue's password file ------------------------------------------------------------------
