@@ -416,3 +416,37 @@ def test_import_of_a_module_that_exists_nowhere_is_an_import_error(tmp_path):
         ex._analyse(bad_import, (), {})
     assert isinstance(info.value, MissingModuleError)
     assert isinstance(info.value, UnresolvedImportError)
+
+
+def test_verify_env_reports_module_and_distribution_with_a_fake_runner(tmp_path):
+    import subprocess as sp
+
+    from parsl_poncho.build.verify import verify_env
+
+    calls = []
+
+    def runner(cmd, **kw):
+        calls.append(cmd)
+        out = 'PONCHO-VERIFY {"cv2": "ModuleNotFoundError: No module named \'cv2\'"}\n'
+        return sp.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    with pytest.raises(EnvVerificationError, match=r"'cv2'.*distribution 'opencv-python'") as info:
+        verify_env(tmp_path / "env-ab.tar.gz", {"cv2": "opencv-python", "numpy": "numpy"},
+                   env_hash="ab", poncho_run=tmp_path / "poncho_run", unpack_dir=tmp_path / "u",
+                   sha256="ff", runner=runner)
+    assert info.value.module == "cv2" and info.value.distribution == "opencv-python"
+    assert calls[0][:3] == ["sh", str(tmp_path / "poncho_run"), "-e"]
+    assert "-s" in calls[0] and calls[0][-2:] == ["cv2", "numpy"]
+
+
+def test_verify_env_says_when_the_env_does_not_start(tmp_path):
+    import subprocess as sp
+
+    from parsl_poncho.build.verify import verify_env
+
+    def runner(cmd, **kw):
+        return sp.CompletedProcess(cmd, 65, stdout="", stderr="poncho_run: error: corrupt\n")
+
+    with pytest.raises(EnvVerificationError, match=r"(?s)does not start.*status 65.*corrupt"):
+        verify_env(tmp_path / "env-ab.tar.gz", {"numpy": "numpy"}, env_hash="ab",
+                   poncho_run=tmp_path / "poncho_run", unpack_dir=tmp_path / "u", runner=runner)
