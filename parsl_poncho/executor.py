@@ -102,6 +102,11 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     :param pin_transitive: pin dependencies of included distributions to the host's versions.
     :param pip_index_url, pip_extra_index_urls, pip_find_links: where pip installs from.
     :param build_options: a ``BuildOptions`` for the builder (solver, workdir, ...).
+    :param data: ``{"git": {VAR: {...}}, "http": {VAR: {...}}}`` in the PONCHO spec format,
+      added to every env: each VAR points at that data inside the env on the workers.
+    :param default_disk: MB of sandbox a task without ``disk`` in its resource specification
+      asks for, on top of its env tarball (None: let Work Queue give it the worker's whole
+      free disk, which a worker forsakes as soon as its free disk shrinks).
     :param seed_channel: make a local conda channel from this host's CPython (once; cheap
       after) and build python and pip from it: envs get exactly the submit side's interpreter
       and build with no conda channel reachable. Specs needing other conda packages use their
@@ -146,6 +151,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         pip_find_links: Sequence[str] = (),
         build_options: Any = None,
         seed_channel: bool = True,
+        data: Mapping[str, Any] | None = None,
+        default_disk: int | None = 1024,
         verify: bool = True,
         unpack_timeout: int = 600,
         worker_cache_dir: str | None = None,
@@ -192,6 +199,10 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.pip_find_links = list(pip_find_links)
         self.build_options = build_options
         self.seed_channel = seed_channel
+        self.data = dict(data or {})
+        self._data_spec = _data_spec(self.data) if self.data else None
+        self._with_data: dict[int, tuple[Any, Any]] = {}
+        self.default_disk = default_disk
         self.verify = verify
         self.unpack_timeout = unpack_timeout
         self.worker_cache_dir = worker_cache_dir
@@ -411,7 +422,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             nowhere here, so the task fails the way it would on a worker.
         """
         try:
-            spec = self._analyzer.analyze(func, *args, **kwargs)
+            spec = self._add_data(self._analyzer.analyze(func, *args, **kwargs))
         except UnresolvedImportError as exc:
             if isinstance(exc, MissingModuleError) or _importable(exc.module):
                 raise
@@ -421,6 +432,19 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         if self.verify and hasattr(self._analyzer, "requirements"):
             modules = modules_from_requirements(self._analyzer.requirements(func, *args, **kwargs))
         return spec, modules
+
+    def _add_data(self, spec: Any) -> Any:
+        """``spec`` with the executor's ``data`` added (memoised per analysed spec object)."""
+        if self._data_spec is None:
+            return spec
+        hit = self._with_data.get(id(spec))
+        if hit is None or hit[0] is not spec:
+            import dataclasses
+
+            merged = dataclasses.replace(spec, git={**spec.git, **self._data_spec.git},
+                                         http={**spec.http, **self._data_spec.http})
+            hit = self._with_data[id(spec)] = (spec, merged)  # holding spec keeps id unique
+        return hit[1]
 
     def _prepare(self, func: Callable, resource_spec: Mapping[str, Any], payload: bytes,
                  args: tuple, kwargs: dict) -> _Prepared:
@@ -516,10 +540,17 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                     FileToWq(str(task.task_dir / "fn.pkl"), "fn.pkl"), *task.inputs),
             outputs=(FileToWq(str(task.task_dir / "result.pkl"), "result.pkl"), *task.outputs),
             result_file=str(task.task_dir / "result.pkl"),
-            resources=task.resources,
+            resources=self._disk_for(task.resources, env),
             max_retries=self.max_retries,
             env=self.env,
         ))
+
+    def _disk_for(self, resources: Mapping[str, Any], env: Any) -> Mapping[str, Any]:
+        """Give a task without ``disk`` its env tarball plus ``default_disk`` MB of sandbox."""
+        if "disk" in resources or self.default_disk is None:
+            return resources
+        size_mb = -(-int(getattr(env, "size", 0) or 0) // 2**20)
+        return {**resources, "disk": size_mb + self.default_disk}
 
     def _task_command(self, tarball: str, sha256: str | None) -> str:
         """The shell command of one task: the shim unpacks and activates, the runner runs."""
@@ -719,6 +750,22 @@ def _app_name(func: Callable) -> str:
         if inner is None:
             return name or type(func).__name__
         func = inner
+
+
+def _data_spec(data: Mapping[str, Any]) -> Any:
+    """Validate the executor's ``data`` option as the git/http sections of a spec.
+
+    :raises SpecError: naming each problem, e.g. ``http.DB.sha256``.
+    """
+    from parsl_poncho.errors import SpecError
+    from parsl_poncho.spec import Spec
+
+    unknown = sorted(set(data) - {"git", "http"})
+    if unknown:
+        raise SpecError(f"PonchoExecutor(data=...) takes only 'git' and 'http' sections, "
+                        f"not {unknown}", problems=[f"{k}: unknown section" for k in unknown])
+    return Spec.from_dict({"conda": {"channels": [], "dependencies": []}, **data},
+                          source="PonchoExecutor(data=...)")
 
 
 def wq_resources(resource_spec: Mapping[str, Any], *, default_cores: int = 1) -> dict[str, Any]:
