@@ -17,7 +17,7 @@ class SpecError(PonchoError, ValueError):
 
 
 class BuildError(PonchoError):
-    """Building an environment failed; ``step`` and ``package`` say where, ``log_tail`` shows why."""
+    """Building an environment failed: ``step``, ``package`` say where; ``log_tail`` says why."""
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def default_cache_dir() -> Path:
-    """``$PARSL_PONCHO_CACHE``, else ``$XDG_CACHE_HOME/parsl-poncho``, else ``~/.cache/parsl-poncho``."""
+    """``$PARSL_PONCHO_CACHE``, else ``$XDG_CACHE_HOME/parsl-poncho``, else ``~/.cache/...``."""
     explicit = os.environ.get("PARSL_PONCHO_CACHE")
     if explicit:
         return Path(explicit).expanduser()
