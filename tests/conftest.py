@@ -47,3 +47,29 @@ def build_options(seeded_channel: _Path, build_cache_dir: _Path, tmp_path: _Path
         cache_dir=build_cache_dir,
         workdir=tmp_path / "build-work",
     )
+
+
+# -- shared: a local HTTP server ------------------------------------------------------------
+import functools as _functools  # noqa: E402
+import http.server as _http_server  # noqa: E402
+import threading as _threading  # noqa: E402
+
+
+class _QuietHandler(_http_server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@_pytest.fixture()
+def http_root(tmp_path: _Path):
+    """(directory, base URL) of an HTTP server on 127.0.0.1 serving that directory."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = _functools.partial(_QuietHandler, directory=str(root))
+    server = _http_server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    _threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,10 +3,8 @@ data, conda-pack), and bad inputs that fail during the build with a clear BuildE
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -15,7 +13,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,27 +27,6 @@ PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-@pytest.fixture()
-def http_root(tmp_path: Path):
-    """A directory served over http://127.0.0.1:<port>/ for the test's duration."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
 
 
 def _git(repo: Path, *args: str) -> str:

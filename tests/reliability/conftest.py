@@ -4,9 +4,7 @@ crafted tarballs, real build options, and the counters printed at the end of a r
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import http.server
 import io
 import os
 import shutil
@@ -60,27 +58,6 @@ def closed_port() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass
-
-
-@pytest.fixture()
-def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """(directory, base URL) of an HTTP server on 127.0.0.1 serving that directory."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- disks ----------------------------------------------------------------------------------------
