@@ -361,7 +361,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             data = Path(src).read_bytes()
             local = dest / f"{remote}-{hashlib.sha256(data).hexdigest()[:16]}"
             if not local.exists():
-                tmp = local.with_suffix(".tmp")
+                tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")  # one per process
                 tmp.write_bytes(data)
                 tmp.chmod(0o755)
                 os.replace(tmp, local)

@@ -122,9 +122,13 @@ class EnvStore:
 
     def _make_dirs(self) -> None:
         try:
-            if not self.cache_dir.exists():
+            # Several processes may create a new cache at once: losing that race is fine.
+            try:
                 self.cache_dir.mkdir(mode=0o700, parents=True)
-                os.chmod(self.cache_dir, 0o700)
+            except FileExistsError:
+                pass
+            else:
+                os.chmod(self.cache_dir, 0o700)  # mkdir's mode is filtered by the umask
             for sub in (self._envs, self._locks, self._staging):
                 sub.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:

@@ -138,11 +138,41 @@ def start_child(
     )
 
 
-def wait_for(path: Path, timeout: float = 60.0) -> None:
+def wait_for(
+    path: Path, timeout: float = 60.0, child: subprocess.Popen[str] | None = None
+) -> None:
+    """Wait for ``path``; fail at once, with its output, if ``child`` exits first."""
     deadline = time.monotonic() + timeout
     while not path.exists():
+        if child is not None and child.poll() is not None:
+            out, err = child.communicate()
+            pytest.fail(f"child exited {child.returncode} before {path.name}:\n{out}\n{err}")
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.02)
+
+
+# -- creating the cache ------------------------------------------------------------------------
+def test_many_stores_creating_one_new_cache_at_once(tmp_path: Path) -> None:
+    """Processes that start together race to create the cache: none of them may fail."""
+    errors: list[BaseException] = []
+    for trial in range(20):
+        cache = tmp_path / f"trial-{trial}" / "cache"
+        barrier = threading.Barrier(8)
+
+        def open_store(cache: Path = cache, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                EnvStore(cache).close()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert errors == []
 
 
 # -- hits and one build per hash -------------------------------------------------------------
@@ -175,8 +205,8 @@ def test_eight_threads_and_two_processes_build_once(cache: Path, logs: Path) -> 
     go = logs / "go"
     ready = [logs / "ready-0", logs / "ready-1"]
     children = [start_child(cache, logs, "shared", 2.0, r, str(go)) for r in ready]
-    for r in ready:
-        wait_for(r)
+    for r, child in zip(ready, children):
+        wait_for(r, child=child)
     store = _store(cache, FakeBuilder(logs, sleep=2.0), max_parallel_builds=4)
     results: list[Env] = []
     errors: list[BaseException] = []
@@ -208,7 +238,7 @@ def test_eight_threads_and_two_processes_build_once(cache: Path, logs: Path) -> 
 @pytest.mark.timeout(180)
 def test_build_killed_mid_way_leaves_nothing_and_next_get_builds(cache: Path, logs: Path) -> None:
     child = start_child(cache, logs, "killed", 600.0, logs / "ready")
-    wait_for(logs / "started")
+    wait_for(logs / "started", child=child)
     # the partial tarball exists in staging right now
     partial = list((cache / "staging").glob("build-*/env-*.tar.gz"))
     assert len(partial) == 1 and partial[0].read_bytes() == b"partial tarball"
