@@ -172,11 +172,15 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.address = address
         self.port = port
         self.project_name = project_name
-        if project_password_file is not None and not os.path.exists(project_password_file):
-            raise ExecutorError(
-                f"project_password_file {project_password_file!r} does not exist: create it "
-                "or pass project_password_file=None"
-            )
+        if project_password_file is not None:
+            # Absolute, because workers started by the provider may run in another directory.
+            given = project_password_file
+            project_password_file = os.path.abspath(os.path.expanduser(given))
+            if not os.path.isfile(project_password_file):
+                raise ExecutorError(
+                    f"project_password_file {given!r} is not a file: create it "
+                    "or pass project_password_file=None"
+                )
         self.project_password_file = project_password_file
         self.env = dict(env or {})
         self.max_retries = max_retries

@@ -146,6 +146,21 @@ def test_constructor_defaults_and_repr():
         PonchoExecutor(project_password_file="/nonexistent/pw")
 
 
+def test_password_file_with_tilde_becomes_absolute(tmp_path, monkeypatch):
+    """Workers may start in another directory: the path they get must not depend on it."""
+    (tmp_path / "wq.pw").write_text("secret\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert PonchoExecutor(project_password_file="~/wq.pw").project_password_file == str(
+        tmp_path / "wq.pw"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert PonchoExecutor(project_password_file="wq.pw").project_password_file == str(
+        tmp_path / "wq.pw"
+    )
+    with pytest.raises(ExecutorError, match="'~/'"):
+        PonchoExecutor(project_password_file="~/")
+
+
 def test_submit_before_start_is_an_error():
     with pytest.raises(ExecutorError, match="before start"):
         PonchoExecutor().submit(len, {}, [])
