@@ -16,6 +16,7 @@ The environment hash each task runs with is logged and kept on the executor futu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -24,25 +25,26 @@ import queue
 import shutil
 import socket
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import cloudpickle
-from parsl.data_provider.files import File
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
 from parsl.multiprocessing import SpawnContext, SpawnProcess
 from parsl.providers.base import ExecutionProvider
-from parsl.utils import RepresentationMixin, get_std_fname_mode
+from parsl.utils import RepresentationMixin
 
-from parsl_poncho.errors import (
-    ExecutorError,
-    MissingModuleError,
-    RemoteTaskError,
-    TaskSerializationError,
-    UnresolvedImportError,
+from parsl_poncho.errors import ExecutorError, MissingModuleError, UnresolvedImportError
+from parsl_poncho.tasks import (
+    app_name,
+    remote_exception,
+    serialize_call,
+    staged_files,
+    unwrap_error_wrapper,
+    wq_resources,
 )
 from parsl_poncho.workqueue import (
     FileToWq,
@@ -53,15 +55,18 @@ from parsl_poncho.workqueue import (
     run_manager,
 )
 
+if TYPE_CHECKING:
+    from parsl_poncho.analyze import Analyzer
+    from parsl_poncho.build import BuildOptions
+    from parsl_poncho.envs import ReadyEnvs
+    from parsl_poncho.spec import Spec
+    from parsl_poncho.store import Env, EnvStore
+
 logger = logging.getLogger(__name__)
 
 #: Node-wide unpack cache on workers. Work Queue points TMPDIR at each task's own sandbox, so
 #: the shim's ${TMPDIR:-/tmp} default would unpack every task again; expanded by the worker's sh.
 DEFAULT_WORKER_CACHE = '"${PARSL_PONCHO_WORKER_CACHE:-/tmp/parsl-poncho-$(id -u)}"'
-
-#: Parsl resource-specification keys that map onto Work Queue task resources.
-RESOURCE_KEYS = ("cores", "memory", "disk", "gpus", "priority", "running_time_min")
-
 
 @dataclass(frozen=True)
 class _Prepared:
@@ -149,7 +154,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         pip_index_url: str | None = None,
         pip_extra_index_urls: Sequence[str] = (),
         pip_find_links: Sequence[str] = (),
-        build_options: Any = None,
+        build_options: BuildOptions | None = None,
         seed_channel: bool = True,
         data: Mapping[str, Any] | None = None,
         default_disk: int | None = 1024,
@@ -160,8 +165,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         working_dir: str = ".",
         full_debug: bool = True,
         remote_monitoring_radio: Any = None,
-        analyzer: Any = None,
-        store: Any = None,
+        analyzer: Analyzer | None = None,
+        store: EnvStore | None = None,
     ):
         if provider is None:
             from parsl.providers import LocalProvider
@@ -223,9 +228,6 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
         self._ids = itertools.count()
         self._tasks_lock = threading.Lock()
-        self._env_lock = threading.Lock()
-        self._built: dict[str, Future] = {}
-        self._ready: dict[tuple[str, frozenset[str]], Future] = {}
         self._started = False
         self._stopping = threading.Event()
         self._chosen_port: int | None = None
@@ -244,7 +246,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._shim_inputs = self._stage_shims(base / "shim")
         self._analyzer = self.analyzer if self.analyzer is not None else self._make_analyzer()
         self._store = self.store if self.store is not None else self._make_store()
-        self._prep_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.label}-verify")
+        self._envs = self._make_ready_envs()
         self._start_manager()
         self._collector = threading.Thread(
             target=self._collect_results, name=f"{self.label}-collector", daemon=True
@@ -269,7 +271,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         func = unwrap_error_wrapper(func)
         payload = serialize_call(func, args, kwargs)
         spec, modules = self._analyse(func, args, kwargs)
-        env_hash = self._store.key(spec) if hasattr(self._store, "key") else spec.hash()
+        env_hash = self._store.key(spec)
         task = self._prepare(func, resource_specification or {}, payload, args, kwargs)
         fu: Future = Future()
         fu.parsl_executor_task_id = task.id  # type: ignore[attr-defined]
@@ -278,7 +280,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._tasks_lock:
             self._tasks[task.id] = fu
         logger.info("task %s (%s) uses env %s", task.id, task.category, env_hash)
-        ready = self._env_ready(spec, env_hash, modules)
+        ready = self._envs.get(spec, env_hash, modules)
         ready.add_done_callback(lambda r: self._dispatch(task, fu, r))
         return fu
 
@@ -314,20 +316,20 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             self._process.terminate()
             self._process.join(timeout=10)
         self._collector.join(timeout=10)
-        self._prep_pool.shutdown(wait=False, cancel_futures=True)
+        self._envs.close()
         self._cancel_blocks()
         self._fail_outstanding(ExecutorError(f"{self.label} was shut down before the task ran"))
         for q in (self._task_queue, self._result_queue):
             q.close()
             q.join_thread()
-        if self.store is None and hasattr(self._store, "close"):
+        if self.store is None:
             self._store.close(wait=False)  # a build in flight finishes in the background
         shutil.rmtree(self._unpack_dir, ignore_errors=True)
         super().shutdown()
         logger.info("%s shut down", self.label)
 
     # -- building blocks --------------------------------------------------------------------
-    def _make_analyzer(self) -> Any:
+    def _make_analyzer(self) -> Analyzer:
         """The Analyzer configured from this executor's options."""
         from parsl_poncho.analyze import Analyzer
 
@@ -335,24 +337,32 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                         ignore=tuple(self.ignore), pin_transitive=self.pin_transitive,
                         channels=self.channels)
 
-    def _make_store(self) -> Any:
+    def _make_store(self) -> EnvStore:
         """The EnvStore configured from this executor's options."""
+        from parsl_poncho.envs import SeededBuilder
         from parsl_poncho.store import EnvStore
 
         cache = Path(self.cache_dir).expanduser() if self.cache_dir else None
         builder = SeededBuilder() if self.seed_channel else None
         return EnvStore(cache, build_options=self._make_build_options(), builder=builder)
 
-    def _make_build_options(self) -> Any:
+    def _make_build_options(self) -> BuildOptions:
         """BuildOptions from the pip options, unless build_options was given."""
         if self.build_options is not None:
             return self.build_options
         from parsl_poncho.build import BuildOptions
 
-        return _build_options_with(BuildOptions, index_url=self.pip_index_url,
-                                   extra_index_urls=tuple(self.pip_extra_index_urls),
-                                   find_links=tuple(self.pip_find_links),
-                                   channels=tuple(self.channels) if self.channels else None)
+        return BuildOptions(index_url=self.pip_index_url or None,
+                            extra_index_urls=tuple(self.pip_extra_index_urls),
+                            find_links=tuple(self.pip_find_links),
+                            channels=tuple(self.channels) if self.channels else None)
+
+    def _make_ready_envs(self) -> ReadyEnvs:
+        """Builds through the store, then checks each new env before its tasks are sent."""
+        from parsl_poncho.envs import ReadyEnvs
+
+        return ReadyEnvs(self._store, verify=self.verify, poncho_run=self._poncho_run_local,
+                         unpack_dir=self._unpack_dir, name=self.label)
 
     def _stage_shims(self, dest: Path) -> tuple[FileToWq, FileToWq]:
         """Copy the worker shim and runner under content-derived names (cached on workers)."""
@@ -419,32 +429,31 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         return " ".join(parts)
 
     # -- submission -------------------------------------------------------------------------
-    def _analyse(self, func: Callable, args: tuple, kwargs: dict) -> tuple[Any, dict[str, Any]]:
+    def _analyse(self, func: Callable, args: tuple, kwargs: dict
+                 ) -> tuple[Spec, dict[str, str | None]]:
         """The spec of ``func`` and the modules (-> distribution) it needs; memoised by Analyzer.
 
         :raises MissingModuleError: (an ImportError) the function imports a module that exists
             nowhere here, so the task fails the way it would on a worker.
         """
+        from parsl_poncho.envs import modules_from_requirements
+
         try:
-            spec = self._add_data(self._analyzer.analyze(func, *args, **kwargs))
+            spec, requirements = self._analyzer.analyze_call(func, *args, **kwargs)
         except UnresolvedImportError as exc:
             if isinstance(exc, MissingModuleError) or _importable(exc.module):
                 raise
             raise MissingModuleError(str(exc), module=exc.module,
                                      function=exc.function) from exc
-        modules: dict[str, Any] = {}
-        if self.verify and hasattr(self._analyzer, "requirements"):
-            modules = modules_from_requirements(self._analyzer.requirements(func, *args, **kwargs))
-        return spec, modules
+        modules = modules_from_requirements(requirements) if self.verify else {}
+        return self._add_data(spec), modules
 
-    def _add_data(self, spec: Any) -> Any:
+    def _add_data(self, spec: Spec) -> Spec:
         """``spec`` with the executor's ``data`` added (memoised per analysed spec object)."""
         if self._data_spec is None:
             return spec
         hit = self._with_data.get(id(spec))
         if hit is None or hit[0] is not spec:
-            import dataclasses
-
             merged = dataclasses.replace(spec, git={**spec.git, **self._data_spec.git},
                                          http={**spec.http, **self._data_spec.http})
             hit = self._with_data[id(spec)] = (spec, merged)  # holding spec keeps id unique
@@ -458,71 +467,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         task_dir.mkdir(parents=True, exist_ok=True)
         (task_dir / "fn.pkl").write_bytes(payload)
         resources = wq_resources(resource_spec, default_cores=self.default_cores)
-        category = _app_name(func) if self.autocategory else "parsl-default"
+        category = app_name(func) if self.autocategory else "parsl-default"
         inputs, outputs = staged_files(args, kwargs)
         return _Prepared(task_id, category, resources, task_dir, inputs, outputs)
-
-    def _env_ready(self, spec: Any, env_hash: str, modules: Mapping[str, Any]) -> Future:
-        """Future of the Env once built (one build per hash) and verified for ``modules``."""
-        key = (env_hash, frozenset(modules))
-        with self._env_lock:
-            ready = self._ready.get(key)
-            if ready is not None:
-                return ready
-            built = self._built.get(env_hash)
-            if built is None:
-                built = self._store.get(spec)
-                self._built[env_hash] = built
-            ready = Future()
-            self._ready[key] = ready
-        built.add_done_callback(lambda b: self._after_build(b, ready, env_hash, dict(modules)))
-        return ready
-
-    def _after_build(self, built: Future, ready: Future, env_hash: str,
-                     modules: dict[str, Any]) -> None:
-        """Build finished: pass its error on, or verify the env in the prep thread."""
-        exc = built.exception()
-        if exc is not None:
-            logger.error("env %s failed to build: %s", env_hash, exc)
-            ready.set_exception(exc)
-            return
-        env = built.result()
-        if not self.verify or not modules or self._verified_marker(env, modules).exists():
-            ready.set_result(env)
-            return
-        try:
-            self._prep_pool.submit(self._verify, env, modules, ready)
-        except RuntimeError as exc:  # pool shut down
-            ready.set_exception(ExecutorError(f"{self.label} shut down: {exc}"))
-
-    def _verify(self, env: Any, modules: dict[str, Any], ready: Future) -> None:
-        """Import ``modules`` in ``env`` on this host; resolve ``ready`` accordingly."""
-        from parsl_poncho.build.verify import verify_env
-
-        try:
-            verify_env(Path(env.tarball), modules, env_hash=env.hash,
-                       poncho_run=self._poncho_run_local, unpack_dir=self._unpack_dir,
-                       sha256=getattr(env, "sha256", None))
-        except Exception as exc:  # noqa: BLE001 - goes to exactly the tasks needing this env
-            logger.error("env %s failed verification: %s", env.hash, exc)
-            ready.set_exception(exc)
-        else:
-            logger.info("env %s verified: %s import", env.hash, ", ".join(sorted(modules)))
-            marker = self._verified_marker(env, modules)
-            try:
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
-            except OSError:
-                logger.debug("cannot record verification in %s", marker, exc_info=True)
-            ready.set_result(env)
-
-    def _verified_marker(self, env: Any, modules: Mapping[str, Any]) -> Path:
-        """A file in the env cache saying ``modules`` import in ``env`` (checked in any run)."""
-        key = hashlib.sha256(
-            "\n".join([env.hash, getattr(env, "sha256", ""), *sorted(modules)]).encode()
-        ).hexdigest()
-        base = Path(getattr(self._store, "cache_dir", self._unpack_dir))
-        return base / "verified" / key
 
     def _dispatch(self, task: _Prepared, fu: Future, ready: Future) -> None:
         """The env is ready (or failed): send the task to Work Queue, or fail its future."""
@@ -538,7 +485,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         tarball = f"env-{env.hash}.tar.gz"
         self._task_queue.put(TaskToWq(
             id=task.id,
-            command=self._task_command(tarball, getattr(env, "sha256", None)),
+            command=self._task_command(tarball, env.sha256),
             category=task.category,
             inputs=(*self._shim_inputs, FileToWq(str(env.tarball), tarball, cache=True),
                     FileToWq(str(task.task_dir / "fn.pkl"), "fn.pkl"), *task.inputs),
@@ -549,11 +496,11 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             env=self.env,
         ))
 
-    def _disk_for(self, resources: Mapping[str, Any], env: Any) -> Mapping[str, Any]:
+    def _disk_for(self, resources: Mapping[str, Any], env: Env) -> Mapping[str, Any]:
         """Give a task without ``disk`` its env tarball plus ``default_disk`` MB of sandbox."""
         if "disk" in resources or self.default_disk is None:
             return resources
-        size_mb = -(-int(getattr(env, "size", 0) or 0) // 2**20)
+        size_mb = -(-env.size // 2**20)
         return {**resources, "disk": size_mb + self.default_disk}
 
     def _task_command(self, tarball: str, sha256: str | None) -> str:
@@ -636,97 +583,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                 logger.warning("%s: cancelling blocks failed", self.label, exc_info=True)
 
 
-#: Conda packages the seeded local channel provides.
-SEEDED_PACKAGES = frozenset({"python", "pip", "setuptools"})
-
-
-class SeededBuilder:
-    """The store's builder: python and pip from a channel seeded from this host's CPython.
-
-    A spec whose conda part holds only what the seeded channel provides (what the analysis
-    gives on a pip-based host) is built from that channel alone, so no conda channel needs to
-    be reachable; any other spec searches the seeded channel first, then its own channels.
-    """
-
-    def __init__(self, channel_dir: Path | None = None):
-        self.channel_dir = channel_dir
-        self._seeded: Path | None = None
-        self._lock = threading.Lock()
-
-    def channel(self) -> Path:
-        """Seed the local channel once per process (cheap when it is current)."""
-        with self._lock:
-            if self._seeded is None:
-                from parsl_poncho.build import seed_channel
-
-                self._seeded = seed_channel(self.channel_dir)
-            return self._seeded
-
-    def __call__(self, spec: Any, output: Path, *, options: Any = None,
-                 progress: Any = None) -> Any:
-        import dataclasses
-
-        from parsl_poncho.build import BuildOptions, build_env
-        from parsl_poncho.build.conda import spec_name
-
-        options = options if options is not None else BuildOptions()
-        seeded = str(self.channel())
-        names = {spec_name(m) for m in spec.conda}
-        if names <= SEEDED_PACKAGES:
-            options = dataclasses.replace(options, channels=(seeded,))
-        else:
-            options = dataclasses.replace(
-                options, extra_channels=(seeded, *options.extra_channels))
-        return build_env(spec, output, options=options, progress=progress)
-
-
 # -- pure helpers (tested directly) ---------------------------------------------------------
-
-
-def unwrap_error_wrapper(func: Callable) -> Callable:
-    """The app function inside Parsl's ``wrap_error`` wrapper, or ``func`` unchanged.
-
-    Parsl wraps every python and bash app in ``parsl.app.errors.wrap_error``, whose wrapper
-    imports parsl on the worker just to turn an exception into a RemoteExceptionWrapper value.
-    This executor carries remote exceptions itself (same type, remote traceback attached), so it
-    submits the inner function: a python app's env then needs no parsl, and Parsl sees the same
-    failure either way. (The analysis strips the same wrapper: see ``strip_parsl_wrapper``.)
-    """
-    from parsl_poncho.analyze import strip_parsl_wrapper
-
-    return strip_parsl_wrapper(func)
-
-
-def serialize_call(func: Callable, args: tuple, kwargs: dict) -> bytes:
-    """cloudpickle ``(func, args, kwargs)``; on failure name the object that cannot be pickled.
-
-    :raises TaskSerializationError: naming the function, positional or keyword argument.
-    """
-    try:
-        return cloudpickle.dumps((func, args, kwargs))
-    except Exception as exc:  # noqa: BLE001 - pickling raises many types
-        what = _unpicklable_part(func, args, kwargs) or f"the call of {_app_name(func)!r}"
-        raise TaskSerializationError(
-            f"Cannot send {what} to a worker: it cannot be pickled ({type(exc).__name__}: "
-            f"{exc}). Pass picklable values (e.g. a path instead of an open file, data "
-            "instead of a lock or connection), or create the object inside the app.",
-            what=what,
-        ) from exc
-
-
-def _unpicklable_part(func: Callable, args: tuple, kwargs: dict) -> str | None:
-    """Which part of a call fails to pickle, described for a message."""
-    parts: list[tuple[str, Any]] = [(f"function {_app_name(func)!r}", func)]
-    parts += [(f"positional argument {i} ({type(a).__name__}: {_short(a)})", a)
-              for i, a in enumerate(args)]
-    parts += [(f"keyword argument {k!r} ({type(v).__name__}: {_short(v)})", v)
-              for k, v in kwargs.items()]
-    for what, obj in parts:
-        try:
-            cloudpickle.dumps(obj)
-        except Exception:  # noqa: BLE001
-            return what
-    return None
 
 
 def _importable(module: str) -> bool:
@@ -739,24 +596,7 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _short(obj: Any) -> str:
-    text = repr(obj)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _app_name(func: Callable) -> str:
-    """A readable name for an app callable (sees through partials and wrappers)."""
-    while True:
-        name = getattr(func, "__name__", None)
-        if name and name not in ("wrapper", "wrapped"):
-            return name
-        inner = getattr(func, "__wrapped__", None) or getattr(func, "func", None)
-        if inner is None:
-            return name or type(func).__name__
-        func = inner
-
-
-def _data_spec(data: Mapping[str, Any]) -> Any:
+def _data_spec(data: Mapping[str, Any]) -> Spec:
     """Validate the executor's ``data`` option as the git/http sections of a spec.
 
     :raises SpecError: naming each problem, e.g. ``http.DB.sha256``.
@@ -772,98 +612,6 @@ def _data_spec(data: Mapping[str, Any]) -> Any:
                           source="PonchoExecutor(data=...)")
 
 
-def wq_resources(resource_spec: Mapping[str, Any], *, default_cores: int = 1) -> dict[str, Any]:
-    """Parsl resource specification -> Work Queue task resources.
-
-    Unknown keys are logged and ignored (Parsl's generic tests pass ``{'cpus': 1}`` and expect
-    the task to run). A task without ``cores`` gets ``default_cores`` so it never takes a whole
-    multi-core worker; memory and disk not given are then shared out by Work Queue.
-
-    >>> wq_resources({})
-    {'cores': 1}
-    >>> wq_resources({'cores': 2, 'memory': 1000, 'disk': 100})
-    {'cores': 2, 'memory': 1000, 'disk': 100}
-    """
-    unknown = sorted(set(resource_spec) - set(RESOURCE_KEYS))
-    if unknown:
-        logger.warning("ignoring unknown resource specification keys %s (known: %s)",
-                       unknown, ", ".join(RESOURCE_KEYS))
-    out = {k: resource_spec[k] for k in RESOURCE_KEYS if resource_spec.get(k) is not None}
-    out.setdefault("cores", default_cores)
-    return out
-
-
-def staged_files(args: tuple, kwargs: dict) -> tuple[tuple[FileToWq, ...], tuple[FileToWq, ...]]:
-    """Work Queue inputs/outputs for Parsl Files and std streams with relative paths.
-
-    Absolute paths are left alone (a shared file system is assumed for them), as Parsl's
-    WorkQueueExecutor does.
-    """
-    inputs = [f for f in (*args, *kwargs.get("inputs", ()),
-                          *(v for k, v in kwargs.items() if k not in ("inputs", "outputs")))
-              if isinstance(f, File)]
-    outputs = [f for f in kwargs.get("outputs", ()) if isinstance(f, File)]
-    ins = tuple(FileToWq(f.filepath, f.filepath) for f in inputs
-                if f.scheme == "file" and not os.path.isabs(f.filepath))
-    outs = [FileToWq(f.filepath, f.filepath) for f in outputs
-            if f.scheme == "file" and not os.path.isabs(f.filepath)]
-    for stream in ("stdout", "stderr"):
-        target = kwargs.get(stream)
-        if target and not isinstance(target, File):
-            try:
-                name, _mode = get_std_fname_mode(stream, target)
-            except Exception:  # noqa: BLE001 - bad values are Parsl's to report
-                continue
-            if not os.path.isabs(name):
-                outs.append(FileToWq(name, name))
-    return ins, tuple(outs)
-
-
-def remote_exception(report: Mapping[str, Any], *, env_hash: str = "?",
-                     host: str = "") -> BaseException:
-    """The exception a task raised, carrying its remote traceback.
-
-    The original exception (same type, so ``except ValueError`` still works) gets the remote
-    traceback as ``remote_traceback`` and as a note shown in tracebacks; if it could not be
-    pickled, a RemoteTaskError with its type, message and traceback stands in for it.
-    """
-    tb = str(report.get("traceback") or "")
-    where = f"env-{env_hash}" + (f" on {host}" if host else "")
-    exc = report.get("exception")
-    if isinstance(exc, BaseException):
-        try:
-            exc.remote_traceback = tb  # type: ignore[attr-defined]
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"Remote traceback ({where}):\n{tb}")
-        except Exception:  # noqa: BLE001 - exotic exception types
-            pass
-        return exc
-    return RemoteTaskError(
-        f"{report.get('exc_type', 'Exception')}: {report.get('message', '')} "
-        f"(raised in {where}; the exception itself could not be pickled)\n"
-        f"Remote traceback:\n{tb}",
-        remote_traceback=tb,
-    )
-
-
-def modules_from_requirements(req: Any) -> dict[str, str | None]:
-    """Module -> providing distribution (None for local code) from ``Analyzer.requirements()``.
-
-    Modules first used inside a ``try`` block (optional imports) are left out: their absence
-    is something the function handles.
-    """
-    providers = getattr(req, "providers", None)
-    if not isinstance(providers, Mapping):
-        return {}
-    uses = getattr(req, "modules", {}) or {}
-    out: dict[str, str | None] = {}
-    for module, dist in providers.items():
-        if getattr(uses.get(module), "optional", False):
-            continue
-        out[str(module)] = None if str(dist).startswith("local:") else str(dist)
-    return out
-
-
 def env_hash_of(future: Any) -> str | None:
     """The env hash a task ran with, from an executor future or a Parsl AppFuture.
 
@@ -876,16 +624,3 @@ def env_hash_of(future: Any) -> str | None:
     if future is None:
         return None
     return vars(future).get("parsl_poncho_env_hash")
-
-
-def _build_options_with(cls: Any, **pip: Any) -> Any:
-    """Construct BuildOptions with whichever pip option field names it has."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    kwargs = {k: v for k, v in pip.items() if k in names and v}
-    return cls(**kwargs)
-
-
-__all__ = ["PonchoExecutor", "env_hash_of", "remote_exception", "serialize_call", "staged_files",
-           "unwrap_error_wrapper", "wq_resources"]

@@ -1,8 +1,7 @@
-"""Tests of PonchoExecutor: pure helpers first, then real Parsl runs on local Work Queue workers."""
+"""Tests of PonchoExecutor: construction first, then real Parsl runs on local Work Queue workers."""
 
 from __future__ import annotations
 
-import functools
 import socket
 import subprocess
 import threading
@@ -15,104 +14,11 @@ from parsl_poncho.errors import (
     BuildError,
     EnvVerificationError,
     ExecutorError,
-    RemoteTaskError,
     TaskSerializationError,
 )
-from parsl_poncho.executor import (
-    PonchoExecutor,
-    env_hash_of,
-    modules_from_requirements,
-    remote_exception,
-    serialize_call,
-    staged_files,
-    unwrap_error_wrapper,
-    wq_resources,
-)
+from parsl_poncho.executor import PonchoExecutor, env_hash_of
 
-# -- pure helpers ---------------------------------------------------------------------------
-
-
-def test_serialize_call_names_the_unpicklable_argument():
-    lock = threading.Lock()
-    with pytest.raises(TaskSerializationError, match=r"keyword argument 'guard' \(lock"):
-        serialize_call(len, ([1],), {"guard": lock})
-    with pytest.raises(TaskSerializationError, match=r"positional argument 1 \(lock"):
-        serialize_call(len, (1, lock), {})
-
-
-def test_serialize_call_names_an_unpicklable_function():
-    lock = threading.Lock()
-
-    def uses_lock():
-        return lock
-
-    with pytest.raises(TaskSerializationError, match=r"function 'uses_lock'") as info:
-        serialize_call(uses_lock, (), {})
-    assert isinstance(info.value, TypeError)
-
-
-def test_wq_resources_defaults_to_one_core_and_ignores_unknown_keys(caplog):
-    assert wq_resources({}) == {"cores": 1}
-    assert wq_resources({}, default_cores=2) == {"cores": 2}
-    spec = {"cores": 2, "memory": 100, "disk": 10, "gpus": 0, "priority": 5,
-            "running_time_min": 3}
-    assert wq_resources(spec) == spec
-    assert wq_resources({"cpus": 4, "memory": 1}) == {"memory": 1, "cores": 1}
-    assert "cpus" in caplog.text
-
-
-def test_staged_files_stage_relative_paths_only():
-    from parsl.data_provider.files import File
-
-    ins, outs = staged_files(
-        (File("in.txt"), File("/abs/in.txt")),
-        {"outputs": [File("out.txt"), File("/abs/out.txt")], "stdout": "log.out",
-         "stderr": ("/abs/err", "w")},
-    )
-    assert [f.remote for f in ins] == ["in.txt"]
-    assert [f.remote for f in outs] == ["out.txt", "log.out"]
-
-
-def test_remote_exception_keeps_type_and_traceback():
-    exc = remote_exception({"status": "raised", "exception": KeyError("k"),
-                            "traceback": "Traceback...\nKeyError: 'k'"}, env_hash="ab", host="n1")
-    assert isinstance(exc, KeyError)
-    assert exc.remote_traceback.endswith("KeyError: 'k'")
-    assert any("env-ab on n1" in note for note in exc.__notes__)
-
-
-def test_remote_exception_stands_in_for_unpicklable_exception():
-    exc = remote_exception({"status": "raised", "exception": None, "exc_type": "x.Weird",
-                            "message": "odd", "traceback": "tb"})
-    assert isinstance(exc, RemoteTaskError)
-    assert "x.Weird: odd" in str(exc) and exc.remote_traceback == "tb"
-
-
-def test_unwrap_error_wrapper_sees_through_parsl_wrap_error():
-    from parsl.app.errors import wrap_error
-
-    def f(x):
-        return x
-
-    assert unwrap_error_wrapper(wrap_error(f)) is f
-    assert unwrap_error_wrapper(f) is f
-    part = functools.partial(f, 1)
-    assert unwrap_error_wrapper(part) is part
-
-
-def test_modules_from_requirements_skips_optional_and_marks_local():
-    from parsl_poncho.analyze import Analyzer
-
-    class Req:
-        providers = {"numpy": "numpy", "helpers": "local:helpers", "ujson": "ujson"}
-        modules = {"ujson": type("U", (), {"optional": True})()}
-
-    assert modules_from_requirements(Req()) == {"numpy": "numpy", "helpers": None}
-    assert modules_from_requirements(None) == {}
-    import json
-
-    req = Analyzer().requirements(lambda: json.dumps([]))
-    assert "json" not in modules_from_requirements(req)
+# -- construction ---------------------------------------------------------------------------
 
 
 def test_env_hash_of_reads_executor_and_app_futures():
@@ -282,12 +188,12 @@ def test_verification_names_module_and_distribution(env_cache, tmp_path):
     class MissingModuleAnalyzer(Analyzer):
         """Claims the function also needs a module its env cannot have."""
 
-        def requirements(self, func, *args, **kwargs):
+        def analyze_call(self, func, *args, **kwargs):
             import dataclasses
 
-            req = super().requirements(func, *args, **kwargs)
+            spec, req = super().analyze_call(func, *args, **kwargs)
             providers = {**req.providers, "no_such_module_xyz": "no-such-dist"}
-            return dataclasses.replace(req, providers=providers)
+            return spec, dataclasses.replace(req, providers=providers)
 
     @parsl.python_app
     def plain(n):

@@ -252,6 +252,12 @@ class Analyzer:
         """The modules, distributions and local code ``func(*args, **kwargs)`` needs."""
         return self._analyze(func, args, kwargs)[0]
 
+    def analyze_call(self, func: Callable[..., Any], *args: Any, **kwargs: Any
+                     ) -> tuple[Spec, Requirements]:
+        """Both :meth:`analyze` and :meth:`requirements` of one call, for one memo lookup."""
+        requirements, spec = self._analyze(func, args, kwargs)
+        return spec, requirements
+
     def clear(self) -> None:
         """Forget memoised results (after installing packages or editing local code)."""
         with self._lock:

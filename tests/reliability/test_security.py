@@ -411,7 +411,7 @@ def test_unpicklable_argument_is_named_at_submission() -> None:
     import threading
 
     from parsl_poncho.errors import TaskSerializationError
-    from parsl_poncho.executor import serialize_call
+    from parsl_poncho.tasks import serialize_call
 
     def task(x: Any, *, flag: Any = None) -> Any:
         return x

@@ -1,0 +1,166 @@
+"""Environments made ready for tasks: built once per hash by the store, then verified once.
+
+:class:`ReadyEnvs` hands the executor one future per (env hash, module set) that resolves to the
+built :class:`~parsl_poncho.store.Env` once the analysed modules import inside it on this host,
+or fails with the build's or the check's error, so exactly the tasks needing that env fail.
+:class:`SeededBuilder` is the store's builder when no conda channel is reachable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from parsl_poncho.errors import ExecutorError
+from parsl_poncho.spec import Spec
+from parsl_poncho.store import Env, EnvStore
+
+logger = logging.getLogger(__name__)
+
+#: Conda packages the seeded local channel provides.
+SEEDED_PACKAGES = frozenset({"python", "pip", "setuptools"})
+
+
+class ReadyEnvs:
+    """One future per (env hash, module set): the store builds, then the modules are imported.
+
+    :param store: where envs are built and cached.
+    :param verify: import the analysed modules in each new env before any task uses it.
+    :param poncho_run: the worker shim (the check unpacks through it, as a worker does).
+    :param unpack_dir: where the check unpacks envs.
+    :param name: for log messages and thread names.
+    """
+
+    def __init__(self, store: EnvStore, *, verify: bool, poncho_run: Path, unpack_dir: Path,
+                 name: str = "parsl-poncho") -> None:
+        self.store = store
+        self.verify = verify
+        self.poncho_run = poncho_run
+        self.unpack_dir = unpack_dir
+        self.name = name
+        self._lock = threading.Lock()
+        self._built: dict[str, Future[Env]] = {}
+        self._ready: dict[tuple[str, frozenset[str]], Future[Env]] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-verify")
+
+    def get(self, spec: Spec, env_hash: str, modules: Mapping[str, str | None]) -> Future[Env]:
+        """The future of ``spec``'s env, built (one build per hash) and verified for ``modules``.
+
+        :param modules: module -> distribution providing it (None for local code).
+        """
+        key = (env_hash, frozenset(modules))
+        with self._lock:
+            ready = self._ready.get(key)
+            if ready is not None:
+                return ready
+            built = self._built.get(env_hash)
+            if built is None:
+                built = self._built[env_hash] = self.store.get(spec)
+            ready = self._ready[key] = Future()
+        modules = dict(modules)
+        built.add_done_callback(lambda b: self._after_build(b, ready, env_hash, modules))
+        return ready
+
+    def close(self) -> None:
+        """Stop verifying (a check in flight is abandoned; its tasks are failed by the caller)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _after_build(self, built: Future[Env], ready: Future[Env], env_hash: str,
+                     modules: dict[str, str | None]) -> None:
+        """Build finished: pass its error on, or verify the env in the check thread."""
+        exc = built.exception()
+        if exc is not None:
+            logger.error("env %s failed to build: %s", env_hash, exc)
+            ready.set_exception(exc)
+            return
+        env = built.result()
+        if not self.verify or not modules or self._verified_marker(env, modules).exists():
+            ready.set_result(env)
+            return
+        try:
+            self._pool.submit(self._verify, env, modules, ready)
+        except RuntimeError as exc:  # pool shut down
+            ready.set_exception(ExecutorError(f"{self.name} shut down: {exc}"))
+
+    def _verify(self, env: Env, modules: dict[str, str | None], ready: Future[Env]) -> None:
+        """Import ``modules`` in ``env`` on this host; resolve ``ready`` accordingly."""
+        from parsl_poncho.build.verify import verify_env
+
+        try:
+            verify_env(env.tarball, modules, env_hash=env.hash, poncho_run=self.poncho_run,
+                       unpack_dir=self.unpack_dir, sha256=env.sha256)
+        except Exception as exc:  # noqa: BLE001 - goes to exactly the tasks needing this env
+            logger.error("env %s failed verification: %s", env.hash, exc)
+            ready.set_exception(exc)
+            return
+        logger.info("env %s verified: %s import", env.hash, ", ".join(sorted(modules)))
+        marker = self._verified_marker(env, modules)
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            logger.debug("cannot record verification in %s", marker, exc_info=True)
+        ready.set_result(env)
+
+    def _verified_marker(self, env: Env, modules: Mapping[str, str | None]) -> Path:
+        """A file in the env cache saying ``modules`` import in ``env`` (checked in any run)."""
+        key = hashlib.sha256("\n".join([env.hash, env.sha256, *sorted(modules)]).encode())
+        return self.store.cache_dir / "verified" / key.hexdigest()
+
+
+def modules_from_requirements(req: Any) -> dict[str, str | None]:
+    """Module -> providing distribution (None for local code) from ``Analyzer.requirements()``.
+
+    Modules first used inside a ``try`` block (optional imports) are left out: their absence
+    is something the function handles.
+    """
+    out: dict[str, str | None] = {}
+    for module, dist in req.providers.items():
+        use = req.modules.get(module)
+        if use is not None and use.optional:
+            continue
+        out[str(module)] = None if str(dist).startswith("local:") else str(dist)
+    return out
+
+
+class SeededBuilder:
+    """The store's builder: python and pip from a channel seeded from this host's CPython.
+
+    A spec whose conda part holds only what the seeded channel provides (what the analysis
+    gives on a pip-based host) is built from that channel alone, so no conda channel needs to
+    be reachable; any other spec searches the seeded channel first, then its own channels.
+    """
+
+    def __init__(self, channel_dir: Path | None = None):
+        self.channel_dir = channel_dir
+        self._seeded: Path | None = None
+        self._lock = threading.Lock()
+
+    def channel(self) -> Path:
+        """Seed the local channel once per process (cheap when it is current)."""
+        with self._lock:
+            if self._seeded is None:
+                from parsl_poncho.build import seed_channel
+
+                self._seeded = seed_channel(self.channel_dir)
+            return self._seeded
+
+    def __call__(self, spec: Spec, output: Path, *, options: Any = None,
+                 progress: Callable[[str], None] | None = None) -> Any:
+        from parsl_poncho.build import BuildOptions, build_env
+        from parsl_poncho.build.conda import spec_name
+
+        options = options if options is not None else BuildOptions()
+        seeded = str(self.channel())
+        names = {spec_name(m) for m in spec.conda}
+        if names <= SEEDED_PACKAGES:
+            options = dataclasses.replace(options, channels=(seeded,))
+        else:
+            options = dataclasses.replace(
+                options, extra_channels=(seeded, *options.extra_channels))
+        return build_env(spec, output, options=options, progress=progress)

@@ -1,0 +1,160 @@
+"""What crosses to a worker and back for one task: the pickled call, its Work Queue resources
+and staged files, and the exception a task raised, rebuilt on the submit side.
+
+Pure functions, tested directly; the executor strings them together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Mapping
+
+import cloudpickle
+from parsl.data_provider.files import File
+from parsl.utils import get_std_fname_mode
+
+from parsl_poncho.errors import RemoteTaskError, TaskSerializationError
+from parsl_poncho.workqueue import FileToWq
+
+logger = logging.getLogger(__name__)
+
+#: Parsl resource-specification keys that map onto Work Queue task resources.
+RESOURCE_KEYS = ("cores", "memory", "disk", "gpus", "priority", "running_time_min")
+
+
+def unwrap_error_wrapper(func: Callable) -> Callable:
+    """The app function inside Parsl's ``wrap_error`` wrapper, or ``func`` unchanged.
+
+    Parsl wraps every python and bash app in ``parsl.app.errors.wrap_error``, whose wrapper
+    imports parsl on the worker just to turn an exception into a RemoteExceptionWrapper value.
+    This executor carries remote exceptions itself (same type, remote traceback attached), so it
+    submits the inner function: a python app's env then needs no parsl, and Parsl sees the same
+    failure either way. (The analysis strips the same wrapper: see ``strip_parsl_wrapper``.)
+    """
+    from parsl_poncho.analyze import strip_parsl_wrapper
+
+    return strip_parsl_wrapper(func)
+
+
+def serialize_call(func: Callable, args: tuple, kwargs: dict) -> bytes:
+    """cloudpickle ``(func, args, kwargs)``; on failure name the object that cannot be pickled.
+
+    :raises TaskSerializationError: naming the function, positional or keyword argument.
+    """
+    try:
+        return cloudpickle.dumps((func, args, kwargs))
+    except Exception as exc:  # noqa: BLE001 - pickling raises many types
+        what = _unpicklable_part(func, args, kwargs) or f"the call of {app_name(func)!r}"
+        raise TaskSerializationError(
+            f"Cannot send {what} to a worker: it cannot be pickled ({type(exc).__name__}: "
+            f"{exc}). Pass picklable values (e.g. a path instead of an open file, data "
+            "instead of a lock or connection), or create the object inside the app.",
+            what=what,
+        ) from exc
+
+
+def _unpicklable_part(func: Callable, args: tuple, kwargs: dict) -> str | None:
+    """Which part of a call fails to pickle, described for a message."""
+    parts: list[tuple[str, Any]] = [(f"function {app_name(func)!r}", func)]
+    parts += [(f"positional argument {i} ({type(a).__name__}: {_short(a)})", a)
+              for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k!r} ({type(v).__name__}: {_short(v)})", v)
+              for k, v in kwargs.items()]
+    for what, obj in parts:
+        try:
+            cloudpickle.dumps(obj)
+        except Exception:  # noqa: BLE001
+            return what
+    return None
+
+
+def _short(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def app_name(func: Callable) -> str:
+    """A readable name for an app callable (sees through partials and wrappers)."""
+    while True:
+        name = getattr(func, "__name__", None)
+        if name and name not in ("wrapper", "wrapped"):
+            return name
+        inner = getattr(func, "__wrapped__", None) or getattr(func, "func", None)
+        if inner is None:
+            return name or type(func).__name__
+        func = inner
+
+
+def wq_resources(resource_spec: Mapping[str, Any], *, default_cores: int = 1) -> dict[str, Any]:
+    """Parsl resource specification -> Work Queue task resources.
+
+    Unknown keys are logged and ignored (Parsl's generic tests pass ``{'cpus': 1}`` and expect
+    the task to run). A task without ``cores`` gets ``default_cores`` so it never takes a whole
+    multi-core worker; memory and disk not given are then shared out by Work Queue.
+
+    >>> wq_resources({})
+    {'cores': 1}
+    >>> wq_resources({'cores': 2, 'memory': 1000, 'disk': 100})
+    {'cores': 2, 'memory': 1000, 'disk': 100}
+    """
+    unknown = sorted(set(resource_spec) - set(RESOURCE_KEYS))
+    if unknown:
+        logger.warning("ignoring unknown resource specification keys %s (known: %s)",
+                       unknown, ", ".join(RESOURCE_KEYS))
+    out = {k: resource_spec[k] for k in RESOURCE_KEYS if resource_spec.get(k) is not None}
+    out.setdefault("cores", default_cores)
+    return out
+
+
+def staged_files(args: tuple, kwargs: dict) -> tuple[tuple[FileToWq, ...], tuple[FileToWq, ...]]:
+    """Work Queue inputs/outputs for Parsl Files and std streams with relative paths.
+
+    Absolute paths are left alone (a shared file system is assumed for them), as Parsl's
+    WorkQueueExecutor does.
+    """
+    inputs = [f for f in (*args, *kwargs.get("inputs", ()),
+                          *(v for k, v in kwargs.items() if k not in ("inputs", "outputs")))
+              if isinstance(f, File)]
+    outputs = [f for f in kwargs.get("outputs", ()) if isinstance(f, File)]
+    ins = tuple(FileToWq(f.filepath, f.filepath) for f in inputs
+                if f.scheme == "file" and not os.path.isabs(f.filepath))
+    outs = [FileToWq(f.filepath, f.filepath) for f in outputs
+            if f.scheme == "file" and not os.path.isabs(f.filepath)]
+    for stream in ("stdout", "stderr"):
+        target = kwargs.get(stream)
+        if target and not isinstance(target, File):
+            try:
+                name, _mode = get_std_fname_mode(stream, target)
+            except Exception:  # noqa: BLE001 - bad values are Parsl's to report
+                continue
+            if not os.path.isabs(name):
+                outs.append(FileToWq(name, name))
+    return ins, tuple(outs)
+
+
+def remote_exception(report: Mapping[str, Any], *, env_hash: str = "?",
+                     host: str = "") -> BaseException:
+    """The exception a task raised, carrying its remote traceback.
+
+    The original exception (same type, so ``except ValueError`` still works) gets the remote
+    traceback as ``remote_traceback`` and as a note shown in tracebacks; if it could not be
+    pickled, a RemoteTaskError with its type, message and traceback stands in for it.
+    """
+    tb = str(report.get("traceback") or "")
+    where = f"env-{env_hash}" + (f" on {host}" if host else "")
+    exc = report.get("exception")
+    if isinstance(exc, BaseException):
+        try:
+            exc.remote_traceback = tb  # type: ignore[attr-defined]
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"Remote traceback ({where}):\n{tb}")
+        except Exception:  # noqa: BLE001 - exotic exception types
+            pass
+        return exc
+    return RemoteTaskError(
+        f"{report.get('exc_type', 'Exception')}: {report.get('message', '')} "
+        f"(raised in {where}; the exception itself could not be pickled)\n"
+        f"Remote traceback:\n{tb}",
+        remote_traceback=tb,
+    )
