@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from parsl_poncho.build._util import sha256_file
 from parsl_poncho.errors import BuildError
 from parsl_poncho.paths import default_channel_dir
 
@@ -487,7 +488,7 @@ def _info_files(stage: Path, entries: list[_Pkg], index: dict[str, Any], about: 
         item: dict[str, Any] = {
             "_path": entry.rel,
             "path_type": "hardlink",
-            "sha256": _sha256(entry.src),
+            "sha256": sha256_file(entry.src),
             "size_in_bytes": entry.src.stat().st_size,
         }
         if entry.placeholder:
@@ -506,11 +507,3 @@ def _info_files(stage: Path, entries: list[_Pkg], index: dict[str, Any], about: 
     if link:
         info["info/link.json"] = json.dumps(link, indent=2).encode()
     return info
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -4,7 +4,6 @@ crafted tarballs, real build options, and the counters printed at the end of a r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import shutil
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from parsl_poncho.build._util import sha256_file
 
 #: Counters every test may bump (``report["faults injected"] += 1``); printed after the run.
 REPORT: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -148,14 +149,6 @@ def write_tarball(path: Path, members: tuple[Member, ...] | list[Member]) -> Pat
 
     path.write_bytes(gzip.compress(buf.getvalue(), compresslevel=1))
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture()
