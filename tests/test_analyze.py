@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import importlib.metadata as metadata
 import json
+import os
 import sys
 import weakref
 from pathlib import Path
@@ -14,8 +16,10 @@ import pytest
 from rattler import PrefixRecord
 
 from parsl_poncho.analyze import Analyzer, analyze, find_modules, strip_parsl_wrapper
+from parsl_poncho.analyze import analyzer as analyzer_mod
 from parsl_poncho.analyze.classify import Classifier, normalize_channel, normalize_name
 from parsl_poncho.analyze.pin import python_version
+from parsl_poncho.codehash import hash_code
 from parsl_poncho.spec import Spec
 
 CORPUS = Path(__file__).parent / "analyze_corpus"
@@ -262,6 +266,61 @@ def test_local_package_hash_skips_pycache(tmp_path):
 
 
 # -- memoisation ---------------------------------------------------------------------------------
+def _edit(path: Path, text: str) -> None:
+    """Rewrite ``path`` with a later mtime (a quick edit may otherwise keep the old one)."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def test_memo_notices_an_edited_local_module(tmp_path, monkeypatch):
+    monkeypatch.setattr(analyzer_mod, "_LOCAL_RECHECK_SECONDS", 0.0)
+    mod = _load_local(tmp_path, monkeypatch, "poncho_local_memo",
+                      "def app():\n    return X\n\nX = 1\n")
+    analyzer = Analyzer()
+    first = analyzer.analyze(mod.app)
+    assert [c.name for c in first.local] == ["poncho_local_memo"]
+    assert analyzer.analyze(mod.app) is first  # files looked at again, unchanged: memo hit
+    _edit(tmp_path / "poncho_local_memo.py", "def app():\n    return X\n\nX = 2\n")
+    second = analyzer.analyze(mod.app)  # not reloaded: the same function object
+    assert second.local[0].sha256 != first.local[0].sha256
+    assert second.local[0].sha256 == hash_code(tmp_path / "poncho_local_memo.py")
+    assert second.hash() != first.hash()
+    assert analyzer.analyze(mod.app) is second
+    reloaded = importlib.reload(mod)
+    assert analyzer.analyze(reloaded.app).local == second.local
+
+
+def test_memo_looks_at_local_files_at_most_once_per_recheck_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(analyzer_mod, "_LOCAL_RECHECK_SECONDS", 3600.0)
+    mod = _load_local(tmp_path, monkeypatch, "poncho_local_throttle",
+                      "def app():\n    return X\n\nX = 1\n")
+    analyzer = Analyzer()
+    first = analyzer.analyze(mod.app)
+    _edit(tmp_path / "poncho_local_throttle.py", "def app():\n    return X\n\nX = 2\n")
+    assert analyzer.analyze(mod.app) is first  # within the recheck time: no stat at all
+    monkeypatch.setattr(analyzer_mod, "_LOCAL_RECHECK_SECONDS", 0.0)
+    assert analyzer.analyze(mod.app).local[0].sha256 != first.local[0].sha256
+
+
+def test_memo_by_argument_types_notices_edited_local_code(tmp_path, monkeypatch):
+    monkeypatch.setattr(analyzer_mod, "_LOCAL_RECHECK_SECONDS", 0.0)
+    mod = _load_local(tmp_path, monkeypatch, "poncho_local_argtype",
+                      "class Point:\n    x = 1\n")
+    namespace: dict = {}
+    exec("def app(p):\n    return p.x\n", namespace)
+    analyzer = Analyzer()
+    point = mod.Point()
+    assert analyzer.analyze(namespace["app"]).local == ()
+    first = analyzer.analyze(namespace["app"], point)
+    assert [c.name for c in first.local] == ["poncho_local_argtype"]
+    assert analyzer.analyze(namespace["app"], point) is first
+    _edit(tmp_path / "poncho_local_argtype.py", "class Point:\n    x = 2\n")
+    second = analyzer.analyze(namespace["app"], point)
+    assert second.local[0].sha256 == hash_code(tmp_path / "poncho_local_argtype.py")
+    assert second.local[0].sha256 != first.local[0].sha256
+
+
 def test_memoised_result_is_reused():
     analyzer = Analyzer()
     func = CASES["mixed_numpy_scipy_pandas"].func

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from parsl_poncho.build import BuildOptions, Manifest, build_env, write_manifest
+from parsl_poncho.codehash import hash_code
 from parsl_poncho.errors import BuildError
 from parsl_poncho.spec import GitData, HttpData, LocalCode, Spec
 
@@ -120,7 +121,8 @@ def test_build_unpack_elsewhere_and_run(tmp_path, build_options, http_root):
                                 compression="gzip"),
             "TABLE": HttpData(url=f"{base_url}/table.csv.gz", compression="gzip"),
         },
-        local=(LocalCode("mymod", str(mod), "0" * 64), LocalCode("mypkg", str(pkg), "1" * 64)),
+        local=(LocalCode("mymod", str(mod), hash_code(mod)),
+               LocalCode("mypkg", str(pkg), hash_code(pkg))),
     )
     output = tmp_path / "out" / "env-test.tar.gz"
     lines: list[str] = []

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from parsl_poncho.analyze.classify import Classifier
 from parsl_poncho.build import (
     BuildOptions,
     Manifest,
@@ -26,6 +27,7 @@ from parsl_poncho.build import (
     write_manifest,
 )
 from parsl_poncho.build import code as code_mod
+from parsl_poncho.codehash import hash_code
 from parsl_poncho.errors import BuildError
 from parsl_poncho.spec import HttpData, LocalCode, Spec
 
@@ -212,6 +214,30 @@ def test_build_env_with_fake_micromamba(tmp_path, monkeypatch):
     assert manifest.lock["conda"] == [{"name": "fake", "version": "1.0", "build": "0"}]
     assert "zlib" in (tmp_path / "args").read_text().split()
     assert not any((tmp_path / "work").iterdir())
+
+
+def test_build_env_local_code_edited_after_analysis_leaves_no_scratch_or_tarball(
+        tmp_path, monkeypatch):
+    """The code step's BuildError ends the build: scratch dir removed, no tarball."""
+    with_python = FAKE_OK.replace('mkdir -p "$2/conda-meta"',
+                                  'mkdir -p "$2/lib/python3.11/site-packages" "$2/conda-meta"')
+    _fake(tmp_path / "bin", "micromamba", with_python)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ARGS", str(tmp_path / "args"))
+    monkeypatch.setenv("FAKE_ENV", str(tmp_path / "env.txt"))
+    module = tmp_path / "src" / "helper.py"
+    module.parent.mkdir()
+    module.write_text("X = 1\n")
+    spec = Spec(conda=("python",), local=(_analysed("helper", module),))
+    module.write_text("X = 2\n")
+    options = BuildOptions(solver="micromamba", cache_dir=tmp_path / "cache",
+                           workdir=tmp_path / "work", channels=("conda-forge",))
+    out = tmp_path / "env.tar.gz"
+    with pytest.raises(BuildError, match="local module 'helper' .* changed on disk") as info:
+        build_env(spec, out, options=options, progress=lambda _: None)
+    assert (info.value.step, info.value.package) == ("code", "helper")
+    assert not out.exists()
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 # -- pip --------------------------------------------------------------------------------------
@@ -402,23 +428,84 @@ def test_http_download_failure_names_variable(tmp_path):
 # -- local code -------------------------------------------------------------------------------
 
 
-def test_local_code_module_and_package(tmp_path):
-    site = tmp_path / "env" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / (
+def _site(prefix: Path) -> Path:
+    site = prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / (
         "site-packages")
     site.mkdir(parents=True)
+    return site
+
+
+def _analysed(name: str, path: Path) -> LocalCode:
+    """The LocalCode the analysis records for ``path`` (the classifier's content hash)."""
+    return LocalCode(name, str(path), Classifier().content_hash(path))
+
+
+def test_local_code_module_and_package(tmp_path):
+    site = _site(tmp_path / "env")
     (tmp_path / "helper.py").write_text("X = 1\n")
     pkg = tmp_path / "pkg"
     (pkg / "__pycache__").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "__pycache__" / "junk.pyc").write_bytes(b"")
     names = code_mod.add_local_code(tmp_path / "env", [
-        LocalCode("helper", str(tmp_path / "helper.py"), "0" * 64),
-        LocalCode("pkg", str(pkg), "0" * 64),
+        _analysed("helper", tmp_path / "helper.py"),
+        _analysed("pkg", pkg),
     ])
     assert names == ["helper", "pkg"]
     assert (site / "helper.py").read_text() == "X = 1\n"
     assert (site / "pkg" / "__init__.py").exists()
     assert not (site / "pkg" / "__pycache__").exists()
+
+
+def test_local_module_edited_after_analysis_fails_and_leaves_nothing(tmp_path):
+    site = _site(tmp_path / "env")
+    module = tmp_path / "helper.py"
+    module.write_text("X = 1\n")
+    code = _analysed("helper", module)
+    module.write_text("X = 2\n")
+    with pytest.raises(BuildError, match=(
+            r"local module 'helper' .* changed on disk after it was analysed.*Submit the app "
+            r"again .* re-run poncho_package_analyze")) as info:
+        code_mod.add_local_code(tmp_path / "env", [code])
+    assert (info.value.step, info.value.package) == ("code", "helper")
+    assert list(site.iterdir()) == []
+
+
+def test_local_package_edited_after_analysis_fails_and_leaves_nothing(tmp_path):
+    site = _site(tmp_path / "env")
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "core.py").write_text("VALUE = 1\n")
+    code = _analysed("pkg", pkg)
+    (pkg / "sub" / "new.py").write_text("")  # a file added after the analysis counts too
+    with pytest.raises(BuildError, match="local package 'pkg' .* changed on disk") as info:
+        code_mod.add_local_code(tmp_path / "env", [code])
+    assert (info.value.step, info.value.package) == ("code", "pkg")
+    assert list(site.iterdir()) == []
+
+
+def test_local_package_with_symlinks_ships_what_its_hash_covers(tmp_path):
+    site = _site(tmp_path / "env")
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    (shared / "util.py").write_text("U = 1\n")
+    (shared / "data" / "table.csv").write_text("x\n1\n")
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "util.py").symlink_to(shared / "util.py")
+    (pkg / "data").symlink_to(shared / "data", target_is_directory=True)
+    (pkg / "loop").symlink_to(pkg, target_is_directory=True)  # a cycle: skipped
+    code = _analysed("pkg", pkg)
+    assert code_mod.add_local_code(tmp_path / "env", [code]) == ["pkg"]
+    shipped = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
+    assert shipped == ["pkg/__init__.py", "pkg/data/table.csv", "pkg/util.py"]
+    assert not any(p.is_symlink() for p in site.rglob("*"))
+    assert hash_code(site / "pkg") == code.sha256
+    # content behind a directory link is shipped, so it is part of the hash
+    (shared / "data" / "table.csv").write_text("x\n2\n")
+    assert Classifier().content_hash(pkg) != code.sha256
 
 
 def test_local_code_missing(tmp_path):

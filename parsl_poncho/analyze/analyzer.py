@@ -2,7 +2,9 @@
 
 Results are memoised per callable (weakly: nothing is kept alive by the memo) and re-used while
 its code object, defaults, closure cells and the global bindings its analysis read are the same
-objects; a second analysis costs microseconds.
+objects; a second analysis costs microseconds. A result that ships local code is also re-used only
+while the stat signature of its files is the same, checked at most once per
+:data:`_LOCAL_RECHECK_SECONDS`: an edited local module gets a new content hash, hence a new spec.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import functools
 import re
 import sys
 import threading
+import time
 import types
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -29,6 +32,7 @@ from parsl_poncho.analyze.modules import (
     strip_parsl_wrapper,
 )
 from parsl_poncho.analyze.pin import pin_spec
+from parsl_poncho.codehash import Signature, code_signature
 from parsl_poncho.errors import AnalysisError, AnalysisOptionError, UnresolvedImportError
 from parsl_poncho.spec import LocalCode, Spec
 
@@ -37,6 +41,8 @@ _DIST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _MISSING = object()
 _CONTAINER_TYPES = (list, tuple, set, frozenset, dict)
 _CODE_ENTRIES = 8  # entries kept per code object for new function objects to reuse
+#: A memo entry with local code re-checks its files' stat signatures at most this often (s).
+_LOCAL_RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,10 @@ class _Entry:
     spec: Spec
     uses: dict[str, ModuleUse]
     by_args: dict[frozenset[str], tuple[Requirements, Spec]] = field(default_factory=dict)
+    # (path, stat signature) of the local code in requirements and by_args, as analysed
+    local_files: tuple[tuple[str, Signature], ...] = ()
+    checked: float = 0.0  # time.monotonic() of the last look at local_files
+    stale: bool = False  # local_files changed: never serve this entry again
 
 
 class _Strong:
@@ -259,7 +269,11 @@ class Analyzer:
         return spec, requirements
 
     def clear(self) -> None:
-        """Forget memoised results (after installing packages or editing local code)."""
+        """Forget memoised results (after installing or removing packages).
+
+        Edited local code needs no call: memoised results notice it within
+        ``_LOCAL_RECHECK_SECONDS``.
+        """
         with self._lock:
             self._memo = weakref.WeakKeyDictionary()
             self._by_code = weakref.WeakKeyDictionary()
@@ -289,9 +303,14 @@ class Analyzer:
         if found is None:
             merged = dict(entry.uses)
             merged.update(new)
-            requirements = self._resolve(merged, describe(func))
+            files: dict[str, Signature] = {}
+            requirements = self._resolve(merged, describe(func), files)
             found = (requirements, self._pin(requirements))
-            entry.by_args[key] = found
+            with self._lock:
+                # the entry's own signatures win: a change since it was analysed stays visible
+                files.update(entry.local_files)
+                entry.local_files = tuple(files.items())
+                entry.by_args[key] = found
         return found
 
     def _value_uses(self, values: list[Any], name: str) -> dict[str, ModuleUse]:
@@ -317,10 +336,13 @@ class Analyzer:
             entry = self._memo.get(root)
         except TypeError:  # not weak-referenceable (a builtin): nothing to memoise
             entry = None
+        stale = False
         if entry is not None and _valid(entry, root):
-            return entry
+            if not entry.local_files or _local_fresh(entry):
+                return entry
+            stale = True  # its local code was edited: so may be that of its siblings
         with self._lock:
-            entry = self._same_code_entry(root)
+            entry = self._same_code_entry(root, recheck=stale)
             if entry is None:
                 entry = self._build_entry(root)
                 if entry.code is not None:
@@ -333,11 +355,12 @@ class Analyzer:
                 pass
         return entry
 
-    def _same_code_entry(self, root: Any) -> _Entry | None:
+    def _same_code_entry(self, root: Any, recheck: bool = False) -> _Entry | None:
         """An entry of another function object with the same code, globals and cell values.
 
         New function objects from the same code (closures from a factory, Parsl's per-call
-        walltime wrapper) then cost a memo check, not a new analysis.
+        walltime wrapper) then cost a memo check, not a new analysis. With ``recheck``, local
+        files are looked at now, whenever they last were.
         """
         if not isinstance(root, types.FunctionType):
             return None
@@ -347,7 +370,7 @@ class Analyzer:
         for entry in entries:
             holder = entry.holder()
             if holder is not None and _globals_of(holder) is root.__globals__ and _valid(
-                    entry, root, self._type_decides):
+                    entry, root, self._type_decides) and _local_fresh(entry, recheck):
                 return entry
         return None
 
@@ -356,7 +379,8 @@ class Analyzer:
         finder = ModuleFinder(self._opaque)
         finder.walk(root, name)
         uses = {m: u for m, u in finder.modules.items() if not self.classifier.is_stdlib(m)}
-        requirements = self._resolve(uses, name)
+        files: dict[str, Signature] = {}
+        requirements = self._resolve(uses, name, files)
         bindings: dict[tuple[int, str], tuple[Any, str, Any]] = {}
         for owner, gname, value in finder.bindings:
             holder = _globals_holder(owner)
@@ -373,9 +397,14 @@ class Analyzer:
             requirements=requirements,
             spec=self._pin(requirements),
             uses=uses,
+            local_files=tuple(files.items()),
+            checked=time.monotonic(),
         )
 
-    def _resolve(self, uses: dict[str, ModuleUse], function: str) -> Requirements:
+    def _resolve(self, uses: dict[str, ModuleUse], function: str,
+                 files: dict[str, Signature] | None = None) -> Requirements:
+        """Classify ``uses`` and what local code needs; ``files`` gets the local files' stat
+        signatures by path, as hashed."""
         modules = dict(uses)
         queue = sorted(modules)
         providers: dict[str, str] = {}
@@ -413,9 +442,11 @@ class Analyzer:
                 dists[(found.distribution.source, found.distribution.name)] = found.distribution
                 providers[module] = found.distribution.name
             elif found.kind == "local" and found.local is not None:
-                local[found.local.name] = found.local
-                providers[module] = f"local:{found.local.name}"
-                scan = self._scan_local(module, found.local, scanned)
+                code = local.get(found.local.name)
+                if code is None:
+                    code = local[found.local.name] = self._local_now(found.local, files)
+                providers[module] = f"local:{code.name}"
+                scan = self._scan_local(module, code, scanned)
                 for new_module, new_use in scan.items():
                     if new_module not in modules:
                         modules[new_module] = new_use
@@ -438,6 +469,13 @@ class Analyzer:
             extra_requirements=tuple(dict.fromkeys(extra_reqs)),
             skipped=tuple(sorted(skipped)),
         )
+
+    def _local_now(self, code: LocalCode, files: dict[str, Signature] | None) -> LocalCode:
+        """``code`` with the hash of its files now (the classifier caches the first it saw)."""
+        sha256, signature = self.classifier.hash_and_signature(Path(code.path))
+        if files is not None:
+            files[code.path] = signature
+        return code if sha256 == code.sha256 else replace(code, sha256=sha256)
 
     def _scan_local(self, module: str, code: LocalCode, scanned: set[str]
                     ) -> dict[str, ModuleUse]:
@@ -547,6 +585,30 @@ def _valid(entry: _Entry, root: Any, by_type: Callable[[type], bool] | None = No
         holder = holder_ref()
         if holder is None or not _matches(fp, _globals_of(holder).get(name, _MISSING)):
             return False
+    return True
+
+
+def _local_fresh(entry: _Entry, recheck: bool = False) -> bool:
+    """Whether the local files of ``entry`` are as analysed.
+
+    They are looked at once per ``_LOCAL_RECHECK_SECONDS`` (every time with ``recheck``).
+    """
+    if not entry.local_files:
+        return True
+    if entry.stale:
+        return False
+    now = time.monotonic()
+    if not recheck and now - entry.checked < _LOCAL_RECHECK_SECONDS:
+        return True
+    for path, signature in entry.local_files:
+        try:
+            current = code_signature(Path(path))
+        except OSError:  # gone or unreadable: analyse again, which says what is wrong
+            current = None
+        if current != signature:
+            entry.stale = True
+            return False
+    entry.checked = now
     return True
 
 

@@ -10,7 +10,6 @@ content hash of its files.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata as metadata
 import importlib.util
 import json
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
+from parsl_poncho.codehash import Signature, hash_files, list_code_files, stat_signature
 from parsl_poncho.errors import AnalysisError
 from parsl_poncho.spec import LocalCode
 
@@ -164,7 +164,7 @@ class Classifier:
         self._dists: dict[str, Any] = {}
         self._derived: dict[tuple[Any, ...], Any] = {}
         self._cache: dict[str, Classification] = {}
-        self._hashes: dict[str, tuple[Any, str]] = {}
+        self._hashes: dict[str, tuple[Signature, str]] = {}
         self._stdlib = frozenset(getattr(sys, "stdlib_module_names", ())) | frozenset(
             sys.builtin_module_names) | {"__main__", "__mp_main__", "__future__"}
 
@@ -310,36 +310,22 @@ class Classifier:
         return Classification(module, "local", local=local, reason=why)
 
     def content_hash(self, path: Path) -> str:
-        """sha256 of a module file or package dir: sorted relative paths and bytes."""
-        files = _code_files(path)
-        signature = tuple((str(f), st.st_mtime_ns, st.st_size) for f, st in files)
+        """The content hash of a module file or package dir (``codehash.hash_code``).
+
+        Cached while the files' (path, mtime_ns, size) signature stays the same.
+        """
+        return self.hash_and_signature(path)[0]
+
+    def hash_and_signature(self, path: Path) -> tuple[str, Signature]:
+        """(content hash, stat signature) of a module file or package dir, from one listing."""
+        files = list_code_files(path)
+        signature = stat_signature(files)
         cached = self._hashes.get(str(path))
         if cached is not None and cached[0] == signature:
-            return cached[1]
-        digest = hashlib.sha256()
-        base = path if path.is_dir() else path.parent
-        for file, _ in files:
-            rel = file.relative_to(base).as_posix().encode()
-            data = file.read_bytes()
-            digest.update(b"%d:%s\0%d\0" % (len(rel), rel, len(data)))
-            digest.update(data)
-        value = digest.hexdigest()
+            return cached[1], signature
+        value = hash_files((f.rel, f.path) for f in files)
         self._hashes[str(path)] = (signature, value)
-        return value
-
-
-def _code_files(path: Path) -> list[tuple[Path, os.stat_result]]:
-    if not path.is_dir():
-        return [(path, path.stat())]
-    out = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if not name.endswith((".pyc", ".pyo")):
-                file = Path(root, name)
-                out.append((file, file.stat()))
-    out.sort(key=lambda item: item[0].relative_to(path).as_posix())
-    return out
+        return value, signature
 
 
 def _origin(module: str) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from parsl_poncho.codehash import hash_code
 from parsl_poncho.errors import BuildError
 from parsl_poncho.spec import Spec
 from parsl_poncho.store import EnvStore
@@ -83,7 +84,7 @@ def trial_spec(work: Path, i: int) -> dict[str, Any]:
     return {
         "conda": {"channels": ["conda-forge"], "dependencies": [f"python={PYTHON}"]},
         "x-parsl-poncho": {"local": {f"trialmod_{i}": {"path": str(module),
-                                                       "sha256": sha256_file(module)}}},
+                                                       "sha256": hash_code(module)}}},
     }
 
 

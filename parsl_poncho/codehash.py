@@ -1,0 +1,93 @@
+"""The content hash of local code: one definition for the analyzer and the builder.
+
+The analyzer keys :class:`~parsl_poncho.spec.LocalCode` by :func:`hash_code`; the builder copies
+exactly the files :func:`list_code_files` lists and checks the copy against that hash.
+
+A module is its one file. A package directory is every file below it except ``__pycache__``
+directories and ``*.pyc``/``*.pyo`` files; symbolic links are followed, files and directories
+alike (the copy holds their content), except a directory link back to a directory above it (a
+cycle), which is skipped. The hash covers each file's path relative to the package directory (a
+module: its file name) and its bytes, in sorted path order.
+
+Example::
+
+    >>> import pathlib, tempfile
+    >>> module = pathlib.Path(tempfile.mkdtemp(), "helper.py")
+    >>> _ = module.write_text("X = 1\\n")
+    >>> hash_code(module) == hash_files([("helper.py", module)])
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+#: What the classifier compares to tell that files changed: (path, mtime_ns, size) per file.
+Signature = tuple[tuple[str, int, int], ...]
+
+
+class CodeFile(NamedTuple):
+    """One file of local code: its path relative to the package (``/``-separated), where it
+    is, and its ``os.stat`` result (symlinks followed)."""
+
+    rel: str
+    path: Path
+    stat: os.stat_result
+
+
+def list_code_files(path: Path) -> list[CodeFile]:
+    """The files of a module file or package directory, sorted by relative path.
+
+    :raises OSError: a file cannot be stat'ed (e.g. a dangling symlink).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [CodeFile(path.name, path, path.stat())]
+    out = []
+    chains = {str(path): frozenset({os.path.realpath(path)})}
+    for root, dirs, files in os.walk(path, followlinks=True):
+        chain = chains.pop(root)
+        kept = []
+        for name in sorted(dirs):
+            if name == "__pycache__":
+                continue
+            real = os.path.realpath(os.path.join(root, name))
+            if real not in chain:  # a link to a directory above this one would never end
+                kept.append(name)
+                chains[os.path.join(root, name)] = chain | {real}
+        dirs[:] = kept
+        for name in sorted(files):
+            if not name.endswith((".pyc", ".pyo")):
+                file = Path(root, name)
+                out.append(CodeFile(file.relative_to(path).as_posix(), file, file.stat()))
+    out.sort(key=lambda item: item.rel)
+    return out
+
+
+def hash_files(files: Iterable[tuple[str, Path]]) -> str:
+    """sha256 hex over (relative path, bytes) of each file, in the order given."""
+    digest = hashlib.sha256()
+    for rel, file in files:
+        name = rel.encode()
+        data = Path(file).read_bytes()
+        digest.update(b"%d:%s\0%d\0" % (len(name), name, len(data)))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def hash_code(path: Path) -> str:
+    """The content hash of a module file or package directory (``LocalCode.sha256``)."""
+    return hash_files((f.rel, f.path) for f in list_code_files(path))
+
+
+def stat_signature(files: Iterable[CodeFile]) -> Signature:
+    """(path, mtime_ns, size) of each file: unchanged while the files are (cheap to compare)."""
+    return tuple((str(f.path), f.stat.st_mtime_ns, f.stat.st_size) for f in files)
+
+
+def code_signature(path: Path) -> Signature:
+    """The stat signature of a module file or package directory now."""
+    return stat_signature(list_code_files(path))
