@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 #: the shim's ${TMPDIR:-/tmp} default would unpack every task again; expanded by the worker's sh.
 DEFAULT_WORKER_CACHE = '"${PARSL_PONCHO_WORKER_CACHE:-/tmp/parsl-poncho-$(id -u)}"'
 
+
 @dataclass(frozen=True)
 class _Prepared:
     """What submit() worked out for a task, kept until its env is ready."""
