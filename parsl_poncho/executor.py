@@ -123,6 +123,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
       ``$PARSL_PONCHO_WORKER_CACHE`` on the worker, else ``/tmp/parsl-poncho-<uid>``).
     :param storage_access: Parsl staging providers. :param working_dir: kept for compatibility.
     :param full_debug: write Work Queue's debug log (needed to count transfers).
+    :param manager_restarts: times a dead Work Queue manager process is restarted (on the same
+      port, so workers reconnect; the tasks it held are sent again) before the executor fails.
     :param remote_monitoring_radio: how tasks report monitoring (default: filesystem radio).
     :param analyzer: an Analyzer to use instead of one built from the options above.
     :param store: an EnvStore to use instead of one built from the options above.
@@ -165,6 +167,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         storage_access: list[Any] | None = None,
         working_dir: str = ".",
         full_debug: bool = True,
+        manager_restarts: int = 3,
         remote_monitoring_radio: Any = None,
         analyzer: Analyzer | None = None,
         store: EnvStore | None = None,
@@ -219,6 +222,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.full_debug = full_debug
+        self.manager_restarts = manager_restarts
         self.analyzer = analyzer
         self.store = store
         if remote_monitoring_radio is None:
@@ -229,6 +233,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
         self._ids = itertools.count()
         self._tasks_lock = threading.Lock()
+        self._wq_lock = threading.Lock()  # the manager's queues, and what was sent through them
+        self._sent: dict[str, TaskToWq] = {}
+        self._manager_restarts = 0
         self._started = False
         self._stopping = threading.Event()
         self._chosen_port: int | None = None
@@ -248,7 +255,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._analyzer = self.analyzer if self.analyzer is not None else self._make_analyzer()
         self._store = self.store if self.store is not None else self._make_store()
         self._envs = self._make_ready_envs()
-        self._start_manager()
+        self._should_stop = SpawnContext.Event()
+        self._start_manager(self.port)
         self._collector = threading.Thread(
             target=self._collect_results, name=f"{self.label}-collector", daemon=True
         )
@@ -384,14 +392,13 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._poncho_run_local = Path(staged[0].local)
         return staged[0], staged[1]
 
-    def _start_manager(self) -> None:
-        """Spawn the Work Queue manager process and learn its port."""
+    def _start_manager(self, port: int) -> None:
+        """Spawn the Work Queue manager process on ``port`` (0: any) and learn its port."""
         self._task_queue = SpawnContext.Queue()
         self._result_queue = SpawnContext.Queue()
-        self._should_stop = SpawnContext.Event()
         mailbox = SpawnContext.Queue()
         settings = ManagerSettings(
-            port=self.port, project_name=self.project_name,
+            port=port, project_name=self.project_name,
             project_password_file=self.project_password_file,
             log_dir=str(self._log_dir) if self.full_debug else None,
             autolabel=self.autolabel, autolabel_window=self.autolabel_window,
@@ -404,17 +411,39 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         )
         self._process.start()
         try:
-            port = mailbox.get(timeout=60)
+            chosen = mailbox.get(timeout=60)
         except queue.Empty:
-            port = None
+            chosen = None
         mailbox.close()
-        if port is None:
+        if chosen is None:
             self._process.join(timeout=5)
             raise ExecutorError(
-                f"{self.label}: the Work Queue manager did not start (port {self.port} in use? "
+                f"{self.label}: the Work Queue manager did not start (port {port} in use? "
                 f"see {self._log_dir} and the Parsl log)"
             )
-        self._chosen_port = int(port)
+        self._chosen_port = int(chosen)
+
+    def _restart_manager(self) -> None:
+        """Replace a dead manager process: same port, so workers reconnect; resend its tasks.
+
+        Every task sent and not finished is sent to the new manager: one that was running runs
+        again, as when Work Queue retries a task after losing its worker. (Results still in the
+        dead manager's queue are not read: a message it was killed while writing could block
+        the reader for ever; those few tasks run again instead.)
+        """
+        dead = self._process
+        with self._wq_lock:
+            for q in (self._task_queue, self._result_queue):
+                q.cancel_join_thread()  # nobody reads the dead manager's queues any more
+                q.close()
+            self._manager_restarts += 1
+            logger.warning("%s: the Work Queue manager process died (exit code %s); "
+                           "restarting it on port %s (restart %d of %d) and resending %d tasks",
+                           self.label, dead.exitcode, self._chosen_port,
+                           self._manager_restarts, self.manager_restarts, len(self._sent))
+            self._start_manager(self._chosen_port)
+            for msg in self._sent.values():
+                self._task_queue.put(msg)
 
     def _worker_command(self) -> str:
         """The command a provider block runs to start one worker."""
@@ -484,7 +513,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         if env.hash != fu.parsl_poncho_env_hash:  # type: ignore[attr-defined]
             fu.parsl_poncho_env_hash = env.hash  # type: ignore[attr-defined]
         tarball = f"env-{env.hash}.tar.gz"
-        self._task_queue.put(TaskToWq(
+        self._send(TaskToWq(
             id=task.id,
             command=self._task_command(tarball, env.sha256),
             category=task.category,
@@ -496,6 +525,12 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             max_retries=self.max_retries,
             env=self.env,
         ))
+
+    def _send(self, msg: TaskToWq) -> None:
+        """Hand a task to the manager, remembering it until it ends (to resend on a restart)."""
+        with self._wq_lock:
+            self._sent[msg.id] = msg
+            self._task_queue.put(msg)
 
     def _disk_for(self, resources: Mapping[str, Any], env: Env) -> Mapping[str, Any]:
         """Give a task without ``disk`` its env tarball plus ``default_disk`` MB of sandbox."""
@@ -516,24 +551,43 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
     # -- results ----------------------------------------------------------------------------
     def _collect_results(self) -> None:
-        """Collector thread: turn WqToTask messages into future results."""
+        """Collector thread: turn WqToTask messages into future results; restart a dead
+        manager (up to ``manager_restarts`` times)."""
         while not self._should_stop.is_set() or not self._result_queue.empty():
             try:
                 msg: WqToTask = self._result_queue.get(timeout=0.5)
             except queue.Empty:
                 if not self._process.is_alive() and not self._should_stop.is_set():
-                    self.set_bad_state_and_fail_all(ExecutorError(
-                        f"{self.label}: the Work Queue manager process died "
-                        f"(exit code {self._process.exitcode}); see {self._log_dir}"))
-                    return
+                    if not self._recover_manager():
+                        return
                 continue
             except (EOFError, OSError):
                 return
+            self._complete_safely(msg)
+
+    def _recover_manager(self) -> bool:
+        """The manager died: restart it if allowed, else fail everything; True if running."""
+        exitcode = self._process.exitcode
+        if self._manager_restarts < self.manager_restarts:
             try:
-                self._complete(msg)
-            except Exception:  # noqa: BLE001 - never let one bad result kill the collector
-                logger.exception("could not complete task %s", msg.id)
-                self._finish(msg.id, exc=ExecutorError(f"could not read the result of {msg.id}"))
+                self._restart_manager()
+                return True
+            except ExecutorError as exc:
+                error = exc
+        else:
+            error = ExecutorError(
+                f"{self.label}: the Work Queue manager process died (exit code {exitcode}) "
+                f"after {self._manager_restarts} restarts (manager_restarts="
+                f"{self.manager_restarts}); see {self._log_dir}")
+        self.set_bad_state_and_fail_all(error)
+        return False
+
+    def _complete_safely(self, msg: WqToTask) -> None:
+        try:
+            self._complete(msg)
+        except Exception:  # noqa: BLE001 - never let one bad result kill the collector
+            logger.exception("could not complete task %s", msg.id)
+            self._finish(msg.id, exc=ExecutorError(f"could not read the result of {msg.id}"))
 
     def _complete(self, msg: WqToTask) -> None:
         """Resolve the future of one finished task."""
@@ -560,6 +614,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         """Pop a task and set its future; on success drop its per-task files."""
         with self._tasks_lock:
             fu = self._tasks.pop(task_id, None)
+        with self._wq_lock:
+            self._sent.pop(task_id, None)
         if fu is None or fu.done():
             return
         if exc is not None:

@@ -536,9 +536,55 @@ def test_download_cut_or_stalled_is_a_clear_error(mode: str, rude_server: Any,
 
 
 # -- 8. executor-level faults: the manager process dies; a worker's disk is full ------------------
+def _wait_for_sent_tasks(executor: Any, count: int, timeout: float = 600) -> None:
+    """Until ``count`` tasks were handed to the Work Queue manager (their env is ready)."""
+    deadline = time.monotonic() + timeout
+    while len(executor._sent) < count:
+        assert time.monotonic() < deadline, "tasks were never sent to Work Queue"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_manager_process_killed_fails_tasks_clearly_instead_of_hanging(
+def test_manager_process_killed_is_restarted_and_tasks_finish_right(
+    tmp_path: Path, seeded_channel: Path, shared_pkg_cache: Path, workers: Any
+) -> None:
+    import parsl
+
+    from .conftest import external_worker_executor
+
+    @parsl.python_app
+    def slow_square(x: int) -> int:
+        import time
+
+        time.sleep(4)
+        return x * x
+
+    executor, config = external_worker_executor(tmp_path, seeded_channel, shared_pkg_cache)
+    kills = 2
+    with parsl.load(config):
+        workers.start(executor._chosen_port, 2)
+        port = executor._chosen_port
+        futures = [slow_square(i) for i in range(6)]
+        for _ in range(kills):
+            _wait_for_sent_tasks(executor, 1)
+            time.sleep(2)  # let Work Queue hand some of them to the worker
+            dead = executor._process
+            os.kill(dead.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while executor._process is dead:
+                assert time.monotonic() < deadline, "the manager was not restarted"
+                time.sleep(0.2)
+        results = [f.result(timeout=600) for f in futures]
+        assert executor._chosen_port == port
+    assert results == [i * i for i in range(6)]
+    record("faults: Work Queue manager SIGKILL", injected=kills, survived=kills, tasks=6,
+           right=sum(r == i * i for i, r in enumerate(results)), lost=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_manager_killed_without_restarts_left_fails_tasks_clearly(
     tmp_path: Path, seeded_channel: Path, shared_pkg_cache: Path, workers: Any
 ) -> None:
     import parsl
@@ -553,23 +599,21 @@ def test_manager_process_killed_fails_tasks_clearly_instead_of_hanging(
         time.sleep(30)
         return x
 
-    executor, config = external_worker_executor(tmp_path, seeded_channel, shared_pkg_cache)
+    executor, config = external_worker_executor(tmp_path, seeded_channel, shared_pkg_cache,
+                                                manager_restarts=0)
     with parsl.load(config):
         workers.start(executor._chosen_port, 2)
         futures = [slow(i) for i in range(2)]
-        deadline = time.monotonic() + 600
-        while not executor._store.entries():
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        time.sleep(3)
+        _wait_for_sent_tasks(executor, 2)
+        time.sleep(1)
         os.kill(executor._process.pid, signal.SIGKILL)
         started = time.monotonic()
         for future in futures:  # Parsl wraps our ExecutorError in its BadStateException
             with pytest.raises(BadStateException, match=r"manager process died") as info:
                 future.result(timeout=60)
-            assert "PonchoExecutor: the Work Queue manager process died" in str(info.value)
+            assert "after 0 restarts (manager_restarts=0)" in str(info.value)
         waited = time.monotonic() - started
-    record("faults: Work Queue manager SIGKILL", injected=1, survived=1,
+    record("faults: Work Queue manager SIGKILL, no restarts left", injected=1, survived=1,
            seconds_to_fail_tasks=waited)
     assert waited < 30
 
