@@ -572,8 +572,10 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             try:
                 self._restart_manager()
                 return True
-            except ExecutorError as exc:
-                error = exc
+            except Exception as exc:  # noqa: BLE001 - reported to every task below
+                error = exc if isinstance(exc, ExecutorError) else ExecutorError(
+                    f"{self.label}: the Work Queue manager process died and could not be "
+                    f"restarted: {exc!r}")
         else:
             error = ExecutorError(
                 f"{self.label}: the Work Queue manager process died (exit code {exitcode}) "
