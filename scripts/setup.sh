@@ -1,32 +1,58 @@
 #!/bin/sh
-# Set up everything parsl-poncho needs on a fresh Debian machine, idempotently:
-#   Work Queue (Debian's coop-computing-tools + python3-workqueue), a virtual environment in
-#   ./.venv with parsl-poncho installed editable with its test extras.
+# Set up everything parsl-poncho and its tests need on a fresh Debian machine, idempotently:
+#   - Debian packages: Work Queue (coop-computing-tools, python3-workqueue), and the tools the
+#     tests use: busybox (a busybox-only worker node), shellcheck (POSIX-sh lint of the shims),
+#     slurm-wlm and munge (a one-node Slurm cluster);
+#   - a virtual environment in ./.venv with parsl-poncho installed editable with its test
+#     extras, every package pinned by constraints.txt (the test lock; see README "Development").
 # Usage: sh scripts/setup.sh            (re-running is cheap: each step is skipped when done)
+#        LOCK=none sh scripts/setup.sh  (newest releases instead of the lock: `make test-latest`)
+#        VENV=DIR                        (another virtual environment than .venv)
 set -eu
 cd "$(dirname "$0")/.."
 
 say() { printf '==> %s\n' "$*"; }
 
-if ! command -v work_queue_worker >/dev/null 2>&1 || [ ! -f /usr/lib/python3/dist-packages/work_queue.py ]; then
-    say "installing Work Queue (coop-computing-tools, python3-workqueue) with apt-get"
+# command -> Debian package; a package is installed when its command (or file) is missing.
+need=""
+for pair in work_queue_worker:coop-computing-tools \
+            /usr/lib/python3/dist-packages/work_queue.py:python3-workqueue \
+            busybox:busybox shellcheck:shellcheck \
+            slurmctld:slurm-wlm slurmd:slurm-wlm munged:munge; do
+    what=${pair%%:*}
+    pkg=${pair#*:}
+    case $what in
+        /*) [ -e "$what" ] && continue ;;
+        *) command -v "$what" >/dev/null 2>&1 && continue ;;
+    esac
+    case " $need " in *" $pkg "*) ;; *) need="$need $pkg" ;; esac
+done
+if [ -n "$need" ]; then
+    say "installing Debian packages:$need"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq coop-computing-tools python3-workqueue >/dev/null
+    # shellcheck disable=SC2086 # $need is a list of package names
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
 else
-    say "Work Queue already installed: $(command -v work_queue_worker)"
+    say "Debian packages already installed (Work Queue, busybox, shellcheck, Slurm, munge)"
 fi
 
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    say "creating virtual environment .venv with $($PY --version)"
-    "$PY" -m venv .venv
+VENV="${VENV:-.venv}"
+LOCK="${LOCK:-constraints.txt}"
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtual environment $VENV with $($PY --version)"
+    "$PY" -m venv "$VENV"
 fi
-stamp=.venv/.parsl-poncho-installed
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-    say "installing parsl-poncho (editable) with its test extras into .venv"
-    .venv/bin/python -m pip install -q -e '.[test]'
+stamp="$VENV/.parsl-poncho-installed"
+if [ "$LOCK" = none ]; then
+    say "installing parsl-poncho (editable) with the NEWEST releases of everything into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+    rm -f "$stamp"
+elif [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ "$LOCK" -nt "$stamp" ]; then
+    say "installing parsl-poncho (editable) with its test extras into $VENV, pinned by $LOCK"
+    "$VENV/bin/python" -m pip install -q -c "$LOCK" -e '.[test]'
     touch "$stamp"
 else
-    say "parsl-poncho already installed in .venv"
+    say "parsl-poncho already installed in $VENV (pinned by $LOCK)"
 fi

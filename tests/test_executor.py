@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import subprocess
 import threading
@@ -9,6 +10,7 @@ import time
 from concurrent.futures import Future
 
 import pytest
+from tools import require
 
 from parsl_poncho.errors import (
     BuildError,
@@ -249,7 +251,8 @@ def test_shutdown_leaves_nothing_and_a_second_executor_starts(env_cache, tmp_pat
 
 @pytest.mark.slow
 def test_monitoring_on(env_cache, tmp_path):
-    pytest.importorskip("sqlalchemy")
+    require(importlib.util.find_spec("sqlalchemy") is not None,
+            "sqlalchemy is missing (a locked test dependency: run `make setup`)")
     import parsl
     from parsl.monitoring import MonitoringHub
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tools import require
 
 from parsl_poncho.workqueue import count_transfers
 
@@ -44,8 +45,7 @@ def _collatz(n: int) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/root/.pyenv").is_dir(), reason="needs the pyenv host Python")
 def test_three_apps_on_workers_without_host_python(tmp_path):
-    if not _can_hide_host_python():
-        pytest.skip("unshare --mount with tmpfs needs root")
+    require(_can_hide_host_python(), "unshare --mount with tmpfs needs root")
     run_dir, cache, worker_cache = tmp_path / "runinfo", tmp_path / "cache", tmp_path / "wcache"
     run_dir.mkdir()
     env = {

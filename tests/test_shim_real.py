@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from shim_helpers import SHELL, ShimRunner
+from tools import require
 
 from parsl_poncho.shim import poncho_run_path, run_function_path
 
@@ -204,8 +205,8 @@ def unshare_works() -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.skipif(not unshare_works(), reason="needs root and unshare --mount")
 def test_function_runs_from_the_shipped_env_alone(real_env: Path, tmp_path: Path) -> None:
+    require(unshare_works(), "needs root and unshare --mount (util-linux)")
     hidden = hidden_paths()
     task = stage_task(tmp_path / "task", real_env, by_value(PROBE, "probe"), hidden)
     mounts = "".join(f"mount -t tmpfs tmpfs '{p}' && " for p in hidden)
@@ -265,9 +266,9 @@ def work_queue_available() -> bool:
         "/usr/lib/python3/dist-packages/work_queue.py").exists()
 
 
-@pytest.mark.skipif(not work_queue_available(), reason="needs Debian's work_queue_worker "
-                    "and python3-workqueue")
 def test_tasks_on_a_real_work_queue_worker_share_one_unpack(tmp_path: Path) -> None:
+    require(work_queue_available(), "needs Debian's work_queue_worker and python3-workqueue "
+            "(apt-get install coop-computing-tools python3-workqueue)")
     import json
 
     from shim_helpers import make_env_tarball

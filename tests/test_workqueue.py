@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import queue
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tools import require, require_tool
 
 from parsl_poncho import workqueue
 from parsl_poncho.errors import ExecutorError
@@ -21,8 +21,6 @@ from parsl_poncho.workqueue import (
     explain_result,
     load_work_queue,
 )
-
-HAVE_WORKER = shutil.which("work_queue_worker") is not None
 
 
 def test_explain_result_names_code_and_shim_meaning():
@@ -49,8 +47,8 @@ def test_load_work_queue_falls_back_to_legacy_dir(monkeypatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != workqueue.LEGACY_DIST_PACKAGES])
     for name in ("work_queue", "ndcctools", "ndcctools.work_queue"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    if not Path(workqueue.LEGACY_DIST_PACKAGES, "work_queue.py").exists():
-        pytest.skip("Debian's python3-workqueue is not installed")
+    require(Path(workqueue.LEGACY_DIST_PACKAGES, "work_queue.py").exists(),
+            "Debian's python3-workqueue is not installed (apt-get install python3-workqueue)")
     wq = load_work_queue()
     assert hasattr(wq, "WorkQueue")
     assert sys.path[-1] == workqueue.LEGACY_DIST_PACKAGES
@@ -86,9 +84,9 @@ def test_count_transfers_parses_put_lines(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_WORKER, reason="work_queue_worker not installed")
 def test_manager_process_runs_tasks_and_caches_inputs(tmp_path):
     """Real manager process + one worker: results come back, a cached input is sent once."""
+    require_tool("work_queue_worker")
     from parsl.multiprocessing import SpawnContext, SpawnProcess
 
     big = tmp_path / "env-x.tar.gz"

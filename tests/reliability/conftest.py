@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import socket
 import subprocess
 import tarfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from tools import require, require_tool
 
 from parsl_poncho.build._util import sha256_file
 
@@ -85,18 +85,16 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Tmpfs]]:
     mounted: list[Path] = []
 
     def make(name: str, size: str) -> Tmpfs:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a small tmpfs (disk full) needs root")
-        if not shutil.which("mount"):
-            pytest.skip("mount(8) is not installed")
+        require(os.geteuid() == 0, "mounting a small tmpfs (disk full) needs root")
+        require_tool("mount")
         path = tmp_path / name
         path.mkdir()
         proc = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
             capture_output=True, text=True,
         )
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (no CAP_SYS_ADMIN?): {proc.stderr.strip()}")
+        require(proc.returncode == 0,
+                f"cannot mount a tmpfs here (no CAP_SYS_ADMIN?): {proc.stderr.strip()}")
         mounted.append(path)
         return Tmpfs(path)
 
@@ -351,8 +349,7 @@ class Workers:
 
 @pytest.fixture()
 def workers(tmp_path: Path) -> Iterator[Workers]:
-    if not shutil.which("work_queue_worker"):
-        pytest.skip("work_queue_worker is not installed (Debian: coop-computing-tools)")
+    require_tool("work_queue_worker")
     pool = Workers(tmp_path / "worker-cache")
     yield pool
     pool.close()

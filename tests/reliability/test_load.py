@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tools import require_tool
 
 from .conftest import record, start_workflow
 
@@ -23,10 +24,7 @@ from .conftest import record, start_workflow
 def test_many_tasks_over_four_workers_and_three_envs(tasks: int, tmp_path: Path,
                                                      seeded_channel: Path,
                                                      shared_pkg_cache: Path) -> None:
-    import shutil
-
-    if not shutil.which("work_queue_worker"):
-        pytest.skip("work_queue_worker is not installed (Debian: coop-computing-tools)")
+    require_tool("work_queue_worker")
     flow = start_workflow(tmp_path, seeded_channel, shared_pkg_cache, cache=tmp_path / "cache",
                           run_dir=tmp_path / "runinfo", tasks=tasks, workers=4)
     try:

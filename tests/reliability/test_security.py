@@ -8,13 +8,13 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import shutil
 import stat
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import require, require_tool
 
 from parsl_poncho.errors import BuildError, SpecError
 from parsl_poncho.spec import GitData, HttpData, Spec
@@ -86,8 +86,7 @@ NEUTRALISED_BY_BUSYBOX = {"absolute file", "dotdot file", "dotdot inside path",
 
 def _tar_flavours() -> list[Any]:
     flavours: list[Any] = [pytest.param("gnu", id="gnu-tar")]
-    flavours.append(pytest.param("busybox", id="busybox-tar", marks=pytest.mark.skipif(
-        shutil.which("busybox") is None, reason="busybox is not installed")))
+    flavours.append(pytest.param("busybox", id="busybox-tar"))
     return flavours
 
 
@@ -100,8 +99,7 @@ BUSYBOX_TOOLS = ("sh", "tar", "gzip", "awk", "sed", "tr", "mkdir", "rm", "mv", "
 def busybox_path(tmp_path: Path) -> str:
     bindir = tmp_path / "busybox-bin"
     bindir.mkdir(exist_ok=True)
-    busybox = shutil.which("busybox")
-    assert busybox
+    busybox = require_tool("busybox")
     for tool in BUSYBOX_TOOLS:
         if not (bindir / tool).exists():
             (bindir / tool).symlink_to(busybox)
@@ -267,10 +265,10 @@ def test_shim_cache_is_private_even_with_umask_0(how: str, tmp_path: Path,
     assert _mode(cache) == 0o700
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 @pytest.mark.parametrize("how", ["--cache-dir", "default under TMPDIR"])
 def test_shim_refuses_a_cache_planted_by_another_user(how: str, tmp_path: Path,
                                                       fake_env_tarball: Path) -> None:
+    require(os.geteuid() == 0, "chown to another user needs root")
     node = tmp_path / "node"
     node.mkdir(mode=0o1777)
     planted = node / f"parsl-poncho-{os.getuid()}"
