@@ -6,8 +6,13 @@ Pure functions, tested directly; the executor strings them together.
 
 from __future__ import annotations
 
+import io
+import linecache
 import logging
 import os
+import traceback
+import types
+from collections import ChainMap
 from typing import Any, Callable, Mapping
 
 import cloudpickle
@@ -37,13 +42,49 @@ def unwrap_error_wrapper(func: Callable) -> Callable:
     return strip_parsl_wrapper(func)
 
 
+#: The file name cloudpickle >= 3.1.3 gives every code object it pickles by value.
+_DYNAMIC_CODE = "<dynamic-code>"
+
+
+def _reduce_code_keeping_filename(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with the real file name put back."""
+    reduced = _cloudpickle_code_reduce(code)
+    constructor, args = reduced[0], reduced[1]
+    args = tuple(code.co_filename if arg == _DYNAMIC_CODE else arg for arg in args)
+    return (constructor, args, *reduced[2:])
+
+
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
+
+
+class _SourceKeepingPickler(cloudpickle.Pickler):
+    """cloudpickle, except that functions pickled by value keep their file name.
+
+    cloudpickle 3.1.3 renames it ``<dynamic-code>`` (deterministic payloads), so a remote
+    traceback could no longer say where a frame is; the submit side reads the source lines
+    from that name (see :func:`render_remote_traceback`). The payload still loads with any
+    cloudpickle: only a string argument of ``types.CodeType`` changes.
+    """
+
+    if _cloudpickle_code_reduce is not None:
+        dispatch_table = ChainMap({types.CodeType: _reduce_code_keeping_filename},
+                                  cloudpickle.Pickler.dispatch_table)
+
+
+def dumps_keeping_sources(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj)`` with real file names in code pickled by value."""
+    with io.BytesIO() as buffer:
+        _SourceKeepingPickler(buffer, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(obj)
+        return buffer.getvalue()
+
+
 def serialize_call(func: Callable, args: tuple, kwargs: dict) -> bytes:
     """cloudpickle ``(func, args, kwargs)``; on failure name the object that cannot be pickled.
 
     :raises TaskSerializationError: naming the function, positional or keyword argument.
     """
     try:
-        return cloudpickle.dumps((func, args, kwargs))
+        return dumps_keeping_sources((func, args, kwargs))
     except Exception as exc:  # noqa: BLE001 - pickling raises many types
         what = _unpicklable_part(func, args, kwargs) or f"the call of {app_name(func)!r}"
         raise TaskSerializationError(
@@ -141,7 +182,7 @@ def remote_exception(report: Mapping[str, Any], *, env_hash: str = "?",
     traceback as ``remote_traceback`` and as a note shown in tracebacks; if it could not be
     pickled, a RemoteTaskError with its type, message and traceback stands in for it.
     """
-    tb = str(report.get("traceback") or "")
+    tb = render_remote_traceback(report)
     where = f"env-{env_hash}" + (f" on {host}" if host else "")
     exc = report.get("exception")
     if isinstance(exc, BaseException):
@@ -158,3 +199,25 @@ def remote_exception(report: Mapping[str, Any], *, env_hash: str = "?",
         f"Remote traceback:\n{tb}",
         remote_traceback=tb,
     )
+
+
+def render_remote_traceback(report: Mapping[str, Any]) -> str:
+    """The remote traceback text, with source lines the worker could not show filled in here.
+
+    A worker has no source for code pickled by value: the runner sends the frames of the last
+    exception as ``(file, line, function, source or None)`` and this side reads the missing
+    source lines from its own files. Older runners sent only the text, which is kept as is.
+    """
+    text = str(report.get("traceback") or "")
+    frames = report.get("frames")
+    if not frames or not all(isinstance(f, (list, tuple)) and len(f) == 4 for f in frames):
+        return text
+    stack = traceback.StackSummary.from_list(
+        [(str(file), int(line), str(name), source or _source_line(str(file), int(line)))
+         for file, line, name, source in frames])
+    return (str(report.get("chain_text") or "") + "Traceback (most recent call last):\n"
+            + "".join(stack.format()) + str(report.get("exc_only") or ""))
+
+
+def _source_line(filename: str, lineno: int) -> str:
+    return linecache.getline(filename, lineno).strip()

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import threading
+from pathlib import Path
+from typing import Callable
 
+import cloudpickle
 import pytest
 
 from parsl_poncho.errors import RemoteTaskError, TaskSerializationError
+from parsl_poncho.shim import run_function_path
 from parsl_poncho.tasks import (
     app_name,
     remote_exception,
@@ -97,3 +103,85 @@ def test_app_name_sees_through_partials_and_wrappers():
     assert app_name(fit) == "fit"
     assert app_name(functools.partial(fit, 1)) == "fit"
     assert app_name(wrapper) == "fit"
+
+
+# -- remote tracebacks name the real file, line and source --------------------------------------
+
+APP_SOURCE = '''\
+def helper(x):
+    if x > 1:
+        raise ValueError(f"too big: {x}")
+    return x
+
+
+def app(x):
+    y = x * 2
+    return helper(y)
+'''
+
+
+def _run_on_a_worker_without_the_source(payload: bytes, source: Path, tmp_path: Path) -> dict:
+    """Run the call through the real runner in another process while ``source`` is hidden."""
+    (tmp_path / "fn.pkl").write_bytes(payload)
+    hidden = source.with_suffix(".hidden")
+    source.rename(hidden)
+    try:
+        proc = subprocess.run([sys.executable, str(run_function_path()), "fn.pkl", "result.pkl"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    finally:
+        hidden.rename(source)
+    assert proc.returncode == 10, proc.stderr
+    return cloudpickle.loads((tmp_path / "result.pkl").read_bytes())
+
+
+def _load_by_value(path: Path) -> Callable:
+    namespace: dict = {"__name__": "__main__"}  # pickled by value, as apps in scripts are
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return namespace["app"]
+
+
+def test_remote_traceback_names_file_line_and_source_of_code_pickled_by_value(tmp_path: Path):
+    source = tmp_path / "flow.py"
+    source.write_text(APP_SOURCE)
+    app = _load_by_value(source)
+    report = _run_on_a_worker_without_the_source(serialize_call(app, (3,), {}), source, tmp_path)
+    worker_text = report["traceback"]
+    assert "raise ValueError" not in worker_text  # the worker had no source to show
+    exc = remote_exception(report)
+    assert isinstance(exc, ValueError) and str(exc) == "too big: 6"
+    tb = exc.remote_traceback
+    assert f'File "{source}", line 9, in app\n    return helper(y)' in tb
+    assert f'File "{source}", line 3, in helper\n    raise ValueError(f"too big: {{x}}")' in tb
+    assert tb.rstrip().endswith("ValueError: too big: 6")
+    assert "<dynamic-code>" not in tb
+
+
+def test_plain_cloudpickle_would_lose_the_file_name(tmp_path: Path):
+    # Why serialize_call pickles with its own pickler: cloudpickle >= 3.1.3 drops the name.
+    source = tmp_path / "flow.py"
+    source.write_text(APP_SOURCE)
+    app = _load_by_value(source)
+    plain = cloudpickle.loads(cloudpickle.dumps(app)).__code__.co_filename
+    kept = cloudpickle.loads(serialize_call(app, (), {}))[0].__code__.co_filename
+    assert kept == str(source)
+    assert plain in (str(source), "<dynamic-code>")
+
+
+def test_chained_remote_exceptions_keep_their_chain(tmp_path: Path):
+    source = tmp_path / "flow.py"
+    source.write_text(APP_SOURCE.replace("    return helper(y)", (
+        "    try:\n        return helper(y)\n    except ValueError as e:\n"
+        "        raise KeyError('wrapped') from e")))
+    app = _load_by_value(source)
+    report = _run_on_a_worker_without_the_source(serialize_call(app, (3,), {}), source, tmp_path)
+    tb = remote_exception(report).remote_traceback
+    assert "ValueError: too big: 6" in tb
+    assert "direct cause of the following exception" in tb
+    assert "raise KeyError('wrapped') from e" in tb
+    assert tb.rstrip().endswith("KeyError: 'wrapped'")
+
+
+def test_reports_without_frames_keep_the_worker_text():
+    report = {"status": "raised", "traceback": "Traceback...\nValueError: x\n",
+              "exception": ValueError("x")}
+    assert remote_exception(report).remote_traceback == report["traceback"]

@@ -10,6 +10,9 @@ cloudpickled dict, one of:
     {"status": "ok", "value": <return value>}
     {"status": "raised", "exc_type": "module.QualName", "message": str(exc),
      "traceback": <formatted traceback, runner frames left out>,
+     "frames": [(file, line, function, source line or None), ...] of the last exception,
+     "chain_text": <the traceback text of the exceptions chained before it>,
+     "exc_only": <its final "Type: message" lines>,
      "exception": <the exception object, or None when it does not survive pickling>}
 
 A return value that cannot be pickled is reported as "raised" (exc_type
@@ -95,11 +98,17 @@ def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> dict[str,
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
+    last = "".join(traceback.format_exception(type(exc), exc, tb, chain=False))
     return {
         "status": "raised",
         "exc_type": qualified_name(type(exc)),
         "message": str(exc),
         "traceback": text,
+        # for the submit side, which has the source of code pickled by value
+        "frames": [(f.filename, f.lineno, f.name, f.line or None)
+                   for f in traceback.extract_tb(tb)],
+        "chain_text": text[:-len(last)] if text.endswith(last) else "",
+        "exc_only": "".join(traceback.format_exception_only(type(exc), exc)),
         "exception": exc if survives_pickling(exc) else None,
     }
 
