@@ -37,6 +37,7 @@ from typing import Any, Literal, Union
 from urllib.parse import urlsplit
 
 from parsl_poncho.errors import SpecError
+from parsl_poncho.nesting import MAX_DEPTH, first_too_deep, json_text_too_deep, yaml_text_too_deep
 
 #: Bumped whenever the builder changes what a given spec produces; part of every hash.
 BUILD_FORMAT_VERSION = 1
@@ -149,10 +150,13 @@ class Spec:
         :param source: where it came from (a file name), used in error messages.
         :raises SpecError: listing every problem found, each as ``json.path: what is wrong``.
         """
-        problems = validate_dict(data)
-        if problems:
-            raise _spec_error(problems, source)
-        return _build_spec(data)
+        try:
+            problems = validate_dict(data)
+            if problems:
+                raise _spec_error(problems, source)
+            return _build_spec(data)
+        except RecursionError as exc:  # a last resort: validate_dict refuses deep input first
+            raise _spec_error([_TOO_DEEP_FOR_PYTHON], source) from exc
 
     @classmethod
     def from_file(cls, path: str | Path) -> Spec:
@@ -172,7 +176,7 @@ class Spec:
             return cls.from_requirements(path)
         text = _read_text(path)
         try:
-            data = json.loads(text)
+            data = decode_json(text, source=str(path))
         except json.JSONDecodeError as exc:
             problem = (
                 f"line {exc.lineno} column {exc.colno}: {exc.msg} (not valid JSON; name the file "
@@ -193,8 +197,15 @@ class Spec:
         import yaml
 
         path = Path(path)
+        text = _read_text(path)
         try:
-            data = yaml.safe_load(_read_text(path))
+            too_deep = yaml_text_too_deep(text)
+            if too_deep:
+                where = "line {} column {}".format(*too_deep)
+                raise _spec_error([_too_deep_problem(where)], str(path))
+            data = yaml.safe_load(text)
+        except RecursionError as exc:
+            raise _spec_error([_TOO_DEEP_FOR_PYTHON], str(path)) from exc
         except yaml.YAMLError as exc:
             raise SpecError(
                 f"{str(path)!r} is not valid YAML: {exc}; fix the syntax",
@@ -341,6 +352,21 @@ class Spec:
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def decode_json(text: str, *, source: str | None = None) -> Any:
+    """``json.loads(text)``, refusing text nested deeper than a spec may be.
+
+    :raises SpecError: nested more than :data:`~parsl_poncho.nesting.MAX_DEPTH` levels.
+    :raises json.JSONDecodeError: not JSON (callers word that for their input).
+    """
+    too_deep = json_text_too_deep(text)
+    if too_deep:
+        raise _spec_error([_too_deep_problem("line {} column {}".format(*too_deep))], source)
+    try:
+        return json.loads(text)
+    except RecursionError as exc:  # a last resort: the scan above refuses deep text first
+        raise _spec_error([_TOO_DEEP_FOR_PYTHON], source) from exc
+
+
 # -- platform ---------------------------------------------------------------------------------
 @functools.cache
 def current_platform() -> str:
@@ -368,6 +394,9 @@ def _python_version() -> str:
 # -- validation -------------------------------------------------------------------------------
 def validate_dict(data: Any) -> list[str]:
     """Every problem in a decoded spec, as ``"json.path: what is wrong"`` (empty when valid)."""
+    too_deep = first_too_deep(data)
+    if too_deep is not None:  # before anything that recurses (jsonschema, repr)
+        return [_too_deep_problem(_short_path(too_deep))]
     if not isinstance(data, Mapping):
         return [f"(spec): must be a JSON object, got {type(data).__name__} {_short(data)}"]
     problems: list[tuple[PathParts, str]] = list(_schema_problems(data))
@@ -434,7 +463,7 @@ def _explain_schema_error(error: Any) -> Iterator[tuple[PathParts, str]]:
     elif error.validator == "required":
         yield parts, f"{error.message}; add it"
     else:
-        yield parts, error.message
+        yield parts, _short(error.message, 300, quote=False)  # it quotes the whole instance
 
 
 def _unknown_key_message(key: Any, known: Sequence[str], *, top_level: bool) -> str:
@@ -481,7 +510,7 @@ def _conda_list_problems(items: Any, parts: PathParts) -> Iterator[tuple[PathPar
         if isinstance(item, str) and item.strip():
             error = match_spec_error(item)
             if error:
-                yield parts + (i,), f"{item!r} is not a valid match spec ({error})"
+                yield parts + (i,), f"{_short(item, 200)} is not a valid match spec ({error})"
         elif isinstance(item, Mapping):
             yield from _pip_list_problems(item.get("pip"), parts + (i, "pip"))
 
@@ -493,7 +522,7 @@ def _pip_list_problems(items: Any, parts: PathParts) -> Iterator[tuple[PathParts
         if isinstance(item, str) and item.strip():
             error = requirement_error(item)
             if error:
-                yield parts + (i,), f"{item!r} is not a valid pip requirement ({error})"
+                yield parts + (i,), f"{_short(item, 200)} is not a valid pip requirement ({error})"
 
 
 def _git_problems(git: Any) -> Iterator[tuple[PathParts, str]]:
@@ -847,12 +876,16 @@ def _logical_lines(lines: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
         if raw.rstrip().endswith("\\"):
             buffer += raw.rstrip()[:-1] + " "
             continue
-        text = re.sub(r"(^|\s+)#.*$", "", buffer + raw).strip()
+        text = _COMMENT.split(buffer + raw, 1)[0].strip()
         buffer = ""
         if text:
             yield start, text
     if buffer.strip():
         yield start, buffer.strip()
+
+
+# a '#' at the start or after a blank starts a comment; the lookbehind keeps the search linear
+_COMMENT = re.compile(r"(?:^|(?<=\s))#")
 
 
 def _relative_link(value: str, path: Path) -> str:
@@ -903,6 +936,25 @@ def _spec_error(problems: list[str], source: str | None) -> SpecError:
     return SpecError(msg, problems=problems, source=source)
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+def _short(value: Any, limit: int = 60, *, quote: bool = True) -> str:
+    text = repr(value) if quote else str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_TOO_DEEP_FOR_PYTHON = (
+    "(spec): nested too deeply for Python to read (RecursionError); a PONCHO spec is at most "
+    f"{MAX_DEPTH} levels deep, remove the extra nesting"
+)
+
+
+def _too_deep_problem(where: str) -> str:
+    return (
+        f"{where}: nested more than {MAX_DEPTH} levels deep; a PONCHO spec is at most "
+        f"{MAX_DEPTH} levels deep (a real one about 5): remove the extra nesting"
+    )
+
+
+def _short_path(parts: PathParts, shown: int = 6) -> str:
+    """format_path of the first ``shown`` parts (keys cut to 40 characters), then '...'."""
+    head = tuple(p if isinstance(p, int) else _short(p, 40, quote=False) for p in parts[:shown])
+    return format_path(head) + ("..." if len(parts) > shown else "")

@@ -160,12 +160,12 @@ def _options(args: argparse.Namespace) -> Any:
 
 
 def _load_spec(source: str) -> Any:
-    from parsl_poncho.spec import Spec
+    from parsl_poncho.spec import Spec, decode_json
 
     if source == "-":
         text = sys.stdin.read()
         try:
-            data = json.loads(text)
+            data = decode_json(text, source="<stdin>")
         except json.JSONDecodeError as exc:
             raise BuildError(f"stdin is not a JSON spec: {exc}", step="spec") from exc
         return Spec.from_dict(data, source="<stdin>")
