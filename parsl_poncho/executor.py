@@ -17,7 +17,6 @@ The environment hash each task runs with is logged and kept on the executor futu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import logging
 import os
@@ -38,6 +37,15 @@ from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
 from parsl_poncho.errors import ExecutorError, MissingModuleError, UnresolvedImportError
+from parsl_poncho.exec_modes import (
+    ExecMode,
+    WorkerCommands,
+    check_exec_mode,
+    exec_mode_for,
+    preload_list,
+    stage_worker_files,
+    without_exec_mode,
+)
 from parsl_poncho.tasks import (
     app_name,
     remote_exception,
@@ -64,17 +72,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Node-wide unpack cache on workers. Work Queue points TMPDIR at each task's own sandbox, so
-#: the shim's ${TMPDIR:-/tmp} default would unpack every task again; expanded by the worker's sh.
-DEFAULT_WORKER_CACHE = '"${PARSL_PONCHO_WORKER_CACHE:-/tmp/parsl-poncho-$(id -u)}"'
-
-
 @dataclass(frozen=True)
 class _Prepared:
     """What submit() worked out for a task, kept until its env is ready."""
 
     id: str
     category: str
+    mode: ExecMode
+    preload: tuple[str, ...]
     resources: Mapping[str, Any]
     task_dir: Path
     inputs: tuple[FileToWq, ...]
@@ -126,6 +131,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     :param manager_restarts: times a dead Work Queue manager process is restarted (on the same
       port, so workers reconnect; the tasks it held are sent again) before the executor fails.
     :param remote_monitoring_radio: how tasks report monitoring (default: filesystem radio).
+    :param function_exec_mode: ``"regular"`` (a Python per task) or ``"serverless"`` (a function
+      server per node and env forks each call); an app's ``exec_mode`` resource key overrides it.
+    :param server_idle_timeout: seconds an idle function server stays up on a node.
     :param analyzer: an Analyzer to use instead of one built from the options above.
     :param store: an EnvStore to use instead of one built from the options above.
     """
@@ -169,6 +177,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         full_debug: bool = True,
         manager_restarts: int = 3,
         remote_monitoring_radio: Any = None,
+        function_exec_mode: ExecMode = "regular",
+        server_idle_timeout: int = 300,
         analyzer: Analyzer | None = None,
         store: EnvStore | None = None,
     ):
@@ -223,6 +233,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.working_dir = working_dir
         self.full_debug = full_debug
         self.manager_restarts = manager_restarts
+        self.function_exec_mode = check_exec_mode(function_exec_mode, "function_exec_mode")
+        self.server_idle_timeout = server_idle_timeout
         self.analyzer = analyzer
         self.store = store
         if remote_monitoring_radio is None:
@@ -251,7 +263,10 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._unpack_dir = base / "verify"
         for d in (self._data_dir, self._log_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self._shim_inputs = self._stage_shims(base / "shim")
+        staged = stage_worker_files(base / "shim")
+        self._poncho_run_local = Path(staged["poncho_run"].local)
+        self._commands = WorkerCommands(staged, self.unpack_timeout, self.worker_cache_dir,
+                                        self.init_command, self.server_idle_timeout)
         self._analyzer = self.analyzer if self.analyzer is not None else self._make_analyzer()
         self._store = self.store if self.store is not None else self._make_store()
         self._envs = self._make_ready_envs()
@@ -281,7 +296,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         payload = serialize_call(func, args, kwargs)
         spec, modules = self._analyse(func, args, kwargs)
         env_hash = self._store.key(spec)
-        task = self._prepare(func, resource_specification or {}, payload, args, kwargs)
+        task = self._prepare(func, resource_specification or {}, payload, args, kwargs, modules)
         fu: Future = Future()
         fu.parsl_executor_task_id = task.id  # type: ignore[attr-defined]
         fu.parsl_poncho_env_hash = env_hash  # type: ignore[attr-defined]
@@ -373,25 +388,6 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         return ReadyEnvs(self._store, verify=self.verify, poncho_run=self._poncho_run_local,
                          unpack_dir=self._unpack_dir, name=self.label)
 
-    def _stage_shims(self, dest: Path) -> tuple[FileToWq, FileToWq]:
-        """Copy the worker shim and runner under content-derived names (cached on workers)."""
-        from parsl_poncho.shim import poncho_run_path, run_function_path
-
-        dest.mkdir(parents=True, exist_ok=True)
-        staged = []
-        for src, remote in ((poncho_run_path(), "poncho_run"),
-                            (run_function_path(), "run_function.py")):
-            data = Path(src).read_bytes()
-            local = dest / f"{remote}-{hashlib.sha256(data).hexdigest()[:16]}"
-            if not local.exists():
-                tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")  # one per process
-                tmp.write_bytes(data)
-                tmp.chmod(0o755)
-                os.replace(tmp, local)
-            staged.append(FileToWq(str(local), remote, cache=True))
-        self._poncho_run_local = Path(staged[0].local)
-        return staged[0], staged[1]
-
     def _start_manager(self, port: int) -> None:
         """Spawn the Work Queue manager process on ``port`` (0: any) and learn its port."""
         self._task_queue = SpawnContext.Queue()
@@ -475,8 +471,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                 raise
             raise MissingModuleError(str(exc), module=exc.module,
                                      function=exc.function) from exc
-        modules = modules_from_requirements(requirements) if self.verify else {}
-        return self._add_data(spec), modules
+        return self._add_data(spec), modules_from_requirements(requirements)
 
     def _add_data(self, spec: Spec) -> Spec:
         """``spec`` with the executor's ``data`` added (memoised per analysed spec object)."""
@@ -490,16 +485,18 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         return hit[1]
 
     def _prepare(self, func: Callable, resource_spec: Mapping[str, Any], payload: bytes,
-                 args: tuple, kwargs: dict) -> _Prepared:
-        """Write fn.pkl and work out resources, category and staged files."""
+                 args: tuple, kwargs: dict, modules: Mapping[str, Any]) -> _Prepared:
+        """Write fn.pkl and work out exec mode, resources, category and staged files."""
+        mode = exec_mode_for(func, resource_spec, self.function_exec_mode)
         task_id = str(next(self._ids))
         task_dir = self._data_dir / task_id
         task_dir.mkdir(parents=True, exist_ok=True)
         (task_dir / "fn.pkl").write_bytes(payload)
-        resources = wq_resources(resource_spec, default_cores=self.default_cores)
+        resources = wq_resources(without_exec_mode(resource_spec), default_cores=self.default_cores)
         category = app_name(func) if self.autocategory else "parsl-default"
         inputs, outputs = staged_files(args, kwargs)
-        return _Prepared(task_id, category, resources, task_dir, inputs, outputs)
+        preload = preload_list(list(modules)) if mode == "serverless" else ()
+        return _Prepared(task_id, category, mode, preload, resources, task_dir, inputs, outputs)
 
     def _dispatch(self, task: _Prepared, fu: Future, ready: Future) -> None:
         """The env is ready (or failed): send the task to Work Queue, or fail its future."""
@@ -515,9 +512,10 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         tarball = f"env-{env.hash}.tar.gz"
         self._send(TaskToWq(
             id=task.id,
-            command=self._task_command(tarball, env.sha256),
+            command=self._commands.command(task.mode, tarball, env.sha256, task.preload),
             category=task.category,
-            inputs=(*self._shim_inputs, FileToWq(str(env.tarball), tarball, cache=True),
+            inputs=(*self._commands.inputs(task.mode),
+                    FileToWq(str(env.tarball), tarball, cache=True),
                     FileToWq(str(task.task_dir / "fn.pkl"), "fn.pkl"), *task.inputs),
             outputs=(FileToWq(str(task.task_dir / "result.pkl"), "result.pkl"), *task.outputs),
             result_file=str(task.task_dir / "result.pkl"),
@@ -538,16 +536,6 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             return resources
         size_mb = -(-env.size // 2**20)
         return {**resources, "disk": size_mb + self.default_disk}
-
-    def _task_command(self, tarball: str, sha256: str | None) -> str:
-        """The shell command of one task: the shim unpacks and activates, the runner runs."""
-        shim = ["./poncho_run", "-e", tarball, "-w", str(self.unpack_timeout)]
-        if sha256:
-            shim += ["-s", sha256]
-        shim += ["--cache-dir", self.worker_cache_dir or DEFAULT_WORKER_CACHE]
-        command = " ".join(shim + ["--", "python", "run_function.py", "fn.pkl", "result.pkl",
-                                   "2>&1"])
-        return f"{self.init_command}; {command}" if self.init_command else command
 
     # -- results ----------------------------------------------------------------------------
     def _collect_results(self) -> None:

@@ -183,13 +183,14 @@ def test_tampered_tarball_is_refused_before_use(tmp_path: Path, fake_env_tarball
     record("security: tampered tarballs", tried=2, refused=2)
 
 
-def test_executor_task_command_passes_the_sha256() -> None:
-    from parsl_poncho.executor import PonchoExecutor
+@pytest.mark.parametrize("mode", ["regular", "serverless"])
+def test_executor_task_command_passes_the_sha256(mode: str) -> None:
+    from parsl_poncho.exec_modes import WorkerCommands
 
     digest = "ab" * 32
-    command = PonchoExecutor()._task_command("env-x.tar.gz", digest)
+    command = WorkerCommands({}).command(mode, "env-x.tar.gz", digest)  # type: ignore[arg-type]
     assert f"-s {digest}" in command
-    assert "./poncho_run -e env-x.tar.gz" in command
+    assert command.startswith("./poncho_run -e env-x.tar.gz")
 
 
 @pytest.mark.slow

@@ -1,0 +1,147 @@
+"""How a task runs on a worker: its exec mode, its command line and the worker files it needs.
+
+Two modes, named as in Parsl's TaskVineExecutor:
+
+``regular``
+    ``poncho_run`` unpacks the env once per node and activates it; a new Python runs
+    ``run_function.py``, which unpickles the call, imports what it needs and runs it.
+``serverless``
+    ``poncho_run`` does the same, then runs the ``poncho_serve`` sh client, which hands the
+    call to the node's function server of this env (started on first use, with the app's
+    analysed modules imported once) and waits: the server forks one child per call, so a task
+    costs a fork instead of a Python start plus imports. If the server cannot serve, the client
+    runs the call in regular mode instead, so no task is lost.
+
+The executor picks the mode per task (:func:`exec_mode_for`), and asks :class:`WorkerCommands`
+for the command and the cached worker files of that mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from parsl_poncho.errors import ExecutorError
+from parsl_poncho.workqueue import FileToWq
+
+ExecMode = Literal["regular", "serverless"]
+EXEC_MODES: tuple[ExecMode, ...] = ("regular", "serverless")
+
+#: Resource-specification key that chooses an app's exec mode (not a Work Queue resource).
+EXEC_MODE_KEY = "exec_mode"
+
+#: Node-wide unpack cache on workers. Work Queue points TMPDIR at each task's own sandbox, so
+#: the shim's ${TMPDIR:-/tmp} default would unpack every task again; expanded by the worker's sh.
+DEFAULT_WORKER_CACHE = '"${PARSL_PONCHO_WORKER_CACHE:-/tmp/parsl-poncho-$(id -u)}"'
+
+#: Worker files per mode, as (file in worker_shim/, name in the task sandbox).
+_WORKER_FILES: Mapping[ExecMode, tuple[str, ...]] = {
+    "regular": ("poncho_run", "run_function.py"),
+    "serverless": ("poncho_run", "run_function.py", "poncho_serve", "function_server.py"),
+}
+
+#: At most this many preloaded modules go on a command line (the rest import on first use).
+MAX_PRELOAD = 200
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def check_exec_mode(value: Any, where: str) -> ExecMode:
+    """``value`` if it names an exec mode.
+
+    :raises ExecutorError: naming ``where`` the value came from and the valid modes.
+    """
+    if value not in EXEC_MODES:
+        raise ExecutorError(f"{where} is {value!r}; use one of {', '.join(map(repr, EXEC_MODES))}")
+    return value
+
+
+def exec_mode_for(func: Callable, resource_spec: Mapping[str, Any], default: ExecMode
+                  ) -> ExecMode:
+    """The mode one task runs in: the app's ``exec_mode`` resource key, else ``default``.
+
+    Bash apps always run regular: their work is a shell command, a preloaded server saves
+    them nothing, and the command must see the task's own process environment.
+
+    :raises ExecutorError: the resource specification names an unknown mode.
+    """
+    mode = resource_spec.get(EXEC_MODE_KEY, default)
+    mode = check_exec_mode(mode, f"parsl_resource_specification[{EXEC_MODE_KEY!r}]")
+    if getattr(func, "__module__", None) == "parsl.app.bash":
+        return "regular"
+    return mode
+
+
+def without_exec_mode(resource_spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The resource specification without the exec-mode key (which is not a resource)."""
+    if EXEC_MODE_KEY not in resource_spec:
+        return resource_spec
+    return {k: v for k, v in resource_spec.items() if k != EXEC_MODE_KEY}
+
+
+def preload_list(modules: Sequence[str]) -> tuple[str, ...]:
+    """Module names safe for a command line, sorted, at most :data:`MAX_PRELOAD`."""
+    return tuple(sorted(m for m in set(modules) if _MODULE_NAME.match(m)))[:MAX_PRELOAD]
+
+
+@dataclass(frozen=True)
+class WorkerCommands:
+    """Builds task commands and stages the worker files they run (cached on workers).
+
+    :param staged: worker file name -> its staged copy (see :func:`stage_worker_files`).
+    :param unpack_timeout: seconds a task waits for another task's unpack on a node.
+    :param worker_cache_dir: node cache (None: ``$PARSL_PONCHO_WORKER_CACHE`` or /tmp/...).
+    :param init_command: shell command run before each task.
+    :param server_idle_timeout: seconds an idle function server lives on a node.
+    """
+
+    staged: Mapping[str, FileToWq]
+    unpack_timeout: int = 600
+    worker_cache_dir: str | None = None
+    init_command: str = ""
+    server_idle_timeout: int = 300
+
+    def inputs(self, mode: ExecMode) -> tuple[FileToWq, ...]:
+        """The cached worker files a task of ``mode`` needs in its sandbox."""
+        return tuple(self.staged[name] for name in _WORKER_FILES[mode])
+
+    def command(self, mode: ExecMode, tarball: str, sha256: str | None,
+                preload: Sequence[str] = ()) -> str:
+        """The shell command of one task: the shim unpacks and activates, then the call runs."""
+        shim = ["./poncho_run", "-e", tarball, "-w", str(self.unpack_timeout)]
+        if sha256:
+            shim += ["-s", sha256]
+        shim += ["--cache-dir", self.worker_cache_dir or DEFAULT_WORKER_CACHE, "--"]
+        if mode == "serverless":
+            run = ["sh", "poncho_serve", "--idle", str(self.server_idle_timeout)]
+            if preload:
+                run += ["--preload", ",".join(preload)]
+            run += ["--", "fn.pkl", "result.pkl"]
+        else:
+            run = ["python", "run_function.py", "fn.pkl", "result.pkl"]
+        command = " ".join([*shim, *run, "2>&1"])
+        return f"{self.init_command}; {command}" if self.init_command else command
+
+
+def stage_worker_files(dest: Path) -> dict[str, FileToWq]:
+    """Copy every worker file under a content-derived name, so workers cache each version once.
+
+    :raises ShimNotFoundError: a worker file is missing from the installation.
+    """
+    from parsl_poncho.shim import shim_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    staged = {}
+    for name in sorted({n for names in _WORKER_FILES.values() for n in names}):
+        data = shim_file(name).read_bytes()
+        local = dest / f"{name}-{hashlib.sha256(data).hexdigest()[:16]}"
+        if not local.exists():
+            tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")  # one per process
+            tmp.write_bytes(data)
+            tmp.chmod(0o755)
+            os.replace(tmp, local)
+        staged[name] = FileToWq(str(local), name, cache=True)
+    return staged

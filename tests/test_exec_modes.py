@@ -1,0 +1,82 @@
+"""Tests of parsl_poncho.exec_modes: per-task exec mode, task commands, staged worker files."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from parsl_poncho.errors import ExecutorError
+from parsl_poncho.exec_modes import (
+    MAX_PRELOAD,
+    WorkerCommands,
+    exec_mode_for,
+    preload_list,
+    stage_worker_files,
+    without_exec_mode,
+)
+
+
+def app(x):
+    return x
+
+
+def test_exec_mode_defaults_and_per_app_override():
+    assert exec_mode_for(app, {}, "regular") == "regular"
+    assert exec_mode_for(app, {}, "serverless") == "serverless"
+    assert exec_mode_for(app, {"exec_mode": "serverless"}, "regular") == "serverless"
+    assert exec_mode_for(app, {"exec_mode": "regular"}, "serverless") == "regular"
+
+
+def test_bash_apps_always_run_regular():
+    from parsl.app.bash import remote_side_bash_executor
+
+    assert exec_mode_for(remote_side_bash_executor, {"exec_mode": "serverless"},
+                         "serverless") == "regular"
+
+
+def test_unknown_exec_mode_names_the_key_and_the_choices():
+    with pytest.raises(ExecutorError, match=r"\['exec_mode'\] is 'fork'; use one of 'regular', "
+                                            r"'serverless'"):
+        exec_mode_for(app, {"exec_mode": "fork"}, "regular")
+
+
+def test_exec_mode_is_not_a_work_queue_resource():
+    assert without_exec_mode({"cores": 2, "exec_mode": "serverless"}) == {"cores": 2}
+    spec = {"cores": 1}
+    assert without_exec_mode(spec) is spec
+
+
+def test_preload_list_keeps_only_module_names():
+    assert preload_list(["numpy", "sklearn.svm", "numpy", "x; rm -rf /", "a-b", "_ok"]) == (
+        "_ok", "numpy", "sklearn.svm")
+    assert len(preload_list([f"m{i}" for i in range(1000)])) == MAX_PRELOAD
+
+
+def test_regular_and_serverless_commands(tmp_path: Path):
+    commands = WorkerCommands(stage_worker_files(tmp_path), unpack_timeout=60,
+                              worker_cache_dir="/scratch/c", init_command="module load x",
+                              server_idle_timeout=30)
+    regular = commands.command("regular", "env-a.tar.gz", "ff")
+    assert regular.startswith("module load x; ./poncho_run -e env-a.tar.gz -w 60 -s ff "
+                              "--cache-dir /scratch/c -- python run_function.py fn.pkl "
+                              "result.pkl 2>&1")
+    serverless = commands.command("serverless", "env-a.tar.gz", "ff", ("numpy", "scipy.linalg"))
+    argv = shlex.split(serverless.split("; ", 1)[1].removesuffix(" 2>&1"))
+    assert argv[argv.index("--") + 1:] == ["sh", "poncho_serve", "--idle", "30", "--preload",
+                                           "numpy,scipy.linalg", "--", "fn.pkl", "result.pkl"]
+    assert [f.remote for f in commands.inputs("regular")] == ["poncho_run", "run_function.py"]
+    assert [f.remote for f in commands.inputs("serverless")] == [
+        "poncho_run", "run_function.py", "poncho_serve", "function_server.py"]
+    assert all(f.cache for f in commands.inputs("serverless"))
+
+
+def test_staged_worker_files_are_named_by_content(tmp_path: Path):
+    first = stage_worker_files(tmp_path)
+    again = stage_worker_files(tmp_path)
+    assert first == again
+    for name, staged in first.items():
+        local = Path(staged.local)
+        assert local.name.startswith(f"{name}-") and len(local.name) == len(name) + 17
+        assert local.stat().st_mode & 0o755 == 0o755
