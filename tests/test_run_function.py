@@ -50,6 +50,27 @@ def return_generator():
 def exit_early():
     sys.exit(3)
 
+def allocate_and_burn(mb, cpu_seconds):
+    import time
+    begin = time.process_time()
+    block = bytearray(mb * 2**20)
+    block[::4096] = b"x" * len(range(0, len(block), 4096))  # touch every page
+    start = time.process_time()
+    while time.process_time() - start < cpu_seconds:
+        pass
+    return time.process_time() - begin  # allocating costs CPU too (page faults)
+
+def burn_in_child(cpu_seconds):
+    import subprocess
+    code = ("import time; s = time.process_time()\\n"
+            f"while time.process_time() - s < {cpu_seconds}: pass")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+def sleep_then_fail(seconds):
+    import time
+    time.sleep(seconds)
+    raise RuntimeError("slept")
+
 def chatty():
     print("to stdout")
     print("to stderr", file=sys.stderr)
@@ -80,7 +101,67 @@ def run(tmp_path: Path, fn: Any, *args: Any, **kwargs: Any):
 def test_returned_value(tmp_path: Path, fns: dict[str, Any]) -> None:
     proc, result = run(tmp_path, fns["add"], 2, y=5)
     assert proc.returncode == EXIT_OK, proc.stderr
+    assert set(result.pop("resources")) == {"wall_time", "cpu_time", "memory"}
     assert result == {"status": "ok", "value": 7}
+
+
+def test_resources_of_a_call_that_allocates_and_burns(tmp_path: Path,
+                                                      fns: dict[str, Any]) -> None:
+    _, idle = run(tmp_path, fns["add"], 1)
+    baseline = idle["resources"]
+    assert 0 <= baseline["wall_time"] < 0.05 and 0 <= baseline["cpu_time"] < 0.05
+    assert 1 < baseline["memory"] < 200  # the interpreter with cloudpickle loaded
+    proc, result = run(tmp_path, fns["allocate_and_burn"], 200, 0.5)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    used, own_cpu = result["resources"], result["value"]
+    assert used["memory"] - baseline["memory"] == pytest.approx(200, rel=0.2)
+    assert used["cpu_time"] == pytest.approx(own_cpu, rel=0.2)
+    assert used["cpu_time"] >= 0.5 * 0.95
+
+
+def test_cpu_time_of_a_pure_burn(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["allocate_and_burn"], 0, 0.5)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    used = result["resources"]
+    assert used["cpu_time"] == pytest.approx(0.5, rel=0.2)
+    assert used["cpu_time"] * 0.95 <= used["wall_time"] < used["cpu_time"] + 1.0
+
+
+def test_cpu_time_includes_waited_for_children(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["burn_in_child"], 0.4)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert result["resources"]["cpu_time"] >= 0.4 * 0.9
+
+
+def test_a_raised_result_carries_resources(tmp_path: Path, fns: dict[str, Any]) -> None:
+    proc, result = run(tmp_path, fns["sleep_then_fail"], 0.3)
+    assert proc.returncode == EXIT_RAISED
+    assert result["exc_type"] == "builtins.RuntimeError"
+    used = result["resources"]
+    assert used["wall_time"] == pytest.approx(0.3, abs=0.1)
+    assert used["cpu_time"] < 0.1 and used["memory"] > 1
+
+
+def test_an_unpicklable_value_keeps_its_resources(tmp_path: Path, fns: dict[str, Any]) -> None:
+    _, result = run(tmp_path, fns["return_generator"])
+    assert result["status"] == "raised"
+    assert result["resources"]["memory"] > 1
+
+
+def test_measuring_costs_well_under_a_millisecond() -> None:
+    import importlib.util
+    import timeit
+
+    spec = importlib.util.spec_from_file_location("run_function_under_test", run_function_path())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    n = 2000
+    def noop() -> None:
+        return None
+
+    per_call = timeit.timeit(lambda: module.call_function(noop, (), {}), number=n) / n
+    bare = timeit.timeit(lambda: {"status": "ok", "value": noop()}, number=n) / n
+    assert per_call - bare < 1e-3, f"{(per_call - bare) * 1e6:.1f} us per task"
 
 
 def test_raised_exception_with_remote_traceback(tmp_path: Path, fns: dict[str, Any]) -> None:

@@ -15,8 +15,28 @@ cloudpickled dict, one of:
      "exc_only": <its final "Type: message" lines>,
      "exception": <the exception object, or None when it does not survive pickling>}
 
+Both carry "misses": the modules the call (or unpickling it) tried and failed to import, in
+order, whether or not the code caught the ImportError. When the call cannot be loaded (exit
+20), they are named on stderr instead: "run_function.py: modules not found: a, b".
+
 A return value that cannot be pickled is reported as "raised" (exc_type
 "_pickle.PicklingError"), since the function's result cannot reach the caller.
+
+Both carry what the call used, measured by the OS (getrusage, no sampling; ~30 us a task):
+
+    "resources": {"wall_time": s, "cpu_time": s, "memory": MB}
+
+wall_time and cpu_time (user + system, of this process and of the children it waited for)
+cover the call fn(*args, **kwargs) only, not unpickling or writing the result. memory is
+the peak resident set (ru_maxrss) of this process or of its largest waited-for child, so
+it includes the interpreter's baseline (~10-20 MB; in a function server's forked child, the
+server's preloaded heap it shares, which ru_maxrss counts from the fork).
+
+Thread pools: the executor sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS,
+NUMEXPR_NUM_THREADS and VECLIB_MAXIMUM_THREADS to the task's cores (unless the user set
+them). A fresh Python (regular mode) sizes its pools from them when numpy & co. load. A
+library a function server imported before the fork has sized its pool already, from the
+server's environment; this runner does not resize it.
 
 Exit codes:
     0   the function returned; RESULT.pkl holds {"status": "ok", ...}
@@ -34,6 +54,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 import traceback
 from typing import Any
 
@@ -113,13 +134,36 @@ def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> dict[str,
     }
 
 
+def usage_now() -> tuple[float, float, float]:
+    """(wall clock, CPU seconds of this process and its waited-for children, peak RSS in MB)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: wall time only
+        return time.perf_counter(), 0.0, 0.0
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    peak = max(me.ru_maxrss, kids.ru_maxrss)  # KiB on Linux, bytes on macOS
+    mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return time.perf_counter(), cpu, mb
+
+
+def resources_between(start: tuple[float, float, float],
+                      end: tuple[float, float, float]) -> dict[str, float]:
+    """The "resources" entry of a result, from two :func:`usage_now` readings."""
+    return {"wall_time": round(end[0] - start[0], 6), "cpu_time": round(end[1] - start[1], 6),
+            "memory": round(end[2], 1)}
+
+
 def call_function(fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     """Call ``fn`` and turn the outcome (value or exception) into a result dict."""
+    start = usage_now()
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt belong to the task
-        return describe_exception(exc, skip_frames=1)
-    return {"status": "ok", "value": value}
+        used = resources_between(start, usage_now())
+        return {**describe_exception(exc, skip_frames=1), "resources": used}
+    return {"status": "ok", "value": value, "resources": resources_between(start, usage_now())}
 
 
 def serialize_result(result: dict[str, Any]) -> tuple[bytes, str]:
@@ -147,6 +191,7 @@ def serialize_result(result: dict[str, Any]) -> tuple[bytes, str]:
                 "message": str(error),
                 "traceback": "".join(traceback.format_exception_only(type(error), error)),
                 "exception": error if survives_pickling(error) else None,
+                "resources": result.get("resources"),
             }
         else:
             fallback = dict(result, exception=None)
@@ -175,6 +220,33 @@ def write_atomically(path: str, data: bytes) -> None:
         raise RunnerError(f"cannot write the result file {path!r}: {exc}") from exc
 
 
+class MissRecorder:
+    """A finder at the end of ``sys.meta_path``: it sees exactly the imports no finder found.
+
+    It finds nothing itself, so imports behave as without it; the names it saw come back
+    with the result (``misses``), also when a library caught the ImportError and raised its
+    own error, so the submit side can add what was missing and run the task again.
+    """
+
+    limit = 100
+
+    def __init__(self) -> None:
+        self.misses: list[str] = []
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name not in self.misses and len(self.misses) < self.limit:
+            self.misses.append(name)
+        return None
+
+    def __enter__(self) -> MissRecorder:
+        sys.meta_path.append(self)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``run_function.py FN.pkl RESULT.pkl``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -182,12 +254,18 @@ def main(argv: list[str] | None = None) -> int:
         print("run_function.py: usage: python run_function.py FN.pkl RESULT.pkl", file=sys.stderr)
         return EXIT_RUNNER_FAILED
     fn_path, result_path = argv
+    recorder = MissRecorder()
     try:
-        fn, args, kwargs = load_call(fn_path)
-        data, status = serialize_result(call_function(fn, args, kwargs))
+        with recorder:
+            fn, args, kwargs = load_call(fn_path)
+            result = call_function(fn, args, kwargs)
+        data, status = serialize_result({**result, "misses": recorder.misses})
         write_atomically(result_path, data)
     except RunnerError as exc:
         print(f"run_function.py: error: {exc}", file=sys.stderr)
+        if recorder.misses:  # read by the submit side, which may add them and retry
+            print(f"run_function.py: modules not found: {', '.join(recorder.misses)}",
+                  file=sys.stderr)
         return EXIT_RUNNER_FAILED
     except ModuleNotFoundError as exc:  # cloudpickle itself is missing
         print(
