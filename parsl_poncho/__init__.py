@@ -3,6 +3,7 @@
 Public API (imported lazily, so ``import parsl_poncho`` stays cheap and does not import parsl)::
 
     from parsl_poncho import PonchoExecutor, env_hash_of, Analyzer, EnvStore, Env, Spec
+    from parsl_poncho import resources_of, TaskResources   # what a finished task used
     from parsl_poncho.analyze import analyze   # the function; ``parsl_poncho.analyze`` is
                                                # the subpackage, so it cannot be re-exported
 """
@@ -17,6 +18,8 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     "PonchoExecutor": "parsl_poncho.executor",
     "env_hash_of": "parsl_poncho.executor",
+    "resources_of": "parsl_poncho.monitor",
+    "TaskResources": "parsl_poncho.monitor",
     "Analyzer": "parsl_poncho.analyze",
     "EnvStore": "parsl_poncho.store",
     "Env": "parsl_poncho.store",

@@ -46,6 +46,7 @@ from parsl_poncho.exec_modes import (
     stage_worker_files,
     without_exec_mode,
 )
+from parsl_poncho.monitor import Monitor, disk_for, thread_env
 from parsl_poncho.tasks import (
     app_name,
     remote_exception,
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
     from parsl_poncho.build import BuildOptions
     from parsl_poncho.envs import ReadyEnvs
     from parsl_poncho.spec import Spec
-    from parsl_poncho.store import Env, EnvStore
+    from parsl_poncho.store import EnvStore
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._analyzer = self.analyzer if self.analyzer is not None else self._make_analyzer()
         self._store = self.store if self.store is not None else self._make_store()
         self._envs = self._make_ready_envs()
+        self._monitor = Monitor(self.label)
         self._should_stop = SpawnContext.Event()
         self._start_manager(self.port)
         self._collector = threading.Thread(
@@ -301,6 +303,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         fu.parsl_executor_task_id = task.id  # type: ignore[attr-defined]
         fu.parsl_poncho_env_hash = env_hash  # type: ignore[attr-defined]
         fu.resource_specification = resource_specification  # type: ignore[attr-defined]
+        self._monitor.track(fu, app_name(func), task.resources)
         with self._tasks_lock:
             self._tasks[task.id] = fu
         logger.info("task %s (%s) uses env %s", task.id, task.category, env_hash)
@@ -343,6 +346,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._envs.close()
         self._cancel_blocks()
         self._fail_outstanding(ExecutorError(f"{self.label} was shut down before the task ran"))
+        self._monitor.log_summary()
         for q in (self._task_queue, self._result_queue):
             q.close()
             q.join_thread()
@@ -519,9 +523,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                     FileToWq(str(task.task_dir / "fn.pkl"), "fn.pkl"), *task.inputs),
             outputs=(FileToWq(str(task.task_dir / "result.pkl"), "result.pkl"), *task.outputs),
             result_file=str(task.task_dir / "result.pkl"),
-            resources=self._disk_for(task.resources, env),
+            resources=disk_for(task.resources, env.size, self.default_disk),
             max_retries=self.max_retries,
-            env=self.env,
+            env=thread_env(self.env, task.resources),
         ))
 
     def _send(self, msg: TaskToWq) -> None:
@@ -529,13 +533,6 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._wq_lock:
             self._sent[msg.id] = msg
             self._task_queue.put(msg)
-
-    def _disk_for(self, resources: Mapping[str, Any], env: Env) -> Mapping[str, Any]:
-        """Give a task without ``disk`` its env tarball plus ``default_disk`` MB of sandbox."""
-        if "disk" in resources or self.default_disk is None:
-            return resources
-        size_mb = -(-env.size // 2**20)
-        return {**resources, "disk": size_mb + self.default_disk}
 
     # -- results ----------------------------------------------------------------------------
     def _collect_results(self) -> None:
@@ -581,7 +578,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def _complete(self, msg: WqToTask) -> None:
         """Resolve the future of one finished task."""
-        env_hash = self._env_hash_of(msg.id)
+        fu = self._future_of(msg.id)
+        env_hash = getattr(fu, "parsl_poncho_env_hash", "?")
         if msg.result_file is None:
             where = f" on {msg.host}" if msg.host else ""
             self._finish(msg.id, exc=ExecutorError(
@@ -590,15 +588,15 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             return
         with open(msg.result_file, "rb") as f:
             report = cloudpickle.load(f)
+        self._monitor.observe(fu, msg.id, report)
         if report.get("status") == "ok":
             self._finish(msg.id, value=report.get("value"))
         else:
             self._finish(msg.id, exc=remote_exception(report, env_hash=env_hash, host=msg.host))
 
-    def _env_hash_of(self, task_id: str) -> str:
+    def _future_of(self, task_id: str) -> Future | None:
         with self._tasks_lock:
-            fu = self._tasks.get(task_id)
-        return getattr(fu, "parsl_poncho_env_hash", "?")
+            return self._tasks.get(task_id)
 
     def _finish(self, task_id: str, *, value: Any = None, exc: BaseException | None = None) -> None:
         """Pop a task and set its future; on success drop its per-task files."""

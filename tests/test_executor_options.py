@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from parsl_poncho import PonchoExecutor
 from parsl_poncho.errors import SpecError
+from parsl_poncho.monitor import disk_for
 from parsl_poncho.spec import Spec
 
 DATA = {
@@ -45,8 +44,8 @@ def test_bad_data_is_refused_at_configuration(data: dict, match: str) -> None:
 
 
 def test_task_without_disk_asks_for_its_tarball_plus_default_disk() -> None:
-    env = SimpleNamespace(size=100 * 2**20 + 1)
-    ex = PonchoExecutor()
-    assert ex._disk_for({"cores": 1}, env) == {"cores": 1, "disk": 101 + 1024}
-    assert ex._disk_for({"cores": 1, "disk": 5}, env) == {"cores": 1, "disk": 5}
-    assert PonchoExecutor(default_disk=None)._disk_for({"cores": 1}, env) == {"cores": 1}
+    size, default = 100 * 2**20 + 1, PonchoExecutor().default_disk
+    assert disk_for({"cores": 1}, size, default) == {"cores": 1, "disk": 101 + 1024}
+    assert disk_for({"cores": 1, "disk": 5}, size, default) == {"cores": 1, "disk": 5}
+    assert disk_for({"cores": 1}, size, PonchoExecutor(default_disk=None).default_disk) == {
+        "cores": 1}
