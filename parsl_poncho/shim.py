@@ -1,4 +1,5 @@
-"""Locate the worker-side files (``poncho_run``, ``run_function.py``) shipped with each task.
+"""Locate the worker-side files (``poncho_run``, ``run_function.py``, and for serverless mode
+``poncho_serve`` and ``function_server.py``) shipped with each task.
 
 The source of truth is ``worker_shim/`` in the repository; ``parsl_poncho/_shim/`` holds symlinks
 to it in a checkout and real copies in a built wheel (setuptools copies the link targets), so the
@@ -16,10 +17,19 @@ from pathlib import Path
 
 from parsl_poncho.errors import ShimNotFoundError
 
-__all__ = ["ShimNotFoundError", "poncho_run_path", "run_function_path", "shim_file"]
+__all__ = [
+    "ShimNotFoundError",
+    "function_server_path",
+    "poncho_run_path",
+    "poncho_serve_path",
+    "run_function_path",
+    "shim_file",
+]
 
 PONCHO_RUN = "poncho_run"
 RUN_FUNCTION = "run_function.py"
+PONCHO_SERVE = "poncho_serve"
+FUNCTION_SERVER = "function_server.py"
 
 
 def _candidates(name: str) -> list[Path]:
@@ -28,7 +38,7 @@ def _candidates(name: str) -> list[Path]:
 
 
 def shim_file(name: str) -> Path:
-    """The absolute path of the worker-side file ``name`` (``poncho_run`` or ``run_function.py``).
+    """The absolute path of the worker-side file ``name`` (``poncho_run``, ...).
 
     :raises ShimNotFoundError: when neither the packaged copy nor the checkout's file exists.
     """
@@ -54,3 +64,17 @@ def poncho_run_path() -> Path:
 def run_function_path() -> Path:
     """The runner script: ``python run_function.py FN.pkl RESULT.pkl`` (stdlib + cloudpickle)."""
     return shim_file(RUN_FUNCTION)
+
+
+def poncho_serve_path() -> Path:
+    """The serverless client (POSIX sh), run by poncho_run as the task command:
+    ``sh poncho_serve [--idle SECS] [--preload MOD,...] -- FN.pkl RESULT.pkl``.
+    """
+    return shim_file(PONCHO_SERVE)
+
+
+def function_server_path() -> Path:
+    """The function server poncho_serve starts once per (environment, user) on a node; ship it
+    (and run_function.py) in the task sandbox beside poncho_serve.
+    """
+    return shim_file(FUNCTION_SERVER)

@@ -1,0 +1,1 @@
+../../worker_shim/function_server.py

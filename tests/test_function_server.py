@@ -1,0 +1,399 @@
+"""Serverless mode on a worker: poncho_serve (client) and function_server.py, run for real through
+worker_shim/poncho_run with an environment directory whose python is this interpreter."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from shim_helpers import SHELL
+
+from parsl_poncho.shim import (
+    function_server_path,
+    poncho_run_path,
+    poncho_serve_path,
+    run_function_path,
+)
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------
+
+
+def make_env(path: Path) -> Path:
+    """An environment directory whose bin/python is this interpreter (with cloudpickle)."""
+    (path / "bin").mkdir(parents=True)
+    (path / "bin" / "python").symlink_to(sys.executable)
+    if sys.prefix != sys.base_prefix:  # a venv: make the env dir look like one
+        shutil.copy(Path(sys.prefix) / "pyvenv.cfg", path / "pyvenv.cfg")
+        (path / "lib").symlink_to(Path(sys.prefix) / "lib")
+    (path / ".poncho-ready").write_text("poncho_run 1\n")
+    return path
+
+
+class Node:
+    """One fake node: an env dir, a task sandbox, and the server beside the env."""
+
+    def __init__(self, root: Path, name: str = "env-a") -> None:
+        self.env = make_env(root / name)
+        self.server_dir = Path(f"{self.env}.server-v1")
+        self.sandbox = root / f"sandbox-{name}"
+        self.sandbox.mkdir()
+        for src in (run_function_path(), function_server_path(), poncho_serve_path()):
+            shutil.copy(src, self.sandbox / src.name)
+
+    def write_call(self, fn, *args, **kwargs) -> None:
+        (self.sandbox / "fn.pkl").write_bytes(cloudpickle.dumps((fn, args, kwargs)))
+        (self.sandbox / "result.pkl").unlink(missing_ok=True)
+
+    def argv(self, *serve_opts: str) -> list[str]:
+        return [SHELL, str(poncho_run_path()), "-e", str(self.env), "--", "sh", "poncho_serve",
+                "--idle", "30", *serve_opts, "--", "fn.pkl", "result.pkl"]
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(extra)
+        return env
+
+    def run(self, *serve_opts: str, timeout: float = 60, **extra: str):
+        return subprocess.run(self.argv(*serve_opts), cwd=self.sandbox, env=self.environ(**extra),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, *serve_opts: str, **extra: str) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*serve_opts), cwd=self.sandbox,
+                                env=self.environ(**extra), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def call(self, fn, *args, **kwargs):
+        self.write_call(fn, *args, **kwargs)
+        return self.run()
+
+    def result(self) -> dict:
+        return cloudpickle.loads((self.sandbox / "result.pkl").read_bytes())
+
+    def server_pid(self) -> int | None:
+        try:
+            return int((self.server_dir / "pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def log(self) -> str:
+        try:
+            return (self.server_dir / "log").read_text()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        pid = self.server_pid()
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.fixture()
+def node(tmp_path: Path):
+    n = Node(tmp_path)
+    yield n
+    n.stop()
+
+
+# -- functions run by the calls (pickled by value) --------------------------------------------
+
+
+def double(x):
+    return 2 * x
+
+
+def fail():
+    raise KeyError("no such key")
+
+
+def hard_exit(code):
+    os._exit(code)
+
+
+def segfault():
+    import ctypes
+
+    return ctypes.string_at(0)
+
+
+def mark_module():
+    import json
+
+    before = getattr(json, "_poncho_mark", None)
+    json._poncho_mark = "set by a call"
+    os.environ["PONCHO_MARK"] = "set by a call"
+    return before, os.environ.get("PONCHO_MARK_SEEN")
+
+
+def read_marks():
+    import json
+
+    return getattr(json, "_poncho_mark", None), os.environ.get("PONCHO_MARK")
+
+
+def where_am_i():
+    with open("written.txt", "w") as f:
+        f.write("here")
+    print("to stdout from the call", flush=True)
+    print("to stderr from the call", file=sys.stderr, flush=True)
+    return os.getcwd(), os.environ.get("PONCHO_TEST_VAR"), sys.path[0]
+
+
+def sleep_then(seconds, value, marker):
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return value
+
+
+def noop():
+    return None
+
+
+# -- results and exit codes -------------------------------------------------------------------
+
+
+def test_value_returns(node: Node) -> None:
+    proc = node.call(double, 21)
+    assert proc.returncode == 0, proc.stderr
+    assert (node.result()["status"], node.result()["value"]) == ("ok", 42)
+    assert "regular mode" not in proc.stderr
+    assert node.server_pid() is not None and pid_alive(node.server_pid())
+
+
+def test_exception_exits_10(node: Node) -> None:
+    proc = node.call(fail)
+    assert proc.returncode == 10, proc.stderr
+    result = node.result()
+    assert result["status"] == "raised" and result["exc_type"] == "builtins.KeyError"
+
+
+def test_bad_pickle_exits_20_with_message(node: Node) -> None:
+    node.call(double, 1)
+    (node.sandbox / "fn.pkl").write_bytes(b"not a pickle")
+    (node.sandbox / "result.pkl").unlink()
+    proc = node.run()
+    assert proc.returncode == 20
+    assert "cannot load the function from 'fn.pkl'" in proc.stderr
+    assert not (node.sandbox / "result.pkl").exists()
+    assert "regular mode" not in proc.stderr
+
+
+def test_os_exit_code_passes_through(node: Node) -> None:
+    proc = node.call(hard_exit, 3)
+    assert proc.returncode == 3, proc.stderr
+
+
+def test_segfault_names_the_signal_and_server_survives(node: Node) -> None:
+    node.call(double, 1)
+    pid = node.server_pid()
+    proc = node.call(segfault)
+    assert proc.returncode == 139
+    assert "killed by signal 11 (SIGSEGV)" in proc.stderr
+    proc = node.call(double, 5)
+    assert proc.returncode == 0 and node.result()["value"] == 10
+    assert node.server_pid() == pid and pid_alive(pid)
+
+
+# -- isolation and the task's context ---------------------------------------------------------
+
+
+def test_nothing_survives_between_calls(node: Node) -> None:
+    assert node.call(mark_module).returncode == 0
+    assert node.result()["value"] == (None, None)
+    proc = node.call(read_marks)
+    assert proc.returncode == 0, proc.stderr
+    assert node.result()["value"] == (None, None)
+
+
+def test_call_runs_in_the_sandbox_with_the_clients_environment(node: Node) -> None:
+    node.write_call(where_am_i)
+    proc = node.run(PONCHO_TEST_VAR="from the client")
+    assert proc.returncode == 0, proc.stderr
+    cwd, var, path0 = node.result()["value"]
+    assert cwd == str(node.sandbox) == path0
+    assert var == "from the client"
+    assert (node.sandbox / "written.txt").read_text() == "here"
+    assert "to stdout from the call" in proc.stdout
+    assert "to stderr from the call" in proc.stderr
+
+
+def test_output_to_a_file_is_appended(node: Node) -> None:
+    node.write_call(where_am_i)
+    out = node.sandbox / "task.out"
+    with open(out, "w") as f:
+        f.write("before\n")
+        f.flush()
+        proc = subprocess.run(node.argv(), cwd=node.sandbox, stdout=f, stderr=subprocess.STDOUT)
+    assert proc.returncode == 0
+    text = out.read_text()
+    assert text.startswith("before\n") and "to stdout from the call" in text
+
+
+# -- starting, concurrency, preloads ----------------------------------------------------------
+
+
+def test_concurrent_first_calls_start_exactly_one_server(node: Node) -> None:
+    node.write_call(double, 4)
+    with ThreadPoolExecutor(8) as pool:
+        procs = list(pool.map(lambda _: node.run(), range(8)))
+    assert [p.returncode for p in procs] == [0] * 8, [p.stderr for p in procs]
+    assert node.log().count("] start:") == 1
+    assert not any("regular mode" in p.stderr for p in procs)
+
+
+def test_preload_failure_is_logged_and_skipped(node: Node) -> None:
+    node.write_call(double, 2)
+    proc = node.run("--preload", "json,no_such_module_xyz")
+    assert proc.returncode == 0, proc.stderr
+    log = node.log()
+    assert "preload json: ok" in log
+    assert "preload no_such_module_xyz: failed (ModuleNotFoundError" in log
+
+
+def test_two_envs_two_servers(tmp_path: Path) -> None:
+    a, b = Node(tmp_path, "env-a"), Node(tmp_path, "env-b")
+    try:
+        assert a.call(double, 1).returncode == 0
+        assert b.call(double, 2).returncode == 0
+        assert b.result()["value"] == 4
+        pa, pb = a.server_pid(), b.server_pid()
+        assert pa and pb and pa != pb and pid_alive(pa) and pid_alive(pb)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_missing_server_files_fall_back_to_regular_mode(node: Node) -> None:
+    (node.sandbox / "function_server.py").unlink()
+    proc = node.call(double, 8)
+    assert proc.returncode == 0
+    assert "poncho_serve: running in regular mode: no function_server.py" in proc.stderr
+    assert node.result()["value"] == 16
+
+
+def test_usage_error_exits_20(node: Node) -> None:
+    proc = subprocess.run([SHELL, "poncho_serve", "fn.pkl"], cwd=node.sandbox,
+                          capture_output=True, text=True)
+    assert proc.returncode == 20
+    assert "expected FN.pkl RESULT.pkl" in proc.stderr
+
+
+def test_foreign_request_is_refused_and_logged(node: Node) -> None:
+    assert node.call(double, 1).returncode == 0
+    with open(node.server_dir / "requests", "w") as fifo:
+        fifo.write(f"{os.getpid()} {os.getpid()}\n")
+    assert wait_for(lambda: "refused the request" in node.log(), 3)
+    assert node.call(double, 3).returncode == 0
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def test_server_killed_mid_call_falls_back_and_produces_the_result(node: Node) -> None:
+    marker = node.sandbox / "started"
+    node.write_call(sleep_then, 1.5, "done", str(marker))
+    client = node.popen()
+    assert wait_for(marker.exists, 20)
+    pid = node.server_pid()
+    os.kill(pid, signal.SIGKILL)
+    out, _ = client.communicate(timeout=30)
+    assert client.returncode == 0, out
+    assert "poncho_serve: running in regular mode:" in out
+    assert (node.result()["status"], node.result()["value"]) == ("ok", "done")
+
+
+def test_killed_client_kills_its_call(node: Node) -> None:
+    marker = node.sandbox / "started"
+    node.write_call(sleep_then, 60, "never", str(marker))
+    client = node.popen()
+    assert wait_for(lambda: marker.exists() and marker.read_text(), 20)
+    child = int(marker.read_text())
+    assert pid_alive(child)
+    os.kill(client.pid, signal.SIGKILL)
+    client.wait(timeout=5)
+    assert wait_for(lambda: not pid_alive(child), 3)
+    assert "client" in node.log() and "killing its call" in node.log()
+
+
+def test_server_stopping_finishes_running_calls_and_new_calls_restart_it(node: Node) -> None:
+    marker = node.sandbox / "started"
+    node.write_call(sleep_then, 1, "finished", str(marker))
+    client = node.popen()
+    assert wait_for(marker.exists, 20)
+    old = node.server_pid()
+    os.kill(old, signal.SIGTERM)
+    out, _ = client.communicate(timeout=30)
+    assert client.returncode == 0 and "regular mode" not in out, out
+    assert wait_for(lambda: not pid_alive(old), 5)
+    proc = node.call(double, 6)
+    assert proc.returncode == 0 and "regular mode" not in proc.stderr
+    assert node.server_pid() not in (None, old)
+
+
+def test_idle_timeout_exits(node: Node) -> None:
+    node.write_call(noop)
+    assert node.run("--idle", "1").returncode == 0
+    pid = node.server_pid()
+    assert pid is not None
+    assert wait_for(lambda: not pid_alive(pid), 5)
+    assert "exiting: idle for 1s" in node.log()
+    assert not (node.server_dir / "ready").exists()
+
+
+def test_evicted_env_makes_the_server_exit(node: Node) -> None:
+    assert node.call(noop).returncode == 0
+    pid = node.server_pid()
+    (node.env / ".poncho-ready").unlink()
+    assert wait_for(lambda: not pid_alive(pid), 3)
+    assert not node.server_dir.exists()  # removed with the env it served
+
+
+@pytest.mark.slow
+def test_server_rss_stable_over_1000_calls(node: Node) -> None:
+    node.write_call(double, 1)
+    for _ in range(50):
+        assert node.run().returncode == 0
+    pid = node.server_pid()
+    before = rss_kb(pid)
+    for _ in range(1000):
+        proc = node.run()
+        assert proc.returncode == 0, proc.stderr
+    after = rss_kb(pid)
+    assert node.server_pid() == pid
+    assert after - before < 3 * 1024, (before, after)
+    assert len(os.listdir(f"/proc/{pid}/fd")) < 20

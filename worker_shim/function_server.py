@@ -1,0 +1,528 @@
+"""Serve function calls for one (environment, user) on a node: preload once, fork once per call.
+
+Usage (started by poncho_serve, detached, with the environment's python; not run by hand):
+    python DIR/function_server.py --dir DIR --env PREFIX [--idle SECS] [--preload MOD,MOD,...]
+
+DIR is the server's directory beside the unpacked environment PREFIX in the node cache
+(PREFIX.server-v1, mode 0700); poncho_serve copies this file and run_function.py into it, so the
+server imports run_function from its own copy. Before serving, the server imports cloudpickle,
+run_function and each --preload module (one that fails is logged and skipped), then calls
+gc.freeze() so forked children share the preloaded heap copy-on-write.
+
+Protocol. A client (poncho_serve) runs a subshell whose fd 0 is the server's "alive" FIFO
+(opened through /proc/<server pid>/fd/N, named in DIR/ready) and whose fd 5 is the pipe its
+parent reads the reply from. The subshell writes "<client pid> <subshell pid>\n" to DIR/requests
+(writes under PIPE_BUF are atomic, so clients share the FIFO; the server holds it O_RDWR and never
+sees EOF). The server checks that both processes are its own user's and that the subshell's fd 0
+is its alive FIFO, opens /proc/<subshell>/fd/5 (the reply pipe; it must be a pipe of the same
+uid), SIGKILLs the subshell (now only the server holds the pipe's write end), and forks a child.
+When the child ends the server writes one line and closes the pipe:
+    exit N UTIME STIME MAXRSS_KB     the child exited with status N (run_function.py's codes)
+    signal N UTIME STIME MAXRSS_KB   the child was killed by signal N
+    retry                            the server is shutting down: start a new one and ask again
+    refused REASON                   the call cannot be served here: run it in regular mode
+If the server dies, the pipe closes with no line and the alive FIFO reaches EOF: the client sees
+an empty reply and reruns the call in regular mode (result.pkl is written atomically). Reading
+the request from /proc (rather than passing it in the FIFO) keeps requests tiny and path-safe:
+the child gets the client's cwd (/proc/<pid>/cwd), environment (/proc/<pid>/environ), argv tail
+FN.pkl RESULT.pkl (/proc/<pid>/cmdline) and stdout/stderr (/proc/<pid>/fd/1 and fd/6, where the
+client keeps its stderr while its own fd 2 is /dev/null; reopened O_WRONLY|O_APPEND).
+Trust: DIR is 0700 inside the 0700 node cache, and every request is checked
+for the server's uid; others' requests are refused and logged.
+
+The child: own process group, PR_SET_PDEATHSIG SIGKILL (dies with the server), default signal
+handlers (as a fresh python), stdin /dev/null, every other fd closed, cwd/environ/argv/sys.path[0]
+of the task sandbox, numpy's global RNG reseeded if loaded; it runs run_function.main([FN, RESULT])
+and _exits with its status. Children are reaped with os.wait4 on a SIGCHLD wakeup fd in a
+selectors loop, so a finished call is answered at once.
+
+Housekeeping every 0.5 s: kill (with its process group) the child of a client that died (pid gone
+or start time changed); exit when idle (no calls running and none for --idle seconds, default
+300), when PREFIX/.poncho-ready is gone or replaced (evicted), when every Work Queue worker it
+served (the clients' ancestors whose comm starts with "work_queue_work") is gone and no call runs,
+or on SIGTERM/SIGINT. On exit it removes DIR/ready and DIR/pid and unlinks its FIFOs first, answers
+"retry" to anything still queued, waits for running calls, then exits; after an eviction it also
+removes DIR when no newer server took it.
+
+Files (in DIR):
+    ready         "<pid> <alive fd>\\n", written last before serving (atomically); gone at exit
+    pid           the server's pid, while it runs
+    requests      the request FIFO
+    alive         a FIFO the server holds open; EOF for a reader means the server is gone
+    server.lock   flock'ed by the running server: exactly one server per DIR
+    log           timestamped: start, preloads (ok/failed + time), refused requests, exit reason
+
+Exit codes: 0 normal exit (idle, evicted, worker gone, signal), 2 usage error, 3 another server
+already runs in DIR, 4 cannot set up DIR. Standard library + cloudpickle only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import gc
+import importlib
+import os
+import selectors
+import signal
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+TICK = 0.5
+PR_SET_PDEATHSIG = 1
+WQ_WORKER_COMM = "work_queue_work"
+
+
+def log(message: str) -> None:
+    """One timestamped line in the log (the server's stderr)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    sys.stderr.write(f"{stamp}.{int(time.time() * 1000) % 1000:03d} [{os.getpid()}] {message}\n")
+    sys.stderr.flush()
+
+
+class Refused(Exception):
+    """A request that cannot be served; the message is the reason."""
+
+
+def proc_stat(pid: int) -> tuple[int, int]:
+    """(ppid, start time in clock ticks) of ``pid`` from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[1]), int(fields[19])
+
+
+def alive(pid: int, start: int) -> bool:
+    """Whether ``pid`` still runs and is the same process (pids get reused)."""
+    try:
+        return proc_stat(pid)[1] == start
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+@dataclass
+class Task:
+    """What the child needs from its client, gathered by the server before the fork."""
+
+    client: int
+    client_start: int
+    reply_fd: int
+    cwd_fd: int = -1
+    out_fd: int = -1
+    err_fd: int = -1
+    environ: dict[bytes, bytes] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+    child: int = 0
+
+    def close_inputs(self) -> None:
+        for fd in (self.cwd_fd, self.out_fd, self.err_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.cwd_fd = self.out_fd = self.err_fd = -1
+
+
+def read_client(task: Task) -> None:
+    """Fill ``task`` from /proc/<client>: cwd, environment, FN RESULT, stdout and stderr."""
+    base = f"/proc/{task.client}"
+    with open(f"{base}/cmdline", "rb") as f:
+        argv = [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0")[:-1]]
+    if len(argv) < 2:
+        raise Refused(f"cannot read the command line of client {task.client}")
+    task.argv = argv[-2:]
+    with open(f"{base}/environ", "rb") as f:
+        for item in f.read().split(b"\0"):
+            name, sep, value = item.partition(b"=")
+            if sep and name:
+                task.environ[name] = value
+    task.cwd_fd = os.open(f"{base}/cwd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    try:
+        task.out_fd = os.open(f"{base}/fd/1", flags)
+        task.err_fd = os.open(f"{base}/fd/6", flags)  # poncho_serve's copy of its stderr
+    except OSError as exc:
+        raise Refused(
+            f"cannot open the task's stdout/stderr through /proc ({exc.strerror})"
+        ) from exc
+
+
+class Server:
+    """The loop: requests in, one forked child per call, replies out, housekeeping."""
+
+    def __init__(self, directory: str, prefix: str, idle: float) -> None:
+        self.dir = directory
+        self.prefix = prefix
+        self.idle = idle
+        self.tasks: dict[int, Task] = {}
+        self.workers: dict[int, int] = {}  # Work Queue worker pid -> start time
+        self.seen_parents: dict[int, int | None] = {}  # client ppid -> its worker pid or None
+        self.last_activity = time.monotonic()
+        self.stopping = ""
+        self.signalled = ""
+        self.pending = b""
+        self.libc: Any = None
+        self.env_ready: os.stat_result | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def take_lock(self) -> bool:
+        self.lock_fd = os.open(os.path.join(self.dir, "server.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def make_fifo(self, name: str) -> int:
+        path = os.path.join(self.dir, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.mkfifo(path, 0o600)
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def setup(self) -> None:
+        """FIFOs, wakeup pipe, signal handlers, eviction watch; then the ready marker."""
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.requests_fd = self.make_fifo("requests")
+        self.alive_fd = self.make_fifo("alive")
+        self.alive_stat = os.fstat(self.alive_fd)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            self.env_ready = os.stat(os.path.join(self.prefix, ".poncho-ready"))
+        except OSError:
+            log(f"{self.prefix}/.poncho-ready is missing: not watching for eviction")
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.requests_fd, selectors.EVENT_READ, "requests")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        tmp = os.path.join(self.dir, f"ready.tmp.{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()} {self.alive_fd}\n")
+        os.replace(tmp, os.path.join(self.dir, "ready"))
+
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        self.signalled = signal.Signals(signum).name  # acted on by the loop, not in the handler
+
+    # -- requests ------------------------------------------------------------------------------
+    def read_requests(self) -> None:
+        try:
+            data = os.read(self.requests_fd, 65536)
+        except BlockingIOError:
+            return
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.handle_request(line.decode("ascii", "replace"))
+
+    def handle_request(self, line: str) -> None:
+        try:
+            client, sub = (int(x) for x in line.split())
+        except ValueError:
+            log(f"refused a malformed request {line!r}")
+            return
+        try:
+            reply_fd = self.open_reply(client, sub)
+        except (Refused, OSError) as exc:
+            log(f"refused the request of client {client} (subshell {sub}): {exc}")
+            return
+        if self.stopping:
+            self.reply(reply_fd, "retry")
+            return
+        task = Task(client, 0, reply_fd)
+        try:
+            if os.stat(f"/proc/{client}").st_uid != os.getuid():
+                raise Refused(f"client {client} belongs to another user")
+            task.client_start = proc_stat(client)[1]
+            read_client(task)
+        except (Refused, OSError, IndexError, ValueError) as exc:
+            log(f"refused client {client}: {exc}")
+            task.close_inputs()
+            self.reply(reply_fd, f"refused {exc}")
+            return
+        self.note_worker(client)
+        self.start_child(task)
+
+    def open_reply(self, client: int, sub: int) -> int:
+        """Check the subshell of ``client``, open its reply pipe and kill it; the pipe's fd."""
+        uid = os.getuid()
+        if os.stat(f"/proc/{sub}").st_uid != uid:
+            raise Refused(f"process {sub} belongs to another user")
+        if not same_file(os.stat(f"/proc/{sub}/fd/0"), self.alive_stat):
+            raise Refused(f"process {sub} is not a poncho_serve client of this server")
+        parent = proc_stat(sub)[0]
+        fd = os.open(f"/proc/{sub}/fd/5", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.kill(sub, signal.SIGKILL)  # now only we hold the pipe's write end
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != uid or parent != client:
+            os.close(fd)
+            raise Refused(f"process {sub} has no reply pipe of ours or is not {client}'s child")
+        return fd
+
+    def reply(self, fd: int, line: str) -> None:
+        try:
+            os.write(fd, f"{line}\n".encode())
+        except OSError:
+            pass  # the client is gone
+        os.close(fd)
+
+    def note_worker(self, client: int) -> None:
+        """Remember the Work Queue worker that ``client`` runs under, if any."""
+        try:
+            ppid = proc_stat(client)[0]
+        except (OSError, IndexError, ValueError):
+            return
+        if ppid not in self.seen_parents:
+            self.seen_parents[ppid] = self.find_worker(ppid)
+        worker = self.seen_parents[ppid]
+        if worker is not None and worker not in self.workers:
+            try:
+                self.workers[worker] = proc_stat(worker)[1]
+            except (OSError, IndexError, ValueError):
+                pass
+
+    @staticmethod
+    def find_worker(pid: int) -> int | None:
+        for _ in range(32):
+            if pid <= 1:
+                return None
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().startswith(WQ_WORKER_COMM):
+                        return pid
+                pid = proc_stat(pid)[0]
+            except (OSError, IndexError, ValueError):
+                return None
+        return None
+
+    # -- children ------------------------------------------------------------------------------
+    def start_child(self, task: Task) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            task.close_inputs()
+            self.reply(task.reply_fd, f"refused cannot fork: {exc.strerror}")
+            return
+        if pid == 0:
+            os._exit(self.run_child(task))
+        task.child = pid
+        task.close_inputs()
+        self.tasks[pid] = task
+        self.last_activity = time.monotonic()
+
+    def run_child(self, task: Task) -> int:
+        """In the child: become the task's process and run the call; never returns normally."""
+        try:
+            self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != self.pid:
+                return 20
+            os.setpgid(0, 0)
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(task.out_fd, 1)
+            os.dup2(task.err_fd, 2)
+            os.fchdir(task.cwd_fd)
+            for name in os.listdir("/proc/self/fd"):
+                if int(name) > 2:
+                    try:
+                        os.close(int(name))
+                    except OSError:
+                        pass
+            os.environ.clear()
+            os.environb.update(task.environ)
+            sys.argv = ["run_function.py", *task.argv]
+            sys.path[0] = os.getcwd()
+            reseed_rngs()
+            import run_function
+
+            code = run_function.main(list(task.argv))
+        except BaseException as exc:  # noqa: B036 - the child must _exit, whatever happens
+            try:
+                print(f"function_server.py: error in the call's process: {exc!r}", file=sys.stderr)
+            except BaseException:  # noqa: B036
+                pass
+            code = 20
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # noqa: B036
+            pass
+        return code
+
+    def reap(self) -> None:
+        while self.tasks:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            task = self.tasks.pop(pid, None)
+            if task is None:
+                continue
+            if os.WIFSIGNALED(status):
+                outcome = f"signal {os.WTERMSIG(status)}"
+            else:
+                outcome = f"exit {os.waitstatus_to_exitcode(status)}"
+            self.reply(task.reply_fd,
+                       f"{outcome} {usage.ru_utime:.6f} {usage.ru_stime:.6f} {usage.ru_maxrss}")
+            self.last_activity = time.monotonic()
+
+    # -- housekeeping --------------------------------------------------------------------------
+    def housekeeping(self) -> None:
+        for task in list(self.tasks.values()):
+            if not alive(task.client, task.client_start):
+                log(f"client {task.client} died: killing its call (pid {task.child})")
+                try:
+                    os.killpg(task.child, signal.SIGKILL)
+                except OSError:
+                    pass
+        if self.stopping:
+            return
+        if self.env_ready is not None:
+            try:
+                now = os.stat(os.path.join(self.prefix, ".poncho-ready"))
+            except OSError:
+                now = None
+            if now is None or not same_file(now, self.env_ready):
+                self.begin_stop("the environment was evicted")
+                return
+        if self.tasks:
+            return
+        if time.monotonic() - self.last_activity >= self.idle:
+            self.begin_stop(f"idle for {self.idle:g}s")
+        elif self.workers and not any(alive(p, s) for p, s in self.workers.items()):
+            self.begin_stop("every Work Queue worker it served is gone")
+
+    def begin_stop(self, reason: str) -> None:
+        """Stop taking calls: markers and FIFO names go first, then queued calls get "retry"."""
+        if self.stopping:
+            return
+        self.stopping = reason
+        log(f"exiting: {reason}")
+        for name in ("ready", "pid", "requests", "alive"):
+            try:
+                os.unlink(os.path.join(self.dir, name))
+            except OSError:
+                pass
+        fcntl.flock(self.lock_fd, fcntl.LOCK_UN)  # a new server may start beside our last calls
+        self.read_requests()
+
+    # -- main loop -----------------------------------------------------------------------------
+    def serve(self) -> None:
+        self.pid = os.getpid()
+        next_tick = time.monotonic() + TICK
+        while not (self.stopping and not self.tasks):
+            timeout = max(0.0, next_tick - time.monotonic())
+            for key, _ in self.selector.select(timeout):
+                if key.data == "wake":
+                    drain(self.wake_r)
+                    self.reap()
+                else:
+                    self.read_requests()
+            self.reap()
+            if self.signalled:
+                self.begin_stop(f"signal {self.signalled}")
+            if time.monotonic() >= next_tick:
+                self.housekeeping()
+                next_tick = time.monotonic() + TICK
+        self.read_requests()
+        self.finish()
+
+    def finish(self) -> None:
+        if self.stopping == "the environment was evicted":
+            try:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def reseed_rngs() -> None:
+    """Forked children would share the server's random state: reseed numpy's global RNG."""
+    nprandom = sys.modules.get("numpy.random")
+    if nprandom is not None:
+        try:
+            nprandom.seed()
+        except Exception:  # noqa: S110 - best effort; numpy's own problem if it fails
+            pass
+
+
+def preload(modules: list[str]) -> None:
+    """Import cloudpickle, run_function and ``modules``; a failing one is logged and skipped."""
+    for name in ["cloudpickle", "run_function", *modules]:
+        start = time.perf_counter()
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # noqa: B036 - a preload never kills the server
+            log(f"preload {name}: failed ({type(exc).__name__}: {exc}); skipped")
+        else:
+            log(f"preload {name}: ok ({time.perf_counter() - start:.3f}s)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="function_server.py")
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--idle", type=float, default=300.0)
+    parser.add_argument("--preload", default="")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server; returns its exit code."""
+    args = parse_args(argv)
+    if os.getpid() != os.getsid(0):
+        os.setsid()
+    server = Server(os.path.abspath(args.dir), os.path.abspath(args.env), args.idle)
+    if not server.take_lock():
+        log(f"another function server already runs in {server.dir}: exiting")
+        return 3
+    log(f"start: env {server.prefix}, idle {args.idle:g}s, python {sys.version.split()[0]}")
+    with open(os.path.join(server.dir, "pid"), "w") as f:
+        f.write(f"{os.getpid()}\n")
+    preload([m.strip() for m in args.preload.split(",") if m.strip()])
+    gc.collect()
+    gc.freeze()
+    try:
+        server.setup()
+    except OSError as exc:
+        log(f"exiting: cannot set up {server.dir}: {exc}")
+        return 4
+    log("ready")
+    server.serve()
+    log("exited")
+    return 0
+
+
+if __name__ == "__main__":
+    if not os.path.isdir("/proc/self/fd"):
+        sys.exit("function_server.py: needs Linux /proc; use regular mode on this node")
+    sys.exit(main())
