@@ -8,6 +8,7 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 
 import pytest
+from tools import require
 
 import parsl_poncho
 from parsl_poncho.monitor import (
@@ -134,3 +135,72 @@ def test_public_api() -> None:
     assert parsl_poncho.resources_of is resources_of
     assert parsl_poncho.TaskResources is TaskResources
     assert {"resources_of", "TaskResources"} <= set(parsl_poncho.__all__)
+
+
+# -- end to end: a real PonchoExecutor on a local Work Queue worker ---------------------------
+
+
+@pytest.fixture(scope="module")
+def env_cache(tmp_path_factory, seeded_channel, build_cache_dir):
+    """(cache dir, BuildOptions): builds offline from the seeded channel."""
+    from parsl_poncho.build import BuildOptions
+
+    options = BuildOptions(channels=(str(seeded_channel),), cache_dir=build_cache_dir)
+    return tmp_path_factory.mktemp("env-cache"), options
+
+
+@pytest.mark.slow
+def test_resources_and_thread_vars_of_1_and_2_core_tasks(env_cache, tmp_path, monkeypatch,
+                                                         caplog):
+    import parsl
+    from parsl.config import Config
+    from parsl.providers import LocalProvider
+
+    from parsl_poncho.executor import PonchoExecutor
+    from parsl_poncho.store import EnvStore
+
+    require((__import__("os").cpu_count() or 1) >= 2, "a 2-core task needs a 2-core worker")
+    for var in THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+    @parsl.python_app
+    def allocate_and_burn(mb, cpu_seconds, parsl_resource_specification=None):
+        import os
+        import time
+
+        begin = time.process_time()
+        block = bytearray(mb * 2**20)
+        block[::4096] = b"x" * len(range(0, len(block), 4096))  # touch every page
+        start = time.process_time()
+        while time.process_time() - start < cpu_seconds:
+            pass
+        names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                 "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+        return {n: os.environ.get(n) for n in names}, time.process_time() - begin
+
+    cache, options = env_cache
+    ex = PonchoExecutor(store=EnvStore(cache, build_options=options),
+                        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1))
+    config = Config(executors=[ex], run_dir=str(tmp_path / "runinfo"), strategy="none")
+    caplog.set_level(logging.INFO, logger="parsl_poncho.monitor")
+    with parsl.load(config):
+        idle = allocate_and_burn(0, 0)
+        idle.result(timeout=600)
+        baseline = resources_of(idle)
+        assert baseline is not None and 1 < baseline.memory < 200
+        futures = {cores: allocate_and_burn(200, 0.5,
+                                            parsl_resource_specification={"cores": cores})
+                   for cores in (1, 2)}
+        for cores, fu in futures.items():
+            threads, own_cpu = fu.result(timeout=300)
+            assert threads == {v: str(cores) for v in THREAD_VARS}
+            used = resources_of(fu)
+            assert used is not None and used.cores == cores
+            assert used.memory - baseline.memory == pytest.approx(200, rel=0.2)
+            assert used.cpu_time == pytest.approx(own_cpu, rel=0.2) and used.cpu_time >= 0.475
+            assert used.wall_time >= used.cpu_time * 0.95
+        usage = ex._monitor.usage()["allocate_and_burn"]
+        assert usage.tasks == 3 and usage.max_memory >= 200
+    assert "(allocate_and_burn) used" in caplog.text
+    table = caplog.text.split("resources used per app:\n", 1)[1]
+    assert table.splitlines()[1].split()[:2] == ["allocate_and_burn", "3"]
