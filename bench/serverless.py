@@ -255,12 +255,14 @@ def _versions() -> str:
 
 
 def print_report(rows: dict[str, list[float]], tasks: dict[str, int],
-                 args: argparse.Namespace, servers: int) -> None:
+                 args: argparse.Namespace, servers: int, load: tuple[float, float]) -> None:
     med = {name: statistics.median(v) if v else float("nan") for name, v in rows.items()}
     print(f"\nserverless bench, {datetime.datetime.now().isoformat(timespec='seconds')}, "
           f"{platform.node()}: one local worker, {os.cpu_count()} cores, 1 core per task")
     print(f"{_versions()}; warm envs, {args.warmup} warm-up tasks per case, "
-          f"median of {args.rounds} rounds; function servers up after prepare: {servers}")
+          f"median of {args.rounds} rounds")
+    print(f"function servers up after prepare: {servers}; load average (1 min) at start "
+          f"{load[0]:.2f}, at end {load[1]:.2f}")
     print(f"\n{'case':<28} {'tasks':>6} {'tasks/s':>9}   rounds")
     for name, values in rows.items():
         shown = " ".join(f"{v:.1f}" for v in values)
@@ -270,7 +272,7 @@ def print_report(rows: dict[str, list[float]], tasks: dict[str, int],
         value = med[num] / med[den] if med[den] else float("nan")
         goal = "" if target is None else f">= {target:g}x"
         verdict = "" if target is None else ("  met" if value >= target else "  NOT met")
-        print(f"{num + ' / ' + den:<54} {value:>7.2f}x {goal:>8}{verdict}")
+        print(f"{num + ' / ' + den:<54} {value:>7.3g}x {goal:>8}{verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks.update({"work queue floor": args.tasks, "htex no-op": args.tasks,
                   "htex sklearn": args.tasks})
     rows: dict[str, list[float]] = {name: [] for name in tasks}
+    load_start = os.getloadavg()[0]
     try:
         files, servers = prepare(cache, work, worker_cache)
         kinds = [lambda r: run_poncho(args, cache, work / f"run-p{r}", r),
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_report(rows, tasks, args, servers)
+    print_report(rows, tasks, args, servers, (load_start, os.getloadavg()[0]))
     return 0
 
 
