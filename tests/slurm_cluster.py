@@ -57,7 +57,7 @@ class SlurmCluster:
 
     def queue(self) -> list[str]:
         """``squeue -h`` lines: every job the controller still knows, any state."""
-        return self.run("squeue", "-h", "-o", "%i %P %T %j").stdout.split("\n")[:-1]
+        return self.run("squeue", "-h", "-o", "%i %P %T %j").stdout.splitlines()
 
     def node_state(self) -> str:
         return self.run("sinfo", "-h", "-n", self.node, "-o", "%t", check=False).stdout.strip()

@@ -24,8 +24,6 @@ from tools import require, require_tool
 
 SLURM_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "configs" / "slurm.py"
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture()
 def slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlurmCluster]:
@@ -56,6 +54,17 @@ def where_am_i(i: int) -> tuple[int, str | None, str | None, str]:
             sys.prefix)
 
 
+def test_example_imports_as_users_copy_it() -> None:
+    example = load_example()
+    provider = example.config.executors[0].provider  # `from slurm import config`
+    assert (provider.partition, provider.account) == ("compute", "my-allocation")
+    mine = example.make_config(partition="short", account=None, cores_per_node=8).executors[0]
+    assert (mine.provider.partition, mine.provider.account) == ("short", None)
+    assert mine.worker_options == "--cores 8 --memory 120000"
+    assert mine.scaling_cores_per_worker == 8
+
+
+@pytest.mark.slow
 def test_example_config_runs_tasks_in_slurm_jobs(slurm: SlurmCluster, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  build_options) -> None:
@@ -79,7 +88,7 @@ def test_example_config_runs_tasks_in_slurm_jobs(slurm: SlurmCluster, tmp_path: 
     )
     executor = config.executors[0]
     with parsl.load(config):
-        results = [f.result(timeout=120) for f in [where_am_i(i) for i in range(4)]]
+        results = [f.result(timeout=90) for f in [where_am_i(i) for i in range(4)]]
         submitted = set(executor.provider.resources)
 
     assert [r[0] for r in results] == [0, 1, 4, 9]
