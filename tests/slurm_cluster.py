@@ -174,7 +174,7 @@ def _wait_for(cluster: SlurmCluster, ready: Callable[[], bool], what: str) -> No
         if dead or time.monotonic() > deadline:
             why = f"exited: {dead}" if dead else f"not after {START_TIMEOUT:.0f} s"
             raise SlurmClusterError(f"Slurm test cluster: waiting for {what}, {why}\n"
-                               f"{cluster.logs()}")
+                                    f"{cluster.logs()}")
         time.sleep(0.2)
 
 
