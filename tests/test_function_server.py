@@ -397,3 +397,24 @@ def test_server_rss_stable_over_1000_calls(node: Node) -> None:
     assert node.server_pid() == pid
     assert after - before < 3 * 1024, (before, after)
     assert len(os.listdir(f"/proc/{pid}/fd")) < 20
+
+
+def test_server_exits_when_its_work_queue_worker_is_gone(node: Node, tmp_path: Path) -> None:
+    fake_worker = tmp_path / "work_queue_worker"  # comm of a process is its executable's name
+    fake_worker.symlink_to(SHELL)
+    node.write_call(noop)
+    script = " ".join(f"'{a}'" for a in node.argv()) + "; echo rc=$?; exec sleep 60"
+    worker = subprocess.Popen([str(fake_worker), "-c", script], cwd=node.sandbox,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "rc=0"
+        pid = node.server_pid()
+        assert pid is not None and pid_alive(pid)
+        time.sleep(1)
+        assert pid_alive(pid)  # its worker still runs
+        worker.kill()
+        worker.wait(timeout=5)
+        assert wait_for(lambda: not pid_alive(pid), 3)
+        assert "every Work Queue worker it served is gone" in node.log()
+    finally:
+        worker.kill()

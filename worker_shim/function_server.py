@@ -1,70 +1,61 @@
 """Serve function calls for one (environment, user) on a node: preload once, fork once per call.
 
-Usage (started by poncho_serve, detached, with the environment's python; not run by hand):
+Usage (started detached by poncho_serve with the environment's python; not run by hand):
     python DIR/function_server.py --dir DIR --env PREFIX [--idle SECS] [--preload MOD,MOD,...]
 
-DIR is the server's directory beside the unpacked environment PREFIX in the node cache
-(PREFIX.server-v1, mode 0700); poncho_serve copies this file and run_function.py into it, so the
-server imports run_function from its own copy. Before serving, the server imports cloudpickle,
-run_function and each --preload module (one that fails is logged and skipped), then calls
-gc.freeze() so forked children share the preloaded heap copy-on-write.
+DIR is PREFIX.server-v1 (0700) beside the unpacked environment PREFIX in the node cache;
+poncho_serve copies this file and run_function.py into it. The server imports cloudpickle,
+run_function (its own copy) and each --preload module (a failing one is logged and skipped),
+gc.freeze()s the heap so forked children share it copy-on-write, then writes DIR/ready.
 
-Protocol. A client (poncho_serve) runs a subshell whose fd 0 is the server's "alive" FIFO
-(opened through /proc/<server pid>/fd/N, named in DIR/ready) and whose fd 5 is the pipe its
-parent reads the reply from. The subshell writes "<client pid> <subshell pid>\n" to DIR/requests
-(writes under PIPE_BUF are atomic, so clients share the FIFO; the server holds it O_RDWR and never
-sees EOF). The server checks that both processes are its own user's and that the subshell's fd 0
-is its alive FIFO, opens /proc/<subshell>/fd/5 (the reply pipe; it must be a pipe of the same
-uid), SIGKILLs the subshell (now only the server holds the pipe's write end), and forks a child.
-When the child ends the server writes one line and closes the pipe:
+Protocol (all on Linux /proc). A client's subshell, whose fd 0 is the server's alive FIFO (opened
+as /proc/<server>/fd/<N>, N from DIR/ready) and whose fd 5 is the pipe its parent reads the reply
+from, writes "<client pid> <subshell pid>\n" to DIR/requests (atomic under PIPE_BUF; the server
+holds the FIFO O_RDWR, never sees EOF). The server checks that both are its uid's, that the
+subshell's fd 0 is its alive FIFO and its parent the client, opens /proc/<subshell>/fd/5 (must be
+a pipe of our uid), SIGKILLs the subshell (now only the server holds the write end) and forks.
+When the child ends it writes one line and closes the pipe:
     exit N UTIME STIME MAXRSS_KB     the child exited with status N (run_function.py's codes)
     signal N UTIME STIME MAXRSS_KB   the child was killed by signal N
-    retry                            the server is shutting down: start a new one and ask again
-    refused REASON                   the call cannot be served here: run it in regular mode
-If the server dies, the pipe closes with no line and the alive FIFO reaches EOF: the client sees
-an empty reply and reruns the call in regular mode (result.pkl is written atomically). Reading
-the request from /proc (rather than passing it in the FIFO) keeps requests tiny and path-safe:
-the child gets the client's cwd (/proc/<pid>/cwd), environment (/proc/<pid>/environ), argv tail
-FN.pkl RESULT.pkl (/proc/<pid>/cmdline) and stdout/stderr (/proc/<pid>/fd/1 and fd/6, where the
-client keeps its stderr while its own fd 2 is /dev/null; reopened O_WRONLY|O_APPEND).
-Trust: DIR is 0700 inside the 0700 node cache, and every request is checked
-for the server's uid; others' requests are refused and logged.
+    retry                            the server is shutting down: start a new one, ask again
+    refused REASON                   cannot serve this call: run it in regular mode
+If the server dies the pipe closes with no line (and the alive FIFO reaches EOF): the client
+reruns the call in regular mode. The call's context comes from /proc/<client>: cwd, environ,
+the last two words of cmdline (FN.pkl RESULT.pkl), fd/1 and fd/6 (the client's stdout and its
+saved stderr) reopened O_WRONLY|O_APPEND. Trust: DIR is 0700 in the 0700 node cache, and each
+request is checked for the server's uid; others' are refused and logged.
 
-The child: own process group, PR_SET_PDEATHSIG SIGKILL (dies with the server), default signal
-handlers (as a fresh python), stdin /dev/null, every other fd closed, cwd/environ/argv/sys.path[0]
-of the task sandbox, numpy's global RNG reseeded if loaded; it runs run_function.main([FN, RESULT])
-and _exits with its status. Children are reaped with os.wait4 on a SIGCHLD wakeup fd in a
-selectors loop, so a finished call is answered at once.
+The child: own process group, PR_SET_PDEATHSIG SIGKILL, a fresh python's signal handlers, stdin
+/dev/null, other fds closed, the sandbox's cwd/environ/argv/sys.path[0], numpy's global RNG
+reseeded if loaded; it _exits with run_function.main([FN, RESULT]). Children are reaped with
+os.wait4 on a SIGCHLD wakeup fd in a selectors loop, so a finished call is answered at once.
 
-Housekeeping every 0.5 s: kill (with its process group) the child of a client that died (pid gone
-or start time changed); exit when idle (no calls running and none for --idle seconds, default
-300), when PREFIX/.poncho-ready is gone or replaced (evicted), when every Work Queue worker it
-served (the clients' ancestors whose comm starts with "work_queue_work") is gone and no call runs,
-or on SIGTERM/SIGINT. On exit it removes DIR/ready and DIR/pid and unlinks its FIFOs first, answers
-"retry" to anything still queued, waits for running calls, then exits; after an eviction it also
-removes DIR when no newer server took it.
+Every 0.5 s: kill (with its process group) the child of a client that died (pid gone or start
+time changed); exit when idle (no call running and none for --idle seconds), when
+PREFIX/.poncho-ready is gone or replaced (evicted), when no call runs and every Work Queue worker
+it served (a client's ancestor whose comm starts with "work_queue_work") is gone, or on
+SIGTERM/SIGINT. Exiting removes DIR/ready, DIR/pid and the FIFO names first, answers "retry" to
+what is queued, waits for running calls; after an eviction it also removes DIR.
 
-Files (in DIR):
-    ready         "<pid> <alive fd>\\n", written last before serving (atomically); gone at exit
-    pid           the server's pid, while it runs
-    requests      the request FIFO
-    alive         a FIFO the server holds open; EOF for a reader means the server is gone
-    server.lock   flock'ed by the running server: exactly one server per DIR
-    log           timestamped: start, preloads (ok/failed + time), refused requests, exit reason
+Files in DIR: ready ("<pid> <alive fd>", written atomically when serving starts), pid, requests
+and alive (FIFOs), server.lock (flock'ed: one server per DIR), log (timestamped: start, preloads
+ok/failed with times, refused requests, exit reason).
 
-Exit codes: 0 normal exit (idle, evicted, worker gone, signal), 2 usage error, 3 another server
-already runs in DIR, 4 cannot set up DIR. Standard library + cloudpickle only.
+Exit codes: 0 normal exit, 2 usage error, 3 another server runs in DIR, 4 cannot set up DIR or no
+/proc. Standard library + cloudpickle only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import fcntl
 import gc
 import importlib
 import os
 import selectors
+import shutil
 import signal
 import stat
 import sys
@@ -75,6 +66,7 @@ from typing import Any
 TICK = 0.5
 PR_SET_PDEATHSIG = 1
 WQ_WORKER_COMM = "work_queue_work"
+EVICTED = "the environment was evicted"
 
 
 def log(message: str) -> None:
@@ -161,17 +153,20 @@ class Server:
         self.idle = idle
         self.tasks: dict[int, Task] = {}
         self.workers: dict[int, int] = {}  # Work Queue worker pid -> start time
-        self.seen_parents: dict[int, int | None] = {}  # client ppid -> its worker pid or None
+        self.parents: dict[int, int | None] = {}  # client ppid -> its worker pid or None
         self.last_activity = time.monotonic()
         self.stopping = ""
         self.signalled = ""
         self.pending = b""
         self.libc: Any = None
         self.env_ready: os.stat_result | None = None
+        self.lock_fd = -1
 
     # -- setup ---------------------------------------------------------------------------------
     def take_lock(self) -> bool:
-        self.lock_fd = os.open(os.path.join(self.dir, "server.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        if self.lock_fd < 0:
+            path = os.path.join(self.dir, "server.lock")
+            self.lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -180,10 +175,8 @@ class Server:
 
     def make_fifo(self, name: str) -> int:
         path = os.path.join(self.dir, name)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
         os.mkfifo(path, 0o600)
         return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -280,31 +273,20 @@ class Server:
     def note_worker(self, client: int) -> None:
         """Remember the Work Queue worker that ``client`` runs under, if any."""
         try:
-            ppid = proc_stat(client)[0]
+            pid = ppid = proc_stat(client)[0]
+            if ppid not in self.parents:
+                self.parents[ppid] = None
+                for _ in range(32):
+                    with open(f"/proc/{pid}/comm") as f:
+                        if f.read().startswith(WQ_WORKER_COMM):
+                            self.parents[ppid] = pid
+                            self.workers[pid] = proc_stat(pid)[1]
+                            break
+                    pid = proc_stat(pid)[0]
+                    if pid <= 1:
+                        break
         except (OSError, IndexError, ValueError):
-            return
-        if ppid not in self.seen_parents:
-            self.seen_parents[ppid] = self.find_worker(ppid)
-        worker = self.seen_parents[ppid]
-        if worker is not None and worker not in self.workers:
-            try:
-                self.workers[worker] = proc_stat(worker)[1]
-            except (OSError, IndexError, ValueError):
-                pass
-
-    @staticmethod
-    def find_worker(pid: int) -> int | None:
-        for _ in range(32):
-            if pid <= 1:
-                return None
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    if f.read().startswith(WQ_WORKER_COMM):
-                        return pid
-                pid = proc_stat(pid)[0]
-            except (OSError, IndexError, ValueError):
-                return None
-        return None
+            pass
 
     # -- children ------------------------------------------------------------------------------
     def start_child(self, task: Task) -> None:
@@ -339,12 +321,9 @@ class Server:
             os.dup2(task.out_fd, 1)
             os.dup2(task.err_fd, 2)
             os.fchdir(task.cwd_fd)
-            for name in os.listdir("/proc/self/fd"):
-                if int(name) > 2:
-                    try:
-                        os.close(int(name))
-                    except OSError:
-                        pass
+            for fd in [int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             os.environ.clear()
             os.environb.update(task.environ)
             sys.argv = ["run_function.py", *task.argv]
@@ -354,16 +333,12 @@ class Server:
 
             code = run_function.main(list(task.argv))
         except BaseException as exc:  # noqa: B036 - the child must _exit, whatever happens
-            try:
-                print(f"function_server.py: error in the call's process: {exc!r}", file=sys.stderr)
-            except BaseException:  # noqa: B036
-                pass
             code = 20
-        try:
+            with contextlib.suppress(BaseException):
+                print(f"function_server.py: error in the call's process: {exc!r}", file=sys.stderr)
+        with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
-        except BaseException:  # noqa: B036
-            pass
         return code
 
     def reap(self) -> None:
@@ -390,10 +365,8 @@ class Server:
         for task in list(self.tasks.values()):
             if not alive(task.client, task.client_start):
                 log(f"client {task.client} died: killing its call (pid {task.child})")
-                try:
+                with contextlib.suppress(OSError):
                     os.killpg(task.child, signal.SIGKILL)
-                except OSError:
-                    pass
         if self.stopping:
             return
         if self.env_ready is not None:
@@ -402,7 +375,7 @@ class Server:
             except OSError:
                 now = None
             if now is None or not same_file(now, self.env_ready):
-                self.begin_stop("the environment was evicted")
+                self.begin_stop(EVICTED)
                 return
         if self.tasks:
             return
@@ -418,10 +391,8 @@ class Server:
         self.stopping = reason
         log(f"exiting: {reason}")
         for name in ("ready", "pid", "requests", "alive"):
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.dir, name))
-            except OSError:
-                pass
         fcntl.flock(self.lock_fd, fcntl.LOCK_UN)  # a new server may start beside our last calls
         self.read_requests()
 
@@ -433,8 +404,9 @@ class Server:
             timeout = max(0.0, next_tick - time.monotonic())
             for key, _ in self.selector.select(timeout):
                 if key.data == "wake":
-                    drain(self.wake_r)
-                    self.reap()
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self.wake_r, 4096):
+                            pass
                 else:
                     self.read_requests()
             self.reap()
@@ -444,25 +416,8 @@ class Server:
                 self.housekeeping()
                 next_tick = time.monotonic() + TICK
         self.read_requests()
-        self.finish()
-
-    def finish(self) -> None:
-        if self.stopping == "the environment was evicted":
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return
-            import shutil
-
+        if self.stopping == EVICTED and self.take_lock():  # no newer server uses DIR
             shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def reseed_rngs() -> None:
@@ -524,5 +479,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if not os.path.isdir("/proc/self/fd"):
-        sys.exit("function_server.py: needs Linux /proc; use regular mode on this node")
+        print("function_server.py: needs Linux /proc; use regular mode here", file=sys.stderr)
+        sys.exit(4)
     sys.exit(main())

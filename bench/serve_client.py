@@ -1,0 +1,125 @@
+"""Benchmark the serverless client: a warm no-op call through poncho_serve and a function server
+versus regular mode and versus floors.
+
+Usage: python bench/serve_client.py [--repeat N] [--preload MOD,...]
+
+Builds a throwaway environment directory whose bin/python is this interpreter (it must have
+cloudpickle), a task sandbox holding the worker files and fn.pkl = cloudpickle.dumps((noop, (), {})),
+warms the server once, then times, interleaved round by round (so background load falls on all
+rows alike), the median wall time of:
+
+    true                         the cost of starting any process from here (the floor)
+    poncho_run -- true           the shim alone: activation, exec
+    poncho_run -- poncho_serve   a serverless call (the server forks, runs run_function.main)
+    poncho_run -- python run_function.py   regular mode
+
+With --preload the server imports those modules first and the function imports them too, which
+shows what preloading saves (e.g. --preload numpy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cloudpickle  # noqa: E402
+
+from parsl_poncho.shim import (  # noqa: E402
+    function_server_path,
+    poncho_run_path,
+    poncho_serve_path,
+    run_function_path,
+)
+
+SH = shutil.which("dash") or "/bin/sh"
+
+
+def make_node(root: Path, modules: list[str]) -> tuple[Path, Path]:
+    """An env dir (python = this interpreter) and a sandbox with the worker files and fn.pkl."""
+    env = root / "env-bench"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").symlink_to(sys.executable)
+    if sys.prefix != sys.base_prefix:
+        shutil.copy(Path(sys.prefix) / "pyvenv.cfg", env / "pyvenv.cfg")
+        (env / "lib").symlink_to(Path(sys.prefix) / "lib")
+    (env / ".poncho-ready").write_text("bench\n")
+    sandbox = root / "sandbox"
+    sandbox.mkdir()
+    for src in (run_function_path(), function_server_path(), poncho_serve_path()):
+        shutil.copy(src, sandbox / src.name)
+
+    def task() -> None:
+        import importlib
+
+        for name in modules:
+            importlib.import_module(name)
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    (sandbox / "fn.pkl").write_bytes(cloudpickle.dumps((task, (), {})))
+    return env, sandbox
+
+
+def time_once(argv: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0 or b"regular mode" in proc.stderr:
+        raise SystemExit(f"{argv} failed ({proc.returncode}): {proc.stderr.decode()}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--preload", default="")
+    args = parser.parse_args(argv)
+    modules = [m for m in args.preload.split(",") if m]
+    root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    env, sandbox = make_node(root, modules)
+    shim = [SH, str(poncho_run_path()), "-e", str(env), "--"]
+    serve = ["sh", "poncho_serve", "--idle", "60", "--preload", args.preload, "--",
+             "fn.pkl", "result.pkl"]
+    cases = {
+        "true (floor)": ["true"],
+        "poncho_run -- true": [*shim, "true"],
+        "poncho_run -- sh poncho_serve": [*shim, *serve],
+        "poncho_run -- python run_function.py": [*shim, "python", "run_function.py", "fn.pkl",
+                                                 "result.pkl"],
+    }
+    try:
+        for case in cases.values():
+            time_once(case, sandbox)  # warm: starts the server, fills the page cache
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.repeat):
+            for name, case in cases.items():
+                times[name].append(time_once(case, sandbox))
+        medians = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
+        print(f"warm call, median of {args.repeat} (preload: {args.preload or 'none'}):")
+        for name, ms in medians.items():
+            print(f"  {name:<40} {ms:8.2f} ms")
+        serve_ms = medians["poncho_run -- sh poncho_serve"]
+        regular_ms = medians["poncho_run -- python run_function.py"]
+        client_ms = serve_ms - medians["poncho_run -- true"]
+        print(f"  serverless is {regular_ms / serve_ms:.1f}x faster than regular mode; the client "
+              f"plus the forked call cost {client_ms:.2f} ms over the shim alone")
+    finally:
+        pid_file = Path(f"{env}.server-v1") / "pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            time.sleep(0.3)
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
