@@ -4,8 +4,8 @@ versus regular mode and versus floors.
 Usage: python bench/serve_client.py [--repeat N] [--preload MOD,...]
 
 Builds a throwaway environment directory whose bin/python is this interpreter (it must have
-cloudpickle), a task sandbox holding the worker files and fn.pkl = cloudpickle.dumps((noop, (), {})),
-warms the server once, then times, interleaved round by round (so background load falls on all
+cloudpickle), a task sandbox with the worker files and fn.pkl (a no-op function), warms the
+server once, then times, interleaved round by round (so background load falls on all
 rows alike), the median wall time of:
 
     true                         the cost of starting any process from here (the floor)
