@@ -10,11 +10,11 @@ gc.freeze()s the heap so forked children share it copy-on-write, then writes DIR
 
 Protocol (all on Linux /proc). A client's subshell, whose fd 0 is the server's alive FIFO (opened
 as /proc/<server>/fd/<N>, N from DIR/ready) and whose fd 5 is the pipe its parent reads the reply
-from, writes "<client pid> <subshell pid>\n" to DIR/requests (atomic under PIPE_BUF; the server
-holds the FIFO O_RDWR, never sees EOF). The server checks that both are its uid's, that the
-subshell's fd 0 is its alive FIFO and its parent the client, opens /proc/<subshell>/fd/5 (must be
-a pipe of our uid), SIGKILLs the subshell (now only the server holds the write end) and forks.
-When the child ends it writes one line and closes the pipe:
+from, writes "<client pid>\n" to DIR/requests (atomic under PIPE_BUF; the server holds the FIFO
+O_RDWR, never sees EOF). The server checks that the client is its uid's, finds the client's child
+whose fd 0 is its alive FIFO (/proc/<client>/task/<client>/children), opens /proc/<that>/fd/5
+(must be a pipe of our uid), SIGKILLs that subshell (now only the server holds the pipe's write
+end) and forks. When the child ends it writes one line and closes the pipe:
     exit N UTIME STIME MAXRSS_KB     the child exited with status N (run_function.py's codes)
     signal N UTIME STIME MAXRSS_KB   the child was killed by signal N
     retry                            the server is shutting down: start a new one, ask again
@@ -93,6 +93,21 @@ def alive(pid: int, start: int) -> bool:
         return proc_stat(pid)[1] == start
     except (OSError, IndexError, ValueError):
         return False
+
+
+def children(pid: int) -> list[int]:
+    """The child pids of ``pid`` (from /proc/<pid>/task/<pid>/children, else a scan of /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if name.isdigit() and proc_stat(int(name))[0] == pid:
+                found.append(int(name))
+    return found
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -221,14 +236,10 @@ class Server:
 
     def handle_request(self, line: str) -> None:
         try:
-            client, sub = (int(x) for x in line.split())
-        except ValueError:
-            log(f"refused a malformed request {line!r}")
-            return
-        try:
-            reply_fd = self.open_reply(client, sub)
-        except (Refused, OSError) as exc:
-            log(f"refused the request of client {client} (subshell {sub}): {exc}")
+            client = int(line)
+            reply_fd = self.open_reply(client)
+        except (Refused, OSError, ValueError) as exc:
+            log(f"refused the request {line!r}: {exc}")
             return
         if self.stopping:
             self.reply(reply_fd, "retry")
@@ -247,20 +258,23 @@ class Server:
         self.note_worker(client)
         self.start_child(task)
 
-    def open_reply(self, client: int, sub: int) -> int:
-        """Check the subshell of ``client``, open its reply pipe and kill it; the pipe's fd."""
+    def open_reply(self, client: int) -> int:
+        """Find the subshell of ``client``, open its reply pipe and kill it; the pipe's fd."""
         uid = os.getuid()
-        if os.stat(f"/proc/{sub}").st_uid != uid:
-            raise Refused(f"process {sub} belongs to another user")
-        if not same_file(os.stat(f"/proc/{sub}/fd/0"), self.alive_stat):
-            raise Refused(f"process {sub} is not a poncho_serve client of this server")
-        parent = proc_stat(sub)[0]
+        if os.stat(f"/proc/{client}").st_uid != uid:
+            raise Refused(f"process {client} belongs to another user")
+        for sub in children(client):
+            with contextlib.suppress(OSError):
+                if same_file(os.stat(f"/proc/{sub}/fd/0"), self.alive_stat):
+                    break
+        else:
+            raise Refused(f"process {client} has no subshell reading this server's alive FIFO")
         fd = os.open(f"/proc/{sub}/fd/5", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         os.kill(sub, signal.SIGKILL)  # now only we hold the pipe's write end
         st = os.fstat(fd)
-        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != uid or parent != client:
+        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != uid:
             os.close(fd)
-            raise Refused(f"process {sub} has no reply pipe of ours or is not {client}'s child")
+            raise Refused(f"fd 5 of process {sub} is not a reply pipe of this user")
         return fd
 
     def reply(self, fd: int, line: str) -> None:
