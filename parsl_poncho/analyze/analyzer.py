@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from parsl_poncho.analyze.byref import ImportScanner
 from parsl_poncho.analyze.classify import Classifier, Distribution, normalize_name
 from parsl_poncho.analyze.modules import (
     _ATOMIC,
@@ -187,6 +188,7 @@ class Analyzer:
         self._type_uses: weakref.WeakKeyDictionary[type, dict[str, ModuleUse]] = (
             weakref.WeakKeyDictionary())
         self._lock = threading.RLock()
+        self._imports = ImportScanner(self.classifier, self._provider)
 
     # options ----------------------------------------------------------------------------------
     def _check_mapping(self, mapping: Any, problems: list[str]) -> None:
@@ -244,6 +246,23 @@ class Analyzer:
         return (not issubclass(t, _CONTAINER_TYPES) and pickled_by_reference(t)
                 and self._opaque(getattr(t, "__module__", "") or ""))
 
+    def _provider(self, module: str) -> str | None:
+        """The distribution (``local:<name>``) providing ``module``; None if stdlib or none."""
+        if self._ignored(module):
+            return None
+        mapped = self._mapped(module)
+        if mapped is not None:
+            target = mapped[1]
+            if isinstance(target, Distribution):
+                return target.name
+            return normalize_name(re.split(r"[^A-Za-z0-9._-]", target)[0])
+        found = self.classifier.classify(module)
+        if found.kind == "distribution" and found.distribution is not None:
+            return found.distribution.name
+        if found.kind == "local" and found.local is not None:
+            return f"local:{found.local.name}"
+        return None
+
     def _opaque(self, module: str) -> bool:
         if not module or self._ignored(module):
             return True
@@ -280,6 +299,7 @@ class Analyzer:
             self._type_uses = weakref.WeakKeyDictionary()
             conda_prefix = self.classifier.conda_prefix
             self.classifier = Classifier(conda_prefix)
+            self._imports = ImportScanner(self.classifier, self._provider)
 
     # core -------------------------------------------------------------------------------------
     def _analyze(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -413,6 +433,7 @@ class Analyzer:
         extra_reqs: list[str] = list(self._extra_reqs)
         skipped: list[str] = []
         scanned: set[str] = set()
+        pulled: set[str] = set()  # modules an installed module imports at its top level
         while queue:
             module = queue.pop()
             use = modules[module]
@@ -441,6 +462,13 @@ class Analyzer:
             elif found.kind == "distribution" and found.distribution is not None:
                 dists[(found.distribution.source, found.distribution.name)] = found.distribution
                 providers[module] = found.distribution.name
+                if module not in pulled:  # what those pull in, their metadata covers
+                    for new_module, new_use in self._imports.imports_of(
+                            module, found.distribution.name).items():
+                        if new_module not in modules:
+                            modules[new_module] = new_use
+                            queue.append(new_module)
+                            pulled.add(new_module)
             elif found.kind == "local" and found.local is not None:
                 code = local.get(found.local.name)
                 if code is None:

@@ -21,6 +21,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from parsl_poncho.analyze.dynamic import literal_imports, may_import_dynamically
+
 # Values whose type alone says they need nothing beyond the interpreter.
 _ATOMIC = frozenset(
     {int, float, complex, bool, str, bytes, bytearray, type(None), type(...), range, slice,
@@ -53,6 +55,8 @@ class _Import:
     fromlist: tuple[str, ...]
     line: int | None
     guarded: bool
+    offset: int = -1  # of the instruction in its code object
+    dynamic: bool = False  # importlib.import_module("x") or __import__("x")
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,16 @@ def _scan_code(code: types.CodeType, imports: list[_Import], reads: list) -> Non
             level = consts[0] if isinstance(consts[0], int) else 0
             fromlist = tuple(consts[1]) if isinstance(consts[1], tuple) else ()
             is_guarded = any(start <= ins.offset < end for start, end in guarded)
-            imports.append(_Import(ins.argval, level, fromlist, line, is_guarded))
+            imports.append(_Import(ins.argval, level, fromlist, line, is_guarded, ins.offset))
     if chain is not None:
         reads.append((chain[0], tuple(chain[1:]), chain_line))
+    if may_import_dynamically(code):
+        if guarded is None:
+            guarded = _guarded_ranges(code)
+        for lit in literal_imports(code):
+            is_guarded = any(start <= lit.offset < end for start, end in guarded)
+            imports.append(_Import(lit.module, lit.level, (), lit.line, is_guarded, lit.offset,
+                                   dynamic=True))
 
 
 # -- cloudpickle's by-reference rule -----------------------------------------------------------
