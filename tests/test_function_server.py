@@ -15,6 +15,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 from shim_helpers import SHELL
+from tools import require
 
 from parsl_poncho.shim import (
     function_server_path,
@@ -420,3 +421,17 @@ def test_server_exits_when_its_work_queue_worker_is_gone(node: Node, tmp_path: P
         assert "every Work Queue worker it served is gone" in node.log()
     finally:
         worker.kill()
+
+
+def test_request_for_another_users_process_is_refused(node: Node) -> None:
+    require(os.getuid() == 0, "needs root to start a process as another user")
+    assert node.call(double, 1).returncode == 0
+    other = subprocess.Popen(["sleep", "30"], user=65534)
+    try:
+        with open(node.server_dir / "requests", "w") as fifo:
+            fifo.write(f"{other.pid}\n")
+        assert wait_for(lambda: f"process {other.pid} belongs to another user" in node.log(), 3)
+    finally:
+        other.kill()
+        other.wait()
+    assert node.call(double, 3).returncode == 0

@@ -27,8 +27,9 @@ request is checked for the server's uid; others' are refused and logged.
 
 The child: own process group, PR_SET_PDEATHSIG SIGKILL, a fresh python's signal handlers, stdin
 /dev/null, other fds closed, the sandbox's cwd/environ/argv/sys.path[0], numpy's global RNG
-reseeded if loaded; it _exits with run_function.main([FN, RESULT]). Children are reaped with
-os.wait4 on a SIGCHLD wakeup fd in a selectors loop, so a finished call is answered at once.
+reseeded, tempfile's cached dir reset; it _exits with run_function.main([FN, RESULT]). Children
+are reaped with os.wait4 on a SIGCHLD wakeup fd in a selectors loop: a finished call is answered
+at once.
 
 Every 0.5 s: kill (with its process group) the child of a client that died (pid gone or start
 time changed); exit when idle (no call running and none for --idle seconds), when
@@ -342,7 +343,7 @@ class Server:
             os.environb.update(task.environ)
             sys.argv = ["run_function.py", *task.argv]
             sys.path[0] = os.getcwd()
-            reseed_rngs()
+            reset_process_state()
             import run_function
 
             code = run_function.main(list(task.argv))
@@ -434,14 +435,15 @@ class Server:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def reseed_rngs() -> None:
-    """Forked children would share the server's random state: reseed numpy's global RNG."""
+def reset_process_state() -> None:
+    """What a fork would carry over from the server: numpy's global RNG, tempfile's cached dir."""
+    import tempfile
+
+    tempfile.tempdir = None  # re-read TMPDIR from the task's environment
     nprandom = sys.modules.get("numpy.random")
     if nprandom is not None:
-        try:
+        with contextlib.suppress(Exception):
             nprandom.seed()
-        except Exception:  # noqa: S110 - best effort; numpy's own problem if it fails
-            pass
 
 
 def preload(modules: list[str]) -> None:
@@ -468,9 +470,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the server; returns its exit code."""
     args = parse_args(argv)
+    args.dir, args.env = os.path.abspath(args.dir), os.path.abspath(args.env)
     if os.getpid() != os.getsid(0):
         os.setsid()
-    server = Server(os.path.abspath(args.dir), os.path.abspath(args.env), args.idle)
+    for fd in [int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2]:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # nothing of the first task's (or its worker's) stays open here
+    os.chdir(args.dir)  # not the first task's sandbox, which goes away with it
+    server = Server(args.dir, args.env, args.idle)
     if not server.take_lock():
         log(f"another function server already runs in {server.dir}: exiting")
         return 3
