@@ -435,3 +435,21 @@ def test_request_for_another_users_process_is_refused(node: Node) -> None:
         other.kill()
         other.wait()
     assert node.call(double, 3).returncode == 0
+
+
+def test_unusable_server_dir_falls_back_to_regular_mode(node: Node) -> None:
+    node.server_dir.write_text("not a directory")
+    proc = node.call(double, 7)
+    assert proc.returncode == 0
+    assert "poncho_serve: running in regular mode: cannot create" in proc.stderr
+    assert node.result()["value"] == 14
+
+
+def test_stale_start_lock_of_a_dead_client_is_broken(node: Node) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (node.server_dir / "start.lock").mkdir(parents=True)
+    (node.server_dir / "start.lock" / "owner").write_text(f"{dead.pid}\n")
+    proc = node.call(double, 9)
+    assert proc.returncode == 0 and "regular mode" not in proc.stderr, proc.stderr
+    assert not (node.server_dir / "start.lock").exists()
