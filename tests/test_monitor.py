@@ -150,7 +150,8 @@ def env_cache(tmp_path_factory, seeded_channel, build_cache_dir):
 
 
 @pytest.mark.slow
-def test_resources_and_thread_vars_of_1_and_2_core_tasks(env_cache, tmp_path, monkeypatch,
+@pytest.mark.parametrize("mode", ["regular", "serverless"])
+def test_resources_and_thread_vars_of_1_and_2_core_tasks(mode, env_cache, tmp_path, monkeypatch,
                                                          caplog):
     import parsl
     from parsl.config import Config
@@ -176,10 +177,12 @@ def test_resources_and_thread_vars_of_1_and_2_core_tasks(env_cache, tmp_path, mo
             pass
         names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                  "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-        return {n: os.environ.get(n) for n in names}, time.process_time() - begin
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = f.read().decode(errors="replace")
+        return {n: os.environ.get(n) for n in names}, time.process_time() - begin, parent
 
     cache, options = env_cache
-    ex = PonchoExecutor(store=EnvStore(cache, build_options=options),
+    ex = PonchoExecutor(store=EnvStore(cache, build_options=options), function_exec_mode=mode,
                         provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1))
     config = Config(executors=[ex], run_dir=str(tmp_path / "runinfo"), strategy="none")
     caplog.set_level(logging.INFO, logger="parsl_poncho.monitor")
@@ -192,7 +195,8 @@ def test_resources_and_thread_vars_of_1_and_2_core_tasks(env_cache, tmp_path, mo
                                             parsl_resource_specification={"cores": cores})
                    for cores in (1, 2)}
         for cores, fu in futures.items():
-            threads, own_cpu = fu.result(timeout=300)
+            threads, own_cpu, parent = fu.result(timeout=300)
+            assert ("function_server.py" in parent) == (mode == "serverless"), parent
             assert threads == {v: str(cores) for v in THREAD_VARS}
             used = resources_of(fu)
             assert used is not None and used.cores == cores
