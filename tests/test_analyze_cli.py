@@ -6,6 +6,7 @@ import importlib.metadata as metadata
 import io
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,57 @@ def test_bad_options(script, tmp_path, capsys, argv, message):
 def test_function_and_toplevel_are_exclusive(script, tmp_path):
     with pytest.raises(SystemExit, match="2"):
         main([str(script), "-", "--toplevel", "--function", "target"])
+
+
+# -- issue 12: literal dynamic imports; installed modules read without importing them ---------
+DYNAMIC = '''\
+import importlib
+charset = importlib.import_module("charset_normalizer")
+
+def target():
+    return __import__("idna"), importlib.import_module(".util", "corpus_pkg")
+
+if __name__ == "__main__":
+    importlib.import_module("certifi")
+'''
+
+
+def test_literal_dynamic_imports(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", [str(Path(__file__).parent / "analyze_corpus"), *sys.path])
+    path = tmp_path / "dyn.py"
+    path.write_text(DYNAMIC)
+    out = tmp_path / "spec.json"
+    assert main([str(path), str(out), "--function", "target", "--no-transitive"]) == 0
+    data = json.loads(out.read_text())
+    assert _pip(data) == {"cloudpickle", "idna", "pandas"}  # corpus_pkg/sub.py imports pandas
+    assert list(data["x-parsl-poncho"]["local"]) == ["corpus_pkg"]
+    assert main([str(path), str(out), "--toplevel", "--no-transitive"]) == 0
+    assert _pip(json.loads(out.read_text())) == {"cloudpickle", "charset-normalizer"}
+    assert main([str(path), str(out), "--no-transitive"]) == 0
+    assert _pip(json.loads(out.read_text())) == {
+        "cloudpickle", "charset-normalizer", "idna", "certifi", "pandas"}
+
+
+def test_function_imported_from_an_installed_module(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "analyze_corpus"))
+    from fake_dist import make_fake_dist
+
+    files = {"poncho_cliowner/__init__.py": "",
+             "poncho_cliowner/jobs.py": "import idna\n\ndef work(x):\n    return x\n"}
+    site = make_fake_dist(tmp_path / "site", "poncho-cliowner", files)
+    monkeypatch.setattr(sys, "path", [str(site), *sys.path])
+    path = tmp_path / "flow.py"
+    path.write_text("from poncho_cliowner.jobs import work\n")
+    out = tmp_path / "spec.json"
+    assert main([str(path), str(out), "--function", "work", "--no-transitive"]) == 0
+    # poncho-cliowner does not declare idna; its module imports it at top level
+    assert _pip(json.loads(out.read_text())) == {"cloudpickle", "idna", "poncho-cliowner"}
+    assert "poncho_cliowner" not in sys.modules  # read, never imported
+
+
+def test_parsl_test_function_needs_pytest(tmp_path):
+    path = tmp_path / "flow.py"
+    path.write_text("from parsl.tests.test_execute_task import addemup\n")
+    out = tmp_path / "spec.json"
+    assert main([str(path), str(out), "--function", "addemup", "--no-transitive"]) == 0
+    assert _pip(json.loads(out.read_text())) == {"cloudpickle", "parsl", "pytest"}

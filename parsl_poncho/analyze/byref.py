@@ -164,8 +164,8 @@ def _global_imports(module: types.ModuleType) -> dict[str, ModuleUse]:
         return found
     rejected = {name}
     for attr, value in items:
-        if attr in _SKIP_MODULE_ATTRS or attr == "__builtins__":
-            continue
+        if attr in _SKIP_MODULE_ATTRS or attr == "__builtins__" or not attr.isidentifier():
+            continue  # (not an identifier: no import binds it, e.g. pytest's "@pytest_ar")
         target = _defining_module(value)
         if target is None or target in rejected or target in found:
             continue
@@ -229,6 +229,10 @@ def _code_imports(name: str, module: types.ModuleType | None
 
 def _get_code(spec: Any, name: str) -> types.CodeType | None:
     get_code = getattr(getattr(spec, "loader", None), "get_code", None)
+    origin = getattr(spec, "origin", None)
+    if get_code is None and isinstance(origin, str) and origin.endswith(".py"):
+        # a loader that cannot say (pytest's assertion rewriter): read the source file
+        get_code = importlib.machinery.SourceFileLoader(name, origin).get_code
     if get_code is None:
         return None
     try:

@@ -2,9 +2,13 @@
 
 Compatible with cctools' command (``SOURCE... OUT``, ``--toplevel``, ``--function NAME``,
 ``--pkg-mapping IMPORT=NAME``, ``--extra-pkg PKG``; ``-`` for stdin/stdout). The script is read,
-never run: its bytecode is walked (imports, and for ``--function`` the module-level names the
-function reads, followed through the script's other functions). Local modules beside the script
-are shipped as local code. The output is a spec for ``poncho_package_create``.
+never run: its bytecode is walked (imports, literal ``importlib.import_module("x")`` and
+``__import__("x")`` calls, and for ``--function`` the module-level names the function reads,
+followed through the script's other functions; a ``--function`` the script imports from a module
+needs that module). Installed modules it imports are read too, without importing them: the
+distributions their top-level code imports, declared by their owner or not, are added. Local
+modules beside the script are shipped as local code. The output is a spec for
+``poncho_package_create``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from parsl_poncho.analyze.modules import (
     _scan_code,
     code_info,
     find_code,
+    static_bindings,
     static_function_uses,
 )
 from parsl_poncho.errors import AnalysisError, AnalysisOptionError, PonchoError
@@ -94,10 +99,7 @@ def analyze_sources(sources: list[str], args: argparse.Namespace, analyzer: Anal
             raise AnalysisError(f"Cannot read Python source {source!r}: {exc}") from exc
         name = "<stdin>" if source == "-" else source
         if args.function:
-            if not find_code(code, args.function):
-                raise AnalysisError(f"No function or class {args.function!r} in {name}; "
-                                    "check --function")
-            found = static_function_uses(code, args.function)
+            found = _function_uses(code, args.function, name)
         else:
             found = _code_uses(code, _toplevel_import_lines(text) if args.toplevel else None)
         for module, use in found.items():
@@ -107,10 +109,27 @@ def analyze_sources(sources: list[str], args: argparse.Namespace, analyzer: Anal
     return analyzer.pin(requirements).to_dict()
 
 
+def _function_uses(code: Any, function: str, name: str) -> dict[str, ModuleUse]:
+    """What ``function`` needs: defined in the script, or imported by it from a module."""
+    if find_code(code, function):
+        return static_function_uses(code, function)
+    module = static_bindings(code).get(function)
+    if isinstance(module, str):  # ``from MODULE import function``: imported by reference
+        return {module: ModuleUse(module, f"{function} (imported from {module} in {name})")}
+    raise AnalysisError(f"No function or class {function!r} in {name}, nor imported by it "
+                        "from a module; check --function")
+
+
 def _toplevel_import_lines(text: str) -> set[int]:
-    """Lines of the import statements in the module body (as cctools' --toplevel reads it)."""
-    return {node.lineno for node in ast.parse(text).body
-            if isinstance(node, (ast.Import, ast.ImportFrom))}
+    """Lines of the statements in the module body that import (as cctools' --toplevel reads
+    it): import statements, and simple statements that may call ``import_module("x")``."""
+    lines: set[int] = set()
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            lines.add(node.lineno)
+        elif isinstance(node, (ast.Expr, ast.Assign, ast.AnnAssign)):
+            lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return lines
 
 
 def _code_uses(code: Any, lines: set[int] | None) -> dict[str, ModuleUse]:
