@@ -366,3 +366,13 @@ def test_pip_hash_invariant_under_name_spelling(pkgs: dict[str, str], seed: int)
     b = Spec(conda=("pip", "python=3.11"), pip=tuple(respelled))
     assert a.hash("linux-64") == b.hash("linux-64")
     assert b.validate().hash("linux-64") == a.hash("linux-64")
+
+
+def test_decode_json_refuses_nesting_deeper_than_a_spec_may_be() -> None:
+    from parsl_poncho.spec import decode_json
+
+    assert decode_json('{"conda": {"dependencies": [{"pip": ["six"]}]}}', source="s.json")
+    with pytest.raises(SpecError, match=r"(?s)in s\.json .*line 1 column 65: nested more than 64"):
+        decode_json("[" * 3_000 + "]" * 3_000, source="s.json")
+    with pytest.raises(json.JSONDecodeError, match="Expecting property name"):
+        decode_json("{nope", source="s.json")
