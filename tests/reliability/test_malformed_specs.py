@@ -233,14 +233,15 @@ def test_environment_yml_that_contains_itself_is_refused(tmp_path: Path) -> None
 
 
 def test_executor_data_option_that_is_deep_is_refused() -> None:
-    from parsl_poncho.executor import _data_spec
+    """PonchoExecutor(data=...) is validated by Spec.from_dict when the executor is made."""
+    from parsl_poncho import PonchoExecutor
 
     data = {"http": {"DB": nested_data("object", 100_000)}}
     with pytest.raises(SpecError, match=rf"(?s)Executor\(data=\.\.\.\).*http\.DB\.a\.a.*{DEEP}"):
-        _data_spec(data)
+        PonchoExecutor(data=data)
     data = {"git": {"REPO": {"remote": nested_data("list", 3_000)}}}
     with pytest.raises(SpecError, match=rf"(?s)git\.REPO\.remote\[0\].*{DEEP}"):
-        _data_spec(data)
+        PonchoExecutor(data=data)
 
 
 def test_deep_spec_object_never_reaches_the_store(tmp_path: Path) -> None:
