@@ -21,6 +21,7 @@ imported inside a branch not taken, and must not fail the analysis.
 
 from __future__ import annotations
 
+import bisect
 import dis
 import importlib.machinery
 import importlib.util
@@ -298,17 +299,13 @@ def _top_level_imports(code: types.CodeType) -> list[_Import]:
 
 
 def _lines_of(code: types.CodeType, offsets: list[int]) -> dict[int, int | None]:
-    """Source line of each instruction offset in ``offsets`` (sorted), in one pass."""
+    """Source line of each instruction offset in ``offsets``."""
+    starts = [(start, line) for start, line in dis.findlinestarts(code) if line is not None]
+    keys = [start for start, _line in starts]
     out: dict[int, int | None] = {}
-    pending = iter(offsets)
-    offset = next(pending, None)
-    for start, end, line in code.co_lines():
-        while offset is not None and offset < end:
-            if offset >= start:
-                out[offset] = line
-            offset = next(pending, None)
-        if offset is None:
-            break
+    for offset in offsets:
+        n = bisect.bisect_right(keys, offset) - 1
+        out[offset] = starts[n][1] if n >= 0 else None
     return out
 
 
@@ -337,5 +334,5 @@ def find_spec_quietly(name: str) -> Any | None:
         if not locations:
             return None
         return importlib.machinery.PathFinder.find_spec(name, list(locations))
-    except (ImportError, ValueError, AttributeError, OSError):
-        return None
+    except Exception:  # noqa: BLE001 - finders can fail many ways (KeyError for a namespace
+        return None  # package whose parent is not loaded): then it cannot be found quietly
