@@ -17,7 +17,7 @@ __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
     "PonchoExecutor": "parsl_poncho.executor",
-    "env_hash_of": "parsl_poncho.executor",
+    "env_hash_of": "parsl_poncho.tasks",
     "resources_of": "parsl_poncho.monitor",
     "TaskResources": "parsl_poncho.monitor",
     "Analyzer": "parsl_poncho.analyze",

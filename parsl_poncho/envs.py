@@ -164,3 +164,37 @@ class SeededBuilder:
             options = dataclasses.replace(
                 options, extra_channels=(seeded, *options.extra_channels))
         return build_env(spec, output, options=options, progress=progress)
+
+
+class DataSections:
+    """The executor's ``data=`` (git/http sections) added to every analysed spec.
+
+    :raises SpecError: ``data`` is not valid spec sections, naming each problem, e.g.
+        ``http.DB.sha256``.
+    """
+
+    def __init__(self, data: Mapping[str, Any] | None) -> None:
+        self._data = _data_spec(data) if data else None
+        self._with_data: dict[int, tuple[Spec, Spec]] = {}
+
+    def add(self, spec: Spec) -> Spec:
+        """``spec`` with the data added (memoised per analysed spec object)."""
+        if self._data is None:
+            return spec
+        hit = self._with_data.get(id(spec))
+        if hit is None or hit[0] is not spec:
+            merged = dataclasses.replace(spec, git={**spec.git, **self._data.git},
+                                         http={**spec.http, **self._data.http})
+            hit = self._with_data[id(spec)] = (spec, merged)  # holding spec keeps id unique
+        return hit[1]
+
+
+def _data_spec(data: Mapping[str, Any]) -> Spec:
+    from parsl_poncho.errors import SpecError
+
+    unknown = sorted(set(data) - {"git", "http"})
+    if unknown:
+        raise SpecError(f"PonchoExecutor(data=...) takes only 'git' and 'http' sections, "
+                        f"not {unknown}", problems=[f"{k}: unknown section" for k in unknown])
+    return Spec.from_dict({"conda": {"channels": [], "dependencies": []}, **data},
+                          source="PonchoExecutor(data=...)")

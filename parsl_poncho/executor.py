@@ -16,7 +16,6 @@ The environment hash each task runs with is logged and kept on the executor futu
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -36,6 +35,7 @@ from parsl.multiprocessing import SpawnContext, SpawnProcess
 from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
+from parsl_poncho.envs import DataSections
 from parsl_poncho.errors import ExecutorError, MissingModuleError, UnresolvedImportError
 from parsl_poncho.exec_modes import (
     ExecMode,
@@ -46,6 +46,7 @@ from parsl_poncho.exec_modes import (
     stage_worker_files,
     without_exec_mode,
 )
+from parsl_poncho.learning import Learner, importable_here, misses_of
 from parsl_poncho.monitor import Monitor, disk_for, thread_env
 from parsl_poncho.tasks import (
     app_name,
@@ -85,6 +86,7 @@ class _Prepared:
     task_dir: Path
     inputs: tuple[FileToWq, ...]
     outputs: tuple[FileToWq, ...]
+    call: tuple[Callable, tuple, dict]  # to analyse again after learning
 
 
 class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
@@ -135,6 +137,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     :param function_exec_mode: ``"regular"`` (a Python per task) or ``"serverless"`` (a function
       server per node and env forks each call); an app's ``exec_mode`` resource key overrides it.
     :param server_idle_timeout: seconds an idle function server stays up on a node.
+    :param learn_missing: a task that failed after missing a module this host has is sent
+      again to an env with it added, and the app keeps it (also in later runs).
     :param analyzer: an Analyzer to use instead of one built from the options above.
     :param store: an EnvStore to use instead of one built from the options above.
     """
@@ -180,6 +184,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         remote_monitoring_radio: Any = None,
         function_exec_mode: ExecMode = "regular",
         server_idle_timeout: int = 300,
+        learn_missing: bool = True,
         analyzer: Analyzer | None = None,
         store: EnvStore | None = None,
     ):
@@ -224,8 +229,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.build_options = build_options
         self.seed_channel = seed_channel
         self.data = dict(data or {})
-        self._data_spec = _data_spec(self.data) if self.data else None
-        self._with_data: dict[int, tuple[Any, Any]] = {}
+        self._data = DataSections(self.data)
         self.default_disk = default_disk
         self.verify = verify
         self.unpack_timeout = unpack_timeout
@@ -236,6 +240,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.manager_restarts = manager_restarts
         self.function_exec_mode = check_exec_mode(function_exec_mode, "function_exec_mode")
         self.server_idle_timeout = server_idle_timeout
+        self.learn_missing = learn_missing
         self.analyzer = analyzer
         self.store = store
         if remote_monitoring_radio is None:
@@ -248,6 +253,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._tasks_lock = threading.Lock()
         self._wq_lock = threading.Lock()  # the manager's queues, and what was sent through them
         self._sent: dict[str, TaskToWq] = {}
+        self._prepared: dict[str, _Prepared] = {}
         self._manager_restarts = 0
         self._started = False
         self._stopping = threading.Event()
@@ -268,8 +274,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._poncho_run_local = Path(staged["poncho_run"].local)
         self._commands = WorkerCommands(staged, self.unpack_timeout, self.worker_cache_dir,
                                         self.init_command, self.server_idle_timeout)
-        self._analyzer = self.analyzer if self.analyzer is not None else self._make_analyzer()
         self._store = self.store if self.store is not None else self._make_store()
+        self._learner = Learner(self._make_analyzer, self._store.cache_dir,
+                                enabled=self.learn_missing)
         self._envs = self._make_ready_envs()
         self._monitor = Monitor(self.label)
         self._should_stop = SpawnContext.Event()
@@ -306,6 +313,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._monitor.track(fu, app_name(func), task.resources)
         with self._tasks_lock:
             self._tasks[task.id] = fu
+            self._prepared[task.id] = task
         logger.info("task %s (%s) uses env %s", task.id, task.category, env_hash)
         ready = self._envs.get(spec, env_hash, modules)
         ready.add_done_callback(lambda r: self._dispatch(task, fu, r))
@@ -357,13 +365,15 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         logger.info("%s shut down", self.label)
 
     # -- building blocks --------------------------------------------------------------------
-    def _make_analyzer(self) -> Analyzer:
-        """The Analyzer configured from this executor's options."""
+    def _make_analyzer(self, learnt: tuple[str, ...] = ()) -> Analyzer:
+        """The Analyzer of this executor's options, plus distributions an app learnt."""
         from parsl_poncho.analyze import Analyzer
 
-        return Analyzer(pkg_mapping=self.pkg_mapping or None, extra_pkgs=tuple(self.extra_pkgs),
-                        ignore=tuple(self.ignore), pin_transitive=self.pin_transitive,
-                        channels=self.channels)
+        if self.analyzer is not None and not learnt:
+            return self.analyzer
+        return Analyzer(pkg_mapping=self.pkg_mapping or None, ignore=tuple(self.ignore),
+                        extra_pkgs=(*self.extra_pkgs, *learnt), channels=self.channels,
+                        pin_transitive=self.pin_transitive)
 
     def _make_store(self) -> EnvStore:
         """The EnvStore configured from this executor's options."""
@@ -469,24 +479,14 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         from parsl_poncho.envs import modules_from_requirements
 
         try:
-            spec, requirements = self._analyzer.analyze_call(func, *args, **kwargs)
+            analyzer = self._learner.analyzer_for(func)
+            spec, requirements = analyzer.analyze_call(func, *args, **kwargs)
         except UnresolvedImportError as exc:
-            if isinstance(exc, MissingModuleError) or _importable(exc.module):
+            if isinstance(exc, MissingModuleError) or importable_here(exc.module):
                 raise
             raise MissingModuleError(str(exc), module=exc.module,
                                      function=exc.function) from exc
-        return self._add_data(spec), modules_from_requirements(requirements)
-
-    def _add_data(self, spec: Spec) -> Spec:
-        """``spec`` with the executor's ``data`` added (memoised per analysed spec object)."""
-        if self._data_spec is None:
-            return spec
-        hit = self._with_data.get(id(spec))
-        if hit is None or hit[0] is not spec:
-            merged = dataclasses.replace(spec, git={**spec.git, **self._data_spec.git},
-                                         http={**spec.http, **self._data_spec.http})
-            hit = self._with_data[id(spec)] = (spec, merged)  # holding spec keeps id unique
-        return hit[1]
+        return self._data.add(spec), modules_from_requirements(requirements)
 
     def _prepare(self, func: Callable, resource_spec: Mapping[str, Any], payload: bytes,
                  args: tuple, kwargs: dict, modules: Mapping[str, Any]) -> _Prepared:
@@ -500,7 +500,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         category = app_name(func) if self.autocategory else "parsl-default"
         inputs, outputs = staged_files(args, kwargs)
         preload = preload_list(list(modules)) if mode == "serverless" else ()
-        return _Prepared(task_id, category, mode, preload, resources, task_dir, inputs, outputs)
+        return _Prepared(task_id, category, mode, preload, resources, task_dir, inputs, outputs,
+                         (func, args, kwargs))
 
     def _dispatch(self, task: _Prepared, fu: Future, ready: Future) -> None:
         """The env is ready (or failed): send the task to Work Queue, or fail its future."""
@@ -580,19 +581,45 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         """Resolve the future of one finished task."""
         fu = self._future_of(msg.id)
         env_hash = getattr(fu, "parsl_poncho_env_hash", "?")
+        report = _read_result(msg.result_file)
+        if report.get("status") != "ok" and self._retry_after_learning(msg, report, fu):
+            return
         if msg.result_file is None:
             where = f" on {msg.host}" if msg.host else ""
             self._finish(msg.id, exc=ExecutorError(
                 f"Task {msg.id} (env {env_hash}) produced no result{where}. "
                 + explain_result(msg.result, msg.return_status, msg.output)))
             return
-        with open(msg.result_file, "rb") as f:
-            report = cloudpickle.load(f)
         self._monitor.observe(fu, msg.id, report)
         if report.get("status") == "ok":
             self._finish(msg.id, value=report.get("value"))
         else:
             self._finish(msg.id, exc=remote_exception(report, env_hash=env_hash, host=msg.host))
+
+    def _retry_after_learning(self, msg: WqToTask, report: Mapping[str, Any],
+                              fu: Future | None) -> bool:
+        """Send a failed task again if its app just learnt (or had learnt) what it missed."""
+        task = self._prepared.get(msg.id)
+        misses = misses_of(report, msg.output)
+        if fu is None or task is None or not misses or not self._learner.enabled:
+            return False
+        func, args, kwargs = task.call
+        try:
+            self._learner.learn(func, misses)
+            spec, modules = self._analyse(func, args, kwargs)
+            env_hash = self._store.key(spec)
+        except Exception:  # noqa: BLE001 - learning is best effort; the task's error stands
+            logger.warning("task %s: could not learn %s", msg.id, misses, exc_info=True)
+            return False
+        if env_hash == fu.parsl_poncho_env_hash or not self._learner.may_retry(msg.id):
+            return False  # nothing new to try: the task fails with its own error
+        logger.warning("task %s (%s) missed %s: sending it again with env %s", msg.id,
+                       task.category, ", ".join(misses), env_hash)
+        fu.parsl_poncho_env_hash = env_hash  # type: ignore[attr-defined]
+        Path(msg.result_file or task.task_dir / "result.pkl").unlink(missing_ok=True)
+        ready = self._envs.get(spec, env_hash, modules)
+        ready.add_done_callback(lambda r: self._dispatch(task, fu, r))
+        return True
 
     def _future_of(self, task_id: str) -> Future | None:
         with self._tasks_lock:
@@ -602,6 +629,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         """Pop a task and set its future; on success drop its per-task files."""
         with self._tasks_lock:
             fu = self._tasks.pop(task_id, None)
+            self._prepared.pop(task_id, None)
+        self._learner.forget_task(task_id)
         with self._wq_lock:
             self._sent.pop(task_id, None)
         if fu is None or fu.done():
@@ -628,44 +657,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                 logger.warning("%s: cancelling blocks failed", self.label, exc_info=True)
 
 
-# -- pure helpers (tested directly) ---------------------------------------------------------
-
-
-def _importable(module: str) -> bool:
-    """Whether ``module`` can be found on this host (without importing it)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _data_spec(data: Mapping[str, Any]) -> Spec:
-    """Validate the executor's ``data`` option as the git/http sections of a spec.
-
-    :raises SpecError: naming each problem, e.g. ``http.DB.sha256``.
-    """
-    from parsl_poncho.errors import SpecError
-    from parsl_poncho.spec import Spec
-
-    unknown = sorted(set(data) - {"git", "http"})
-    if unknown:
-        raise SpecError(f"PonchoExecutor(data=...) takes only 'git' and 'http' sections, "
-                        f"not {unknown}", problems=[f"{k}: unknown section" for k in unknown])
-    return Spec.from_dict({"conda": {"channels": [], "dependencies": []}, **data},
-                          source="PonchoExecutor(data=...)")
-
-
-def env_hash_of(future: Any) -> str | None:
-    """The env hash a task ran with, from an executor future or a Parsl AppFuture.
-
-    >>> env_hash_of(app_future)  # doctest: +SKIP
-    'bcb6feef0c97...'
-    """
-    record = vars(future).get("task_record")  # AppFuture.__getattr__ would make a future
-    if isinstance(record, Mapping):
-        future = record.get("exec_fu")
-    if future is None:
-        return None
-    return vars(future).get("parsl_poncho_env_hash")
+def _read_result(path: str | None) -> dict[str, Any]:
+    """The runner's result dict ({} when the task wrote none)."""
+    if path is None:
+        return {}
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)

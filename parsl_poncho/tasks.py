@@ -221,3 +221,17 @@ def render_remote_traceback(report: Mapping[str, Any]) -> str:
 
 def _source_line(filename: str, lineno: int) -> str:
     return linecache.getline(filename, lineno).strip()
+
+
+def env_hash_of(future: Any) -> str | None:
+    """The env hash a task ran with, from an executor future or a Parsl AppFuture.
+
+    >>> env_hash_of(app_future)  # doctest: +SKIP
+    'bcb6feef0c97...'
+    """
+    record = vars(future).get("task_record")  # AppFuture.__getattr__ would make a future
+    if isinstance(record, Mapping):
+        future = record.get("exec_fu")
+    if future is None:
+        return None
+    return vars(future).get("parsl_poncho_env_hash")

@@ -18,7 +18,8 @@ from parsl_poncho.errors import (
     ExecutorError,
     TaskSerializationError,
 )
-from parsl_poncho.executor import PonchoExecutor, env_hash_of
+from parsl_poncho.executor import PonchoExecutor
+from parsl_poncho.tasks import env_hash_of
 
 # -- construction ---------------------------------------------------------------------------
 
@@ -333,8 +334,10 @@ def test_import_of_a_module_that_exists_nowhere_is_an_import_error(tmp_path):
     def bad_import():
         import non_existent_module_xyz  # noqa: F401
 
+    from parsl_poncho.learning import Learner
+
     ex = PonchoExecutor(analyzer=Analyzer())
-    ex._analyzer = ex.analyzer
+    ex._learner = Learner(ex._make_analyzer, None)
     with pytest.raises(ImportError, match="non_existent_module_xyz") as info:
         ex._analyse(bad_import, (), {})
     assert isinstance(info.value, MissingModuleError)

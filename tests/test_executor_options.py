@@ -19,15 +19,15 @@ DATA = {
 def test_data_is_added_to_every_spec_and_changes_its_hash() -> None:
     ex = PonchoExecutor(data=DATA)
     spec = Spec(conda=("python=3.11.7", "pip"), pip=("cloudpickle==3.1.2",))
-    merged = ex._add_data(spec)
+    merged = ex._data.add(spec)
     assert set(merged.http) == {"TABLE"} and set(merged.git) == {"CUTS"}
     assert merged.hash() != spec.hash()
-    assert ex._add_data(spec) is merged  # memoised per analysed spec
+    assert ex._data.add(spec) is merged  # memoised per analysed spec
 
 
 def test_no_data_leaves_the_spec_alone() -> None:
     spec = Spec(conda=("python=3.11.7",))
-    assert PonchoExecutor()._add_data(spec) is spec
+    assert PonchoExecutor()._data.add(spec) is spec
 
 
 @pytest.mark.parametrize(

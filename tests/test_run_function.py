@@ -102,6 +102,7 @@ def test_returned_value(tmp_path: Path, fns: dict[str, Any]) -> None:
     proc, result = run(tmp_path, fns["add"], 2, y=5)
     assert proc.returncode == EXIT_OK, proc.stderr
     assert set(result.pop("resources")) == {"wall_time", "cpu_time", "memory"}
+    assert result.pop("misses") == []
     assert result == {"status": "ok", "value": 7}
 
 
@@ -304,3 +305,86 @@ def test_runner_imports_only_stdlib_and_cloudpickle() -> None:
             imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
     assert third_party == {"cloudpickle"}
+
+
+# -- the miss recorder ---------------------------------------------------------------------------
+
+
+def test_misses_are_recorded_when_a_library_hides_the_import_error(tmp_path):
+    def app():
+        try:
+            import poncho_missing_optional_dep  # noqa: F401
+        except ImportError:
+            raise RuntimeError("install the optional extra to use this") from None
+
+    proc, report = run(tmp_path, app)
+    assert proc.returncode == 10 and report["exc_type"] == "builtins.RuntimeError"
+    assert report["misses"] == ["poncho_missing_optional_dep"]
+
+
+def test_a_fallback_import_that_succeeds_is_recorded_and_harmless(tmp_path):
+    def app():
+        try:
+            import poncho_fast_json as js  # noqa: F401
+        except ImportError:
+            import json as js
+        return js.dumps([1])
+
+    proc, report = run(tmp_path, app)
+    assert proc.returncode == 0 and report["value"] == "[1]"
+    assert report["misses"] == ["poncho_fast_json"]
+
+
+def test_computed_and_relative_import_misses_name_absolute_modules(tmp_path):
+    def app(name):
+        import importlib
+
+        for target in (name, ".poncho_nope_sub"):
+            try:
+                importlib.import_module(target, package="json")
+            except ImportError:
+                pass
+        return "done"
+
+    proc, report = run(tmp_path, app, "poncho_" + "computed_mod")
+    assert proc.returncode == 0
+    assert report["misses"] == ["poncho_computed_mod", "json.poncho_nope_sub"]
+
+
+def test_namespace_packages_and_found_modules_are_not_misses(tmp_path):
+    ns = tmp_path / "nsroot" / "poncho_ns_pkg"
+    ns.mkdir(parents=True)
+    (ns / "mod.py").write_text("VALUE = 5\n")
+
+    def app(root):
+        import sys
+
+        sys.path.insert(0, root)
+        import json  # noqa: F401
+
+        import poncho_ns_pkg.mod  # a namespace package: no __init__.py
+
+        return poncho_ns_pkg.mod.VALUE
+
+    proc, report = run(tmp_path, app, str(tmp_path / "nsroot"))
+    assert proc.returncode == 0 and report["value"] == 5
+    assert report["misses"] == []
+
+
+def test_misses_while_loading_the_call_go_to_stderr(tmp_path):
+    import types
+
+    fake = types.ModuleType("poncho_only_on_submit_side")
+    exec("def f():\n    return 1\n", fake.__dict__)
+    fake.f.__module__ = "poncho_only_on_submit_side"
+    sys.modules["poncho_only_on_submit_side"] = fake
+    try:
+        payload = cloudpickle.dumps((fake.f, (), {}))  # by reference: the module must import
+    finally:
+        del sys.modules["poncho_only_on_submit_side"]
+    (tmp_path / "fn.pkl").write_bytes(payload)
+    proc = subprocess.run([sys.executable, str(run_function_path()), "fn.pkl", "result.pkl"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 20
+    assert "run_function.py: modules not found: poncho_only_on_submit_side" in proc.stderr
+    assert not (tmp_path / "result.pkl").exists()

@@ -192,6 +192,7 @@ def serialize_result(result: dict[str, Any]) -> tuple[bytes, str]:
                 "traceback": "".join(traceback.format_exception_only(type(error), error)),
                 "exception": error if survives_pickling(error) else None,
                 "resources": result.get("resources"),
+                "misses": result.get("misses", []),
             }
         else:
             fallback = dict(result, exception=None)
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     fn_path, result_path = argv
     recorder = MissRecorder()
     try:
+        import cloudpickle  # noqa: F401 - before recording: its own import probes are not misses
+
         with recorder:
             fn, args, kwargs = load_call(fn_path)
             result = call_function(fn, args, kwargs)

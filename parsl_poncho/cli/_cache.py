@@ -1,4 +1,5 @@
-"""`parsl-poncho cache ls | rm HASH... | prune --max-size SIZE`: inspect and trim the env cache."""
+"""`parsl-poncho cache ls | rm HASH... | prune --max-size SIZE | learnt | forget APP...`: inspect
+and trim the env cache and what apps learnt at run time."""
 
 from __future__ import annotations
 
@@ -47,6 +48,17 @@ def register(subparsers: Any) -> None:
         help="bytes, or with a suffix K, M, G, T (powers of 1024), e.g. 20G",
     )
     prune.set_defaults(func=cmd_prune)
+
+    learnt = actions.add_parser(
+        "learnt", help="list the modules apps learnt at run time (added to their envs)")
+    learnt.add_argument("--json", action="store_true", help="print a JSON list")
+    learnt.set_defaults(func=cmd_learnt)
+
+    forget = actions.add_parser(
+        "forget", help="forget what apps learnt (by app name or key prefix); their next "
+        "run builds from the analysis alone")
+    forget.add_argument("apps", nargs="+", metavar="APP")
+    forget.set_defaults(func=cmd_forget)
 
 
 def parse_size(text: str) -> int:
@@ -157,4 +169,40 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )
     if after > args.max_size:
         print("some entries are in use and were kept; prune again when they are released")
+    return 0
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from parsl_poncho.paths import default_cache_dir
+
+    return Path(args.cache_dir or default_cache_dir()).expanduser()
+
+
+def cmd_learnt(args: argparse.Namespace) -> int:
+    """Print each app's learnt module -> distribution additions."""
+    from parsl_poncho.learning import list_learnt
+
+    records = list_learnt(_cache_dir(args))
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    for record in records:
+        added = ", ".join(f"{m} ({d})" for m, d in sorted(record.get("modules", {}).items()))
+        print(f"{record.get('app', '?')}  [{record['key']}]  {added}")
+    print(f"{len(records)} app{'' if len(records) == 1 else 's'} learnt modules")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Remove learnt records; exit 1 if a selector matches none."""
+    from parsl_poncho.errors import PonchoError
+    from parsl_poncho.learning import forget_learnt
+
+    try:
+        removed = forget_learnt(_cache_dir(args), args.apps)
+    except PonchoError as exc:
+        print(f"parsl-poncho cache forget: {exc}")
+        return 1
+    for key in removed:
+        print(f"forgot {key}")
     return 0
