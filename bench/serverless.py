@@ -95,11 +95,15 @@ def _run_dfk(executor: Any, run_dir: Path, cases: Cases, warmup: int) -> dict[st
 
     rates: dict[str, float] = {}
     with parsl.load(_config(executor, run_dir)):
-        for _, app, kw, n in cases:
-            _rate(APPS[app], min(warmup, n), kw)
+        for _, app, kw, n in cases:  # a slow case (few tasks) needs fewer: one per core
+            _rate(APPS[app], _warmup_for(n, warmup), kw)
         for name, app, kw, n in cases:
             rates[name] = _try(name, lambda: _rate(APPS[app], n, kw))  # noqa: B023
     return rates
+
+
+def _warmup_for(tasks: int, warmup: int) -> int:
+    return min(warmup, max(2, tasks // 5))
 
 
 def _try(name: str, measure: Callable[[], float]) -> float:
@@ -150,7 +154,7 @@ def run_wq_floor(args: argparse.Namespace, files: list[tuple[str, str]], work: P
         ["work_queue_worker", "--cores", str(os.cpu_count()), "-s", str(workdir),
          "localhost", str(q.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wq_batch(wq, q, files, work, min(args.warmup, args.tasks))
+        _wq_batch(wq, q, files, work, _warmup_for(args.tasks, args.warmup))
         return {"work queue floor": _try("work queue floor",
                                          lambda: _wq_batch(wq, q, files, work, args.tasks))}
     finally:
@@ -259,7 +263,7 @@ def print_report(rows: dict[str, list[float]], tasks: dict[str, int],
     med = {name: statistics.median(v) if v else float("nan") for name, v in rows.items()}
     print(f"\nserverless bench, {datetime.datetime.now().isoformat(timespec='seconds')}, "
           f"{platform.node()}: one local worker, {os.cpu_count()} cores, 1 core per task")
-    print(f"{_versions()}; warm envs, {args.warmup} warm-up tasks per case, "
+    print(f"{_versions()}; warm envs, <= {args.warmup} warm-up tasks per case, "
           f"median of {args.rounds} rounds")
     print(f"function servers up after prepare: {servers}; load average (1 min) at start "
           f"{load[0]:.2f}, at end {load[1]:.2f}")
@@ -282,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sklearn-tasks-regular", type=int, default=20,
                         help="tasks per round of regular sklearn, ~3 tasks/s (default 20)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=20, help="warm-up tasks per case and load")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="warm-up tasks per case and load, at most a fifth of its tasks "
+                             "(at least 2; default 20)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="env store to use and keep (default: a temporary one)")
     args = parser.parse_args(argv)
