@@ -15,7 +15,7 @@ import pytest
 #: command -> the Debian package that provides it (what setup.sh installs).
 TOOL_PACKAGES = {
     "busybox": "busybox",
-    "checkbashisms": "devscripts",
+    "shellcheck": "shellcheck",
     "work_queue_worker": "coop-computing-tools",
     "slurmctld": "slurm-wlm",
     "slurmd": "slurm-wlm",
