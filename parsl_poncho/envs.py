@@ -1,8 +1,10 @@
 """Environments made ready for tasks: built once per hash by the store, then verified once.
 
 :class:`ReadyEnvs` hands the executor one future per (env hash, module set) that resolves to the
-built :class:`~parsl_poncho.store.Env` once the analysed modules import inside it on this host,
-or fails with the build's or the check's error, so exactly the tasks needing that env fail.
+built :class:`~parsl_poncho.layers.LayeredEnv` (the store's base env plus the code layer of the
+spec's local code, see :mod:`parsl_poncho.layers`) once the analysed modules import inside it on
+this host, or fails with the build's or the check's error, so exactly the tasks needing that env
+fail.
 :class:`SeededBuilder` is the store's builder when no conda channel is reachable.
 """
 
@@ -17,6 +19,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from parsl_poncho.errors import ExecutorError
+from parsl_poncho.layers import (
+    CodeLayer,
+    CodeLayers,
+    LayeredEnv,
+    code_key,
+    combined_hash,
+    python_of,
+    split_spec,
+)
 from parsl_poncho.spec import Spec
 from parsl_poncho.store import Env, EnvStore
 
@@ -27,7 +38,8 @@ SEEDED_PACKAGES = frozenset({"python", "pip", "setuptools"})
 
 
 class ReadyEnvs:
-    """One future per (env hash, module set): the store builds, then the modules are imported.
+    """One future per (env hash, module set): the store builds the base, the code layer is
+    packed, then the modules are imported from both.
 
     :param store: where envs are built and cached.
     :param verify: import the analysed modules in each new env before any task uses it.
@@ -43,42 +55,88 @@ class ReadyEnvs:
         self.poncho_run = poncho_run
         self.unpack_dir = unpack_dir
         self.name = name
+        self.layers = CodeLayers(store.cache_dir)
         self._lock = threading.Lock()
         self._built: dict[str, Future[Env]] = {}
-        self._ready: dict[tuple[str, frozenset[str]], Future[Env]] = {}
+        self._codes: dict[str, Future[CodeLayer]] = {}
+        self._ready: dict[tuple[str, frozenset[str]], Future[LayeredEnv]] = {}
+        self._keys: dict[int, tuple[Spec, tuple[Spec, str, str | None]]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-verify")
+        self._code_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-code")
 
-    def get(self, spec: Spec, env_hash: str, modules: Mapping[str, str | None]) -> Future[Env]:
+    def key(self, spec: Spec) -> str:
+        """The env hash of ``spec``: its base hash combined with its code key (memoised)."""
+        return combined_hash(*self._split(spec)[1:])
+
+    def _split(self, spec: Spec) -> tuple[Spec, str, str | None]:
+        """(base spec, base hash, code key or None), memoised per spec object."""
+        hit = self._keys.get(id(spec))
+        if hit is None or hit[0] is not spec:
+            base, local = split_spec(spec)
+            code = code_key(local, python_of(spec)) if local else None
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            hit = self._keys[id(spec)] = (spec, (base, self.store.key(base), code))
+        return hit[1]
+
+    def get(self, spec: Spec, env_hash: str, modules: Mapping[str, str | None]
+            ) -> Future[LayeredEnv]:
         """The future of ``spec``'s env, built (one build per hash) and verified for ``modules``.
 
+        :param env_hash: ``key(spec)``.
         :param modules: module -> distribution providing it (None for local code).
         """
         key = (env_hash, frozenset(modules))
+        base_spec, base_hash, code = self._split(spec)
         with self._lock:
             ready = self._ready.get(key)
             if ready is not None:
                 return ready
-            built = self._built.get(env_hash)
+            built = self._built.get(base_hash)
             if built is None:
-                built = self._built[env_hash] = self.store.get(spec)
+                built = self._built[base_hash] = self.store.get(base_spec)
+            coded: Future[CodeLayer | None] = _done(None)
+            if code is not None:
+                coded = self._codes.get(code) or self._code_future(code, spec)
             ready = self._ready[key] = Future()
         modules = dict(modules)
-        built.add_done_callback(lambda b: self._after_build(b, ready, env_hash, modules))
+        built.add_done_callback(lambda b: coded.add_done_callback(
+            lambda c: self._after_build(b, c, ready, env_hash, modules)))
         return ready
+
+    def _code_future(self, code: str, spec: Spec) -> Future[CodeLayer]:
+        """Pack the code layer in the code thread (called holding the lock)."""
+        future = self._codes[code] = self._code_pool.submit(
+            self.layers.get, spec.local, python_of(spec))
+        future.add_done_callback(lambda f: f.exception() is None or self._forget_code(code))
+        return future
+
+    def _forget_code(self, code: str) -> None:
+        """A failed code layer is tried again by the next submission (the code may be fixed)."""
+        with self._lock:
+            self._codes.pop(code, None)
+            for key in [k for k, r in self._ready.items() if r.done() and r.exception()]:
+                del self._ready[key]
 
     def close(self) -> None:
         """Stop verifying (a check in flight is abandoned; its tasks are failed by the caller)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._code_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _after_build(self, built: Future[Env], ready: Future[Env], env_hash: str,
+    def _after_build(self, built: Future[Env], coded: Future[CodeLayer | None],
+                     ready: Future[LayeredEnv], env_hash: str,
                      modules: dict[str, str | None]) -> None:
-        """Build finished: pass its error on, or verify the env in the check thread."""
-        exc = built.exception()
+        """Both layers finished: pass an error on, or verify the env in the check thread."""
+        exc = built.exception() or coded.exception()
         if exc is not None:
             logger.error("env %s failed to build: %s", env_hash, exc)
             ready.set_exception(exc)
             return
-        env = built.result()
+        env = LayeredEnv.of(built.result(), coded.result())
+        if env.code is not None:
+            logger.info("env %s = base %s + code %s (%s; packed in %.3fs)", env.hash,
+                        env.base.hash, env.code.key, ", ".join(env.code.names),
+                        env.code.built_seconds)
         if not self.verify or not modules or self._verified_marker(env, modules).exists():
             ready.set_result(env)
             return
@@ -87,13 +145,17 @@ class ReadyEnvs:
         except RuntimeError as exc:  # pool shut down
             ready.set_exception(ExecutorError(f"{self.name} shut down: {exc}"))
 
-    def _verify(self, env: Env, modules: dict[str, str | None], ready: Future[Env]) -> None:
-        """Import ``modules`` in ``env`` on this host; resolve ``ready`` accordingly."""
+    def _verify(self, env: LayeredEnv, modules: dict[str, str | None],
+                ready: Future[LayeredEnv]) -> None:
+        """Import ``modules`` in ``env`` (base plus code) on this host; resolve ``ready``."""
         from parsl_poncho.build.verify import verify_env
 
+        code = env.code
         try:
             verify_env(env.tarball, modules, env_hash=env.hash, poncho_run=self.poncho_run,
-                       unpack_dir=self.unpack_dir, sha256=env.sha256)
+                       unpack_dir=self.unpack_dir, sha256=env.sha256,
+                       code=code.tarball if code else None,
+                       code_sha256=code.sha256 if code else None)
         except Exception as exc:  # noqa: BLE001 - goes to exactly the tasks needing this env
             logger.error("env %s failed verification: %s", env.hash, exc)
             ready.set_exception(exc)
@@ -107,10 +169,17 @@ class ReadyEnvs:
             logger.debug("cannot record verification in %s", marker, exc_info=True)
         ready.set_result(env)
 
-    def _verified_marker(self, env: Env, modules: Mapping[str, str | None]) -> Path:
+    def _verified_marker(self, env: LayeredEnv, modules: Mapping[str, str | None]) -> Path:
         """A file in the env cache saying ``modules`` import in ``env`` (checked in any run)."""
-        key = hashlib.sha256("\n".join([env.hash, env.sha256, *sorted(modules)]).encode())
+        shas = [env.sha256, *([env.code.sha256] if env.code else [])]
+        key = hashlib.sha256("\n".join([env.hash, *shas, *sorted(modules)]).encode())
         return self.store.cache_dir / "verified" / key.hexdigest()
+
+
+def _done(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
 
 
 def modules_from_requirements(req: Any) -> dict[str, str | None]:

@@ -104,16 +104,34 @@ class WorkerCommands:
     init_command: str = ""
     server_idle_timeout: int = 300
 
-    def inputs(self, mode: ExecMode) -> tuple[FileToWq, ...]:
-        """The cached worker files a task of ``mode`` needs in its sandbox."""
-        return tuple(self.staged[name] for name in _WORKER_FILES[mode])
+    def inputs(self, mode: ExecMode, env: Any = None) -> tuple[FileToWq, ...]:
+        """The cached worker files a task of ``mode`` needs in its sandbox, and with ``env``
+        (a :class:`~parsl_poncho.layers.LayeredEnv`) its base tarball and code layer."""
+        files = tuple(self.staged[name] for name in _WORKER_FILES[mode])
+        if env is None:
+            return files
+        files += (FileToWq(str(env.tarball), env.base_name, cache=True),)
+        if env.code is not None:
+            files += (FileToWq(str(env.code.tarball), env.code.name, cache=True),)
+        return files
+
+    def command_for(self, mode: ExecMode, env: Any, preload: Sequence[str] = ()) -> str:
+        """:meth:`command` for a :class:`~parsl_poncho.layers.LayeredEnv` (base + code)."""
+        code = env.code
+        return self.command(mode, env.base_name, env.sha256, preload,
+                            code=code.name if code else None,
+                            code_sha256=code.sha256 if code else None)
 
     def command(self, mode: ExecMode, tarball: str, sha256: str | None,
-                preload: Sequence[str] = ()) -> str:
-        """The shell command of one task: the shim unpacks and activates, then the call runs."""
+                preload: Sequence[str] = (), *, code: str | None = None,
+                code_sha256: str | None = None) -> str:
+        """The shell command of one task: the shim unpacks and activates (the base env, then
+        the code layer ``code`` on PYTHONPATH), then the call runs."""
         shim = ["./poncho_run", "-e", tarball, "-w", str(self.unpack_timeout)]
         if sha256:
             shim += ["-s", sha256]
+        if code:
+            shim += ["-c", code] + (["--code-sha256", code_sha256] if code_sha256 else [])
         shim += ["--cache-dir", self.worker_cache_dir or DEFAULT_WORKER_CACHE, "--"]
         if mode == "serverless":
             run = ["sh", "poncho_serve", "--idle", str(self.server_idle_timeout)]

@@ -304,7 +304,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         func = unwrap_error_wrapper(func)
         payload = serialize_call(func, args, kwargs)
         spec, modules = self._analyse(func, args, kwargs)
-        env_hash = self._store.key(spec)
+        env_hash = self._envs.key(spec)  # base hash + code layer key
         task = self._prepare(func, resource_specification or {}, payload, args, kwargs, modules)
         fu: Future = Future()
         fu.parsl_executor_task_id = task.id  # type: ignore[attr-defined]
@@ -512,15 +512,13 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         if self._stopping.is_set():
             return
         env = ready.result()
-        if env.hash != fu.parsl_poncho_env_hash:  # type: ignore[attr-defined]
-            fu.parsl_poncho_env_hash = env.hash  # type: ignore[attr-defined]
-        tarball = f"env-{env.hash}.tar.gz"
+        fu.parsl_poncho_env_hash = env.hash  # type: ignore[attr-defined]
+        logger.info("task %s runs in env %s", task.id, env.describe())  # + base and code
         self._send(TaskToWq(
             id=task.id,
-            command=self._commands.command(task.mode, tarball, env.sha256, task.preload),
+            command=self._commands.command_for(task.mode, env, task.preload),
             category=task.category,
-            inputs=(*self._commands.inputs(task.mode),
-                    FileToWq(str(env.tarball), tarball, cache=True),
+            inputs=(*self._commands.inputs(task.mode, env),
                     FileToWq(str(task.task_dir / "fn.pkl"), "fn.pkl"), *task.inputs),
             outputs=(FileToWq(str(task.task_dir / "result.pkl"), "result.pkl"), *task.outputs),
             result_file=str(task.task_dir / "result.pkl"),
@@ -607,7 +605,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         try:
             self._learner.learn(func, misses)
             spec, modules = self._analyse(func, args, kwargs)
-            env_hash = self._store.key(spec)
+            env_hash = self._envs.key(spec)
         except Exception:  # noqa: BLE001 - learning is best effort; the task's error stands
             logger.warning("task %s: could not learn %s", msg.id, misses, exc_info=True)
             return False

@@ -3,7 +3,8 @@
 Usage (started detached by poncho_serve with the environment's python; not run by hand):
     python DIR/function_server.py --dir DIR --env PREFIX [--idle SECS] [--preload MOD,MOD,...]
 
-DIR is PREFIX.server-v1 (0700) beside the unpacked environment PREFIX in the node cache;
+DIR is PREFIX.server-v1 (0700) beside the unpacked environment PREFIX in the node cache (with a
+code layer, PREFIX.server-v1-<layer>: the layer $PARSL_PONCHO_CODE_LAYER is on its sys.path);
 poncho_serve copies this file and run_function.py into it. The server imports cloudpickle,
 run_function (its own copy) and each --preload module (a failing one is logged and skipped),
 gc.freeze()s the heap so forked children share it copy-on-write, then writes DIR/ready.
@@ -33,10 +34,10 @@ at once.
 
 Every 0.5 s: kill (with its process group) the child of a client that died (pid gone or start
 time changed); exit when idle (no call running and none for --idle seconds), when
-PREFIX/.poncho-ready is gone or replaced (evicted), when no call runs and every Work Queue worker
-it served (a client's ancestor whose comm starts with "work_queue_work") is gone, or on
-SIGTERM/SIGINT. Exiting removes DIR/ready, DIR/pid and the FIFO names first, answers "retry" to
-what is queued, waits for running calls; after an eviction it also removes DIR.
+PREFIX/.poncho-ready (or the code layer's) is gone or replaced (evicted), when no call runs and
+every Work Queue worker it served (a client's ancestor whose comm starts with "work_queue_work")
+is gone, or on SIGTERM/SIGINT. Exiting removes DIR/ready, DIR/pid and the FIFO names first,
+answers "retry" to what is queued, waits for running calls; after an eviction it also removes DIR.
 
 Files in DIR: ready ("<pid> <alive fd>", written atomically when serving starts), pid, requests
 and alive (FIFOs), server.lock (flock'ed: one server per DIR), log (timestamped: start, preloads
@@ -175,7 +176,7 @@ class Server:
         self.signalled = ""
         self.pending = b""
         self.libc: Any = None
-        self.env_ready: os.stat_result | None = None
+        self.watched: list[tuple[str, os.stat_result]] = []  # ready files of env and code
         self.lock_fd = -1
 
     def take_lock(self) -> bool:
@@ -207,10 +208,12 @@ class Server:
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        try:
-            self.env_ready = os.stat(os.path.join(self.prefix, ".poncho-ready"))
-        except OSError:
-            log(f"{self.prefix}/.poncho-ready is missing: not watching for eviction")
+        layers = [self.prefix, os.environ.get("PARSL_PONCHO_CODE_LAYER", "")]
+        for ready in [os.path.join(layer, ".poncho-ready") for layer in layers if layer]:
+            try:
+                self.watched.append((ready, os.stat(ready)))
+            except OSError:
+                log(f"{ready} is missing: not watching it for eviction")
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.requests_fd, selectors.EVENT_READ, "requests")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
@@ -376,12 +379,12 @@ class Server:
                     os.killpg(task.child, signal.SIGKILL)
         if self.stopping:
             return
-        if self.env_ready is not None:
+        for ready, then in self.watched:
             try:
-                now = os.stat(os.path.join(self.prefix, ".poncho-ready"))
+                now = os.stat(ready)
             except OSError:
                 now = None
-            if now is None or not same_file(now, self.env_ready):
+            if now is None or not same_file(now, then):
                 self.begin_stop(EVICTED)
                 return
         if self.tasks:

@@ -98,3 +98,56 @@ def _remove(target: Path) -> None:
 
 def _error(problem: str, name: str) -> BuildError:
     return BuildError(f"code: {problem}", step="code", package=name)
+
+
+#: Every member of a code layer gets this mtime (2000-01-01), so equal code packs to equal bytes.
+_LAYER_MTIME = 946684800
+
+
+def build_code_layer(local: Sequence[Any], output: Path) -> list[str]:
+    """Pack the LocalCode entries as one importable directory: ``output`` (a .tar.gz).
+
+    The tarball's root is what goes on ``PYTHONPATH`` (``helpers.py``, ``mypkg/__init__.py``,
+    ...). The files are copied and checked exactly as :func:`add_local_code` does, into a
+    scratch directory beside ``output``; members are sorted, owned by 0:0 with fixed modes and
+    times, so the same code always gives the same bytes. Returns the names packed.
+
+    :raises BuildError: as :func:`add_local_code` (step "code"), or the tarball cannot be written.
+    """
+    import gzip
+    import tarfile
+    import tempfile
+
+    output = Path(output)
+    scratch = Path(tempfile.mkdtemp(prefix=".code-", dir=output.parent))
+    try:
+        names = add_local_code_into(scratch, local)
+        with open(output, "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(scratch.rglob("*")):
+                info = tar.gettarinfo(str(path), path.relative_to(scratch).as_posix())
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = _LAYER_MTIME
+                info.mode = 0o755 if info.isdir() else 0o644
+                if info.isfile():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+    except OSError as exc:
+        raise _error(f"cannot write the code layer {str(output)!r}: {exc}; free space in the "
+                     "env cache or point cache_dir elsewhere", "code layer") from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return names
+
+
+def add_local_code_into(root: Path, local: Sequence[Any]) -> list[str]:
+    """Copy each LocalCode entry into the directory ``root`` (checked as in add_local_code)."""
+    copied = []
+    for item in local:
+        _copy_local_code(Path(root), item)
+        copied.append(item.name)
+    return copied

@@ -1,7 +1,8 @@
 """Check a built environment on the submit host: the modules a task needs import inside it.
 
 The environment is unpacked once through the worker shim (``poncho_run -u DIR``, exactly what a
-worker does), then one Python process started in it imports every module the analysis found.
+worker does; a code layer with ``-c``, on ``PYTHONPATH`` ahead of the env), then one Python
+process started in it imports every module the analysis found.
 A module that does not import fails, before dispatch, exactly the tasks that need it, with a
 message naming the module and the distribution that should have provided it, instead of
 letting every task die one by one on the workers.
@@ -41,6 +42,8 @@ def verify_env(
     poncho_run: Path,
     unpack_dir: Path,
     sha256: str | None = None,
+    code: Path | None = None,
+    code_sha256: str | None = None,
     timeout: float = 600,
     runner: Runner = subprocess.run,
 ) -> None:
@@ -52,6 +55,7 @@ def verify_env(
     :param poncho_run: the worker shim used to unpack and activate the environment.
     :param unpack_dir: the shim's cache directory for these checks (one subdirectory per env,
         kept so later checks of the same env are fast).
+    :param code: the env's code layer (``code-<key>.tar.gz``), if it has local code.
     :raises EnvVerificationError: a module does not import, or the environment does not start.
 
     >>> verify_env(Path("env-ab.tar.gz"), {"numpy": "numpy"}, env_hash="ab",
@@ -60,12 +64,20 @@ def verify_env(
     names = sorted(modules)
     if not names:
         return
-    command: list[str] = ["sh", str(poncho_run), "-e", str(tarball), "--cache-dir", str(unpack_dir)]
+    unpack_dir, tarball = Path(unpack_dir).absolute(), Path(tarball).absolute()
+    command: list[str] = ["sh", str(Path(poncho_run).absolute()), "-e", str(tarball),
+                          "--cache-dir", str(unpack_dir)]
     if sha256:
         command += ["-s", sha256]
+    if code is not None:
+        command += ["-c", str(Path(code).absolute())]
+        command += ["--code-sha256", code_sha256] if code_sha256 else []
     command += ["--", "python", "-c", _IMPORT_SCRIPT, *names]
     try:
-        proc = runner(command, capture_output=True, text=True, timeout=timeout, check=False)
+        Path(unpack_dir).mkdir(parents=True, exist_ok=True)
+        # Run in unpack_dir: the workflow's directory (the cwd) must not lend its local modules.
+        proc = runner(command, capture_output=True, text=True, timeout=timeout, check=False,
+                      cwd=str(unpack_dir))
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EnvVerificationError(
             f"Could not start Python in environment env-{env_hash} to check its imports: {exc}",
