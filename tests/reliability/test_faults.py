@@ -648,3 +648,54 @@ def test_worker_disk_full_fails_the_task_with_a_clear_error(
         pool.close()
     assert _unpack_leftovers(disk.path / "cache") == []
     record("faults: disk full", injected=1, survived=1)
+
+
+# -- 6. serverless mode: function servers killed mid-run -----------------------------------------
+
+
+def _server_pids(worker_cache: Path) -> list[int]:
+    pids = []
+    for pid_file in worker_cache.glob("*.server-v1/pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int(pid_file.read_text().split()[0]))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_function_servers_killed_mid_run_lose_no_task(
+    tmp_path: Path, seeded_channel: Path, shared_pkg_cache: Path, workers: Any
+) -> None:
+    import parsl
+
+    from .conftest import external_worker_executor
+
+    @parsl.python_app
+    def slow_square(x: int) -> tuple[int, str]:
+        import os
+        import time
+
+        time.sleep(1.5)
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return x * x, f.read().decode(errors="replace")
+
+    executor, config = external_worker_executor(tmp_path, seeded_channel, shared_pkg_cache,
+                                                function_exec_mode="serverless")
+    tasks, kills, killed = 12, 2, []
+    with parsl.load(config):
+        workers.start(executor._chosen_port, 2)
+        futures = [slow_square(i) for i in range(tasks)]
+        for _ in range(kills):
+            deadline = time.monotonic() + 300
+            while not (live := [p for p in _server_pids(workers.cache) if p not in killed]):
+                assert time.monotonic() < deadline, "no function server started"
+                time.sleep(0.2)
+            time.sleep(1.0)  # calls are running in it now
+            os.kill(live[0], signal.SIGKILL)
+            killed.append(live[0])
+        results = [f.result(timeout=600) for f in futures]
+    assert [value for value, _ in results] == [i * i for i in range(tasks)]
+    served = sum("function_server.py" in parent for _, parent in results)
+    assert 0 < served < tasks, "calls should be served, and some rerun in regular mode"
+    record("faults: function server SIGKILL", injected=kills, tasks=tasks, lost=0,
+           right=tasks, served_by_a_server=served)
