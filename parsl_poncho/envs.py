@@ -100,6 +100,7 @@ class ReadyEnvs:
                 coded = self._codes.get(code) or self._code_future(code, spec)
             ready = self._ready[key] = Future()
         modules = dict(modules)
+        coded.add_done_callback(lambda c: self._forget_failed_code(key, ready, code, c))
         built.add_done_callback(lambda b: coded.add_done_callback(
             lambda c: self._after_build(b, c, ready, env_hash, modules)))
         return ready
@@ -108,14 +109,17 @@ class ReadyEnvs:
         """Pack the code layer in the code thread (called holding the lock)."""
         future = self._codes[code] = self._code_pool.submit(
             self.layers.get, spec.local, python_of(spec))
-        future.add_done_callback(lambda f: f.exception() is None or self._forget_code(code))
         return future
 
-    def _forget_code(self, code: str) -> None:
+    def _forget_failed_code(self, key: tuple[str, frozenset[str]], ready: Future[LayeredEnv],
+                            code: str | None, coded: Future[Any]) -> None:
         """A failed code layer is tried again by the next submission (the code may be fixed)."""
+        if coded.exception() is None:
+            return
         with self._lock:
-            self._codes.pop(code, None)
-            for key in [k for k, r in self._ready.items() if r.done() and r.exception()]:
+            if self._codes.get(code or "") is coded:
+                del self._codes[code or ""]
+            if self._ready.get(key) is ready:
                 del self._ready[key]
 
     def close(self) -> None:

@@ -11,9 +11,9 @@ hash and the code key: the base hash itself when there is no local code.
 
 Layout inside the env cache::
 
-    code/<key>.tar.gz     the code layer (published with os.replace, never half written)
-    code/<key>.json       its record: key, sha256, size, names, python, built_seconds (last)
-    code/<key>.last-used  touched on every use (least-recently-used eviction)
+    code/code-<key>.tar.gz  the code layer (published with os.replace, never half written)
+    code/<key>.json         its record: key, sha256, size, names, python, built_seconds (last)
+    code/<key>.last-used    touched on every use (least-recently-used eviction)
     locks/code-<key>.build, locks/code-<key>.use   as the store's locks for envs
 
 Example::
@@ -185,7 +185,7 @@ class CodeLayers:
             return None
         try:
             record = json.loads((self.dir / f"{key}.json").read_text())
-            tarball = self.dir / f"{key}.tar.gz"
+            tarball = self.dir / f"code-{key}.tar.gz"
             if tarball.stat().st_size != int(record["size"]):
                 return None
             return CodeLayer(key, tarball, str(record["sha256"]), int(record["size"]),
@@ -196,7 +196,7 @@ class CodeLayers:
 
     def _build(self, key: str, local: Sequence[Any], python: str) -> CodeLayer:
         """Under the key's build lock: pack into a temp file, os.replace it, then the record."""
-        from parsl_poncho.build.code import build_code_layer
+        from parsl_poncho.codepack import pack_code_layer
 
         with _flock(self._locks / f"code-{key}.build", fcntl.LOCK_EX):
             found = self.lookup(key)
@@ -205,9 +205,9 @@ class CodeLayers:
             started = time.perf_counter()
             tmp = self.dir / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
             try:
-                names = build_code_layer(local, tmp)
+                names = pack_code_layer(local, tmp)
                 sha256, size = _digest(tmp)
-                os.replace(tmp, self.dir / f"{key}.tar.gz")
+                os.replace(tmp, self.dir / f"code-{key}.tar.gz")
             finally:
                 tmp.unlink(missing_ok=True)
             seconds = round(time.perf_counter() - started, 4)
@@ -218,7 +218,7 @@ class CodeLayers:
             _write_json(tmp_json, record)
             os.replace(tmp_json, self.dir / f"{key}.json")
             self.builds += 1
-        return CodeLayer(key, self.dir / f"{key}.tar.gz", sha256, size, tuple(names), python,
+        return CodeLayer(key, self.dir / f"code-{key}.tar.gz", sha256, size, tuple(names), python,
                          seconds)
 
     # -- listing, use and eviction ---------------------------------------------------------
@@ -264,8 +264,8 @@ class CodeLayers:
                 raise StoreError(f"code layer {key} is in use by a running process; retry "
                                  "when it ends")
             existed = (self.dir / f"{key}.json").exists()
-            for suffix in (".json", ".tar.gz", ".last-used"):  # the record goes first
-                (self.dir / f"{key}{suffix}").unlink(missing_ok=True)
+            for name in (f"{key}.json", f"code-{key}.tar.gz", f"{key}.last-used"):  # record first
+                (self.dir / name).unlink(missing_ok=True)
         with self._mutex:
             self._known.pop(key, None)
         return existed
