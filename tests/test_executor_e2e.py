@@ -11,27 +11,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tools import require
+from tools import can_hide_host_python, require
 
 from parsl_poncho.workqueue import count_transfers
 
 SCENARIO = Path(__file__).parent / "e2e" / "three_apps"
 
 
-def _can_hide_host_python() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /root/.pyenv"],
-        capture_output=True,
-    )
-    return probe.returncode == 0
 
 
 def _collatz(n: int) -> int:
@@ -45,7 +36,7 @@ def _collatz(n: int) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/root/.pyenv").is_dir(), reason="needs the pyenv host Python")
 def test_three_apps_on_workers_without_host_python(tmp_path):
-    require(_can_hide_host_python(), "unshare --mount with tmpfs needs root")
+    require(can_hide_host_python(), "unshare --mount with tmpfs needs root")
     run_dir, cache, worker_cache = tmp_path / "runinfo", tmp_path / "cache", tmp_path / "wcache"
     run_dir.mkdir()
     env = {
@@ -71,13 +62,16 @@ def test_three_apps_on_workers_without_host_python(tmp_path):
     assert report["results"]["steps"] == [_collatz(n + 3) for n in range(4)]
     assert report["results"]["score"] == [2.0 * i + 1.0 for i in range(4)]
 
-    # three specs, each built exactly once
+    # three envs; each base built exactly once (apps needing the same packages share a base,
+    # the local helper rides in a code layer on top: "env H = base B + code K" in the log)
     hashes = {app: h for app, h in report["hashes"].items()}
     assert all(len(h) == 1 for h in hashes.values()), hashes
     assert len({h[0] for h in hashes.values()}) == 3
     log = (run_dir / "user.log").read_text()
     builds = re.findall(r"env ([0-9a-f]{12}): \[1/\d+\] solve: \d+ spec", log)
-    assert sorted(builds) == sorted(h[0][:12] for h in hashes.values()), builds
+    layered = dict(re.findall(r"env ([0-9a-f]{64}) = base ([0-9a-f]{64}) \+ code", log))
+    bases = {layered.get(h[0], h[0]) for h in hashes.values()}
+    assert sorted(builds) == sorted(b[:12] for b in bases), builds
 
     # each tarball sent once per worker that used it; the envs reached both workers
     debug_logs = list(run_dir.glob("*/PonchoExecutor/wq/debug_log"))
