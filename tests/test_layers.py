@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -219,3 +220,27 @@ def test_a_failed_code_layer_fails_its_tasks_and_is_retried(code, tmp_path: Path
     finally:
         envs.close()
         store.close()
+
+
+def test_cache_cli_lists_removes_and_prunes_code_layers(code, tmp_path: Path, capsys):
+    from parsl_poncho.cli.main import main as poncho_main
+
+    cache = tmp_path / "cache"
+    store = EnvStore(cache, builder=CountingBuilder())
+    env = store.get(_spec()).result(timeout=30)
+    store.close()
+    layers = CodeLayers(cache)
+    a, b = layers.get([code[0]], "3.11"), layers.get([code[1]], "3.11")
+    assert poncho_main(["cache", "--cache-dir", str(cache), "ls"]) == 0
+    out = capsys.readouterr().out
+    assert env.hash[:16] in out and "code layer: helper" in out and "code layer: mypkg" in out
+    assert "3 entries" in out
+    assert poncho_main(["cache", "--cache-dir", str(cache), "ls", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["kind"], r["hash"]) for r in rows] == [("env", env.hash), ("code", a.key),
+                                                      ("code", b.key)]
+    assert poncho_main(["cache", "--cache-dir", str(cache), "rm", a.key[:12]]) == 0
+    assert f"removed {a.key}" in capsys.readouterr().out and layers.lookup(a.key) is None
+    assert poncho_main(["cache", "--cache-dir", str(cache), "prune", "--max-size", "0"]) == 0
+    assert "2 evicted" in capsys.readouterr().out
+    assert layers.entries() == [] and EnvStore(cache).entries() == []

@@ -86,16 +86,25 @@ def _store(args: argparse.Namespace) -> Any:
     return EnvStore(args.cache_dir)
 
 
+def _layers(store: Any) -> Any:
+    from parsl_poncho.layers import CodeLayers
+
+    return CodeLayers(store.cache_dir)
+
+
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """Print the entries (hash, size, last use, in use, package counts)."""
+    """Print the entries: envs (base layers) and code layers (hash, size, last use, in use,
+    package counts or the local code they hold)."""
     store = _store(args)
     try:
+        layers = _layers(store)
         rows = [_row(store, env) for env in store.entries()]
+        rows += [_code_row(layers, layer) for layer in layers.entries()]
     finally:
         store.close()
     if args.json:
@@ -125,15 +134,33 @@ def _row(store: Any, env: Any) -> dict[str, Any]:
         "last_used": store.last_used(env.hash),
         "in_use": store.in_use(env.hash),
         "packages": f"{len(lock.get('conda') or [])} conda, {len(lock.get('pip') or [])} pip",
+        "kind": "env",
+    }
+
+
+def _code_row(layers: Any, layer: Any) -> dict[str, Any]:
+    return {
+        "hash": layer.key,
+        "tarball": str(layer.tarball),
+        "sha256": layer.sha256,
+        "size": layer.size,
+        "disk_size": layer.size,
+        "last_used": layers.last_used(layer.key),
+        "in_use": layers.in_use(layer.key),
+        "packages": "code layer: " + ", ".join(layer.names),
+        "kind": "code",
     }
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    """Remove the named entries; exit 1 if one is unknown, ambiguous or in use."""
+    """Remove the named entries (envs or code layers); exit 1 if one is unknown, ambiguous or
+    in use."""
     store = _store(args)
     status = 0
     try:
-        known = [env.hash for env in store.entries()]
+        layers = _layers(store)
+        codes = {layer.key for layer in layers.entries()}
+        known = [env.hash for env in store.entries()] + sorted(codes)
         for prefix in args.hashes:
             matches = [h for h in known if h.startswith(prefix.lower())]
             if len(matches) != 1:
@@ -142,7 +169,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 status = 1
                 continue
             try:
-                store.remove(matches[0])
+                (layers if matches[0] in codes else store).remove(matches[0])
                 print(f"removed {matches[0]}")
             except StoreError as exc:
                 print(f"parsl-poncho cache rm: {exc}")
@@ -156,9 +183,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """Evict least recently used entries (not in use) until the cache fits --max-size."""
     store = _store(args)
     try:
-        before = store.total_size()
+        layers = _layers(store)
+        before = store.total_size() + sum(c.size for c in layers.entries())
         evicted = store.prune(args.max_size)
-        after = store.total_size()
+        evicted += layers.prune(max(0, args.max_size - store.total_size()))
+        after = store.total_size() + sum(c.size for c in layers.entries())
     finally:
         store.close()
     for env_hash in evicted:
