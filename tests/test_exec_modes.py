@@ -80,3 +80,25 @@ def test_staged_worker_files_are_named_by_content(tmp_path: Path):
         local = Path(staged.local)
         assert local.name.startswith(f"{name}-") and len(local.name) == len(name) + 17
         assert local.stat().st_mode & 0o755 == 0o755
+
+
+def test_layered_env_command_and_inputs_carry_the_code_layer(tmp_path: Path):
+    from parsl_poncho.layers import CodeLayer, LayeredEnv
+    from parsl_poncho.store import Env
+
+    commands = WorkerCommands(stage_worker_files(tmp_path), unpack_timeout=60,
+                              worker_cache_dir="/scratch/c")
+    base = Env("b" * 64, tmp_path / "env-b.tar.gz", "e" * 64, 1000)
+    code = CodeLayer("c" * 64, tmp_path / f"code-{'c' * 64}.tar.gz", "d" * 64, 10, ("helper",))
+    env = LayeredEnv.of(base, code)
+    argv = shlex.split(commands.command_for("regular", env).removesuffix(" 2>&1"))
+    assert argv[:argv.index("--")] == [
+        "./poncho_run", "-e", f"env-{'b' * 64}.tar.gz", "-w", "60", "-s", "e" * 64,
+        "-c", f"code-{'c' * 64}.tar.gz", "--code-sha256", "d" * 64, "--cache-dir", "/scratch/c"]
+    files = commands.inputs("serverless", env)
+    assert [f.remote for f in files][-2:] == [f"env-{'b' * 64}.tar.gz", f"code-{'c' * 64}.tar.gz"]
+    assert files[-1].local == str(code.tarball) and all(f.cache for f in files)
+    plain = LayeredEnv.of(base, None)
+    assert "-c" not in shlex.split(commands.command_for("regular", plain))
+    assert [f.remote for f in commands.inputs("regular", plain)][-1] == f"env-{'b' * 64}.tar.gz"
+    assert plain.hash == base.hash and env.hash != base.hash
