@@ -9,32 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tools import require
+from tools import can_hide_host_python, require
 
 SCENARIO = Path(__file__).parent / "e2e" / "serverless_mix"
 HIDDEN_WORKER = Path(__file__).parent / "e2e" / "three_apps" / "hidden_worker.sh"
 
 
-def _can_hide_host_python() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /root/.pyenv"],
-        capture_output=True,
-    )
-    return probe.returncode == 0
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/root/.pyenv").is_dir(), reason="needs the pyenv host Python")
 def test_serverless_and_regular_apps_in_one_workflow(tmp_path: Path) -> None:
-    require(_can_hide_host_python(), "unshare --mount with tmpfs needs root")
+    require(can_hide_host_python(), "unshare --mount with tmpfs needs root")
     run_dir, worker_cache = tmp_path / "runinfo", tmp_path / "wcache"
     scratch = tmp_path / "scratch"
     run_dir.mkdir()

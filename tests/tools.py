@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -54,3 +55,14 @@ def require(condition: bool, reason: str) -> None:
         if under_ci():
             pytest.fail(f"CI=true and {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+def can_hide_host_python() -> bool:
+    """Whether a worker can be started with the host Python hidden (root, unshare, tmpfs)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /root/.pyenv"],
+        capture_output=True,
+    )
+    return probe.returncode == 0

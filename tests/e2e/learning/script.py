@@ -1,10 +1,11 @@
 """A Parsl user's script whose apps need modules that analysis cannot see.
 
 - ``table``: pandas imports sqlalchemy only inside ``read_sql`` (an optional dependency);
-- ``computed``: imports a module whose name is computed at run time;
+  serverless;
+- ``computed``: imports a module whose name is computed at run time; regular;
 - ``nowhere``: imports a module that exists on no host.
 
-Environment: RUN_DIR, PONCHO_CACHE, WORKER (worker executable), MODE (exec mode), N.
+Environment: RUN_DIR, PONCHO_CACHE, WORKER (worker executable), N.
 Prints one JSON line: results, errors with the seconds until they arrived.
 """
 
@@ -29,7 +30,7 @@ def table(n):
 
 
 @parsl.python_app
-def computed(word):
+def computed(word, parsl_resource_specification={"exec_mode": "regular"}):  # noqa: B006
     module = importlib.import_module("".join(["id", "na"]))
     return module.encode(word).decode()
 
@@ -47,7 +48,7 @@ def main():
         cache_dir=os.environ["PONCHO_CACHE"],
         worker_executable=os.environ["WORKER"],
         worker_options="--cores 2",
-        function_exec_mode=os.environ.get("MODE", "regular"),
+        function_exec_mode="serverless",
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
     )
     config = Config(executors=[executor], run_dir=os.environ["RUN_DIR"], strategy="none")
