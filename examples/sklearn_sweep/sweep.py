@@ -2,9 +2,10 @@
 
 What it shows: `make_app` returns a closure over the dataset seed; the app calls `score_svc`
 from `model_helpers.py` beside this script. parsl-poncho finds scikit-learn (and pins numpy,
-scipy, joblib, threadpoolctl to the host's versions), ships `model_helpers.py` inside the
-environment keyed by its content (edit it and the next run builds a new env), and runs each
-point of the grid on a worker.
+scipy, joblib, threadpoolctl to the host's versions) for the base environment, ships
+`model_helpers.py` as a small code layer keyed by its content (edit it and the next run packs
+and sends only a new code layer, in milliseconds; the base is reused), and runs each point of
+the grid on a worker.
 
 Run:  .venv/bin/python examples/sklearn_sweep/sweep.py
 """
