@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import cloudpickle
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
 from parsl.multiprocessing import SpawnContext, SpawnProcess
@@ -48,6 +47,7 @@ from parsl_poncho.exec_modes import (
 )
 from parsl_poncho.learning import Learner, importable_here, misses_of
 from parsl_poncho.monitor import Monitor, disk_for, thread_env
+from parsl_poncho.sizing import Sizer
 from parsl_poncho.tasks import (
     app_name,
     remote_exception,
@@ -57,6 +57,7 @@ from parsl_poncho.tasks import (
     wq_resources,
 )
 from parsl_poncho.workqueue import (
+    CategoryToWq,
     FileToWq,
     ManagerSettings,
     TaskToWq,
@@ -139,6 +140,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     :param server_idle_timeout: seconds an idle function server stays up on a node.
     :param learn_missing: a task that failed after missing a module this host has is sent
       again to an env with it added, and the app keeps it (also in later runs).
+    :param right_size: size memory of apps that set none from measured peaks (parsl_poncho.sizing).
     :param analyzer: an Analyzer to use instead of one built from the options above.
     :param store: an EnvStore to use instead of one built from the options above.
     """
@@ -185,6 +187,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         function_exec_mode: ExecMode = "regular",
         server_idle_timeout: int = 300,
         learn_missing: bool = True,
+        right_size: bool = True,
         analyzer: Analyzer | None = None,
         store: EnvStore | None = None,
     ):
@@ -240,7 +243,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.manager_restarts = manager_restarts
         self.function_exec_mode = check_exec_mode(function_exec_mode, "function_exec_mode")
         self.server_idle_timeout = server_idle_timeout
-        self.learn_missing = learn_missing
+        self.learn_missing, self.right_size = learn_missing, right_size
         self.analyzer = analyzer
         self.store = store
         if remote_monitoring_radio is None:
@@ -252,7 +255,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._ids = itertools.count()
         self._tasks_lock = threading.Lock()
         self._wq_lock = threading.Lock()  # the manager's queues, and what was sent through them
-        self._sent: dict[str, TaskToWq] = {}
+        self._sent: dict[str, TaskToWq | CategoryToWq] = {}
         self._prepared: dict[str, _Prepared] = {}
         self._manager_restarts = 0
         self._started = False
@@ -278,7 +281,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._learner = Learner(self._make_analyzer, self._store.cache_dir,
                                 enabled=self.learn_missing)
         self._envs = self._make_ready_envs()
-        self._monitor = Monitor(self.label)
+        self._monitor, self._sizer = Monitor(self.label), Sizer(self.right_size, self._send)
         self._should_stop = SpawnContext.Event()
         self._start_manager(self.port)
         self._collector = threading.Thread(
@@ -524,11 +527,11 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             result_file=str(task.task_dir / "result.pkl"),
             resources=disk_for(task.resources, env.size, self.default_disk),
             max_retries=self.max_retries,
-            env=thread_env(self.env, task.resources),
+            env=self._sizer.limit(fu, task, thread_env(self.env, task.resources)),
         ))
 
-    def _send(self, msg: TaskToWq) -> None:
-        """Hand a task to the manager, remembering it until it ends (to resend on a restart)."""
+    def _send(self, msg: TaskToWq | CategoryToWq) -> None:
+        """Hand a message to the manager, remembering it (resent on a restart) until done."""
         with self._wq_lock:
             self._sent[msg.id] = msg
             self._task_queue.put(msg)
@@ -579,8 +582,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         """Resolve the future of one finished task."""
         fu = self._future_of(msg.id)
         env_hash = getattr(fu, "parsl_poncho_env_hash", "?")
-        report = _read_result(msg.result_file)
-        if report.get("status") != "ok" and self._retry_after_learning(msg, report, fu):
+        report = msg.read_result()
+        if report.get("status") != "ok" and (self._retry_after_learning(msg, report, fu) or
+                                             self._sizer.retry(msg, report, self._sent)):
             return
         if msg.result_file is None:
             where = f" on {msg.host}" if msg.host else ""
@@ -588,7 +592,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                 f"Task {msg.id} (env {env_hash}) produced no result{where}. "
                 + explain_result(msg.result, msg.return_status, msg.output)))
             return
-        self._monitor.observe(fu, msg.id, report)
+        self._sizer.observe(msg, fu, self._monitor.observe(fu, msg.id, report))
         if report.get("status") == "ok":
             self._finish(msg.id, value=report.get("value"))
         else:
@@ -653,11 +657,3 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                 self.scale_in(len(live))
             except Exception:  # noqa: BLE001 - best effort on the way out
                 logger.warning("%s: cancelling blocks failed", self.label, exc_info=True)
-
-
-def _read_result(path: str | None) -> dict[str, Any]:
-    """The runner's result dict ({} when the task wrote none)."""
-    if path is None:
-        return {}
-    with open(path, "rb") as f:
-        return cloudpickle.load(f)

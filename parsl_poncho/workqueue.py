@@ -5,7 +5,9 @@ WorkQueueExecutor, the manager runs in a separate (spawned) process. The executo
 process talk through two queues whose messages are named by direction:
 
 * :class:`TaskToWq` -- executor to manager: one fully prepared Work Queue task;
-* :class:`WqToTask` -- manager to executor: how that task ended.
+* :class:`CategoryToWq` -- executor to manager: the requests of a category's tasks that do not
+  state their own (right-sizing, see ``parsl_poncho/sizing.py``);
+* :class:`WqToTask` -- manager to executor: how that task ended, and what Work Queue gave it.
 
 Result codes are translated into words by one pure function, :func:`explain_result`, so the
 executor never needs the Work Queue module to understand a failure.
@@ -106,8 +108,28 @@ class TaskToWq:
 
 
 @dataclass(frozen=True)
+class CategoryToWq:
+    """Executor -> manager: ``max_resources`` (e.g. ``{"memory": 400}``, MB) become what each
+    task of ``category`` is given for a resource it does not request itself (Work Queue's
+    ``specify_category_max_resources``; the category stays in FIXED mode)."""
+
+    category: str
+    max_resources: Mapping[str, float]
+
+    @property
+    def id(self) -> str:
+        """The key under which the executor keeps it, to send it again to a new manager."""
+        return f"category:{self.category}"
+
+
+@dataclass(frozen=True)
 class WqToTask:
-    """Manager -> executor: a task ended; ``result`` is the Work Queue result's name."""
+    """Manager -> executor: a task ended; ``result`` is the Work Queue result's name.
+
+    ``allocated`` is what Work Queue gave the last attempt (``cores``, ``memory`` MB, ``disk``
+    MB; empty if unknown), ``worker_memory`` the memory (MB) of the largest connected worker
+    (0 if unknown).
+    """
 
     id: str
     result: str
@@ -116,6 +138,17 @@ class WqToTask:
     host: str = ""
     result_file: str | None = None
     wq_id: int = -1
+    allocated: Mapping[str, float] = field(default_factory=dict)
+    worker_memory: int = 0
+
+    def read_result(self) -> dict[str, Any]:
+        """The runner's result dict from ``result_file`` ({} when the task wrote none)."""
+        if self.result_file is None:
+            return {}
+        import cloudpickle
+
+        with open(self.result_file, "rb") as f:
+            return cloudpickle.load(f)
 
 
 @dataclass(frozen=True)
@@ -218,15 +251,32 @@ def _make_task(wq: ModuleType, msg: TaskToWq) -> Any:
     return t
 
 
+def apply_category(q: Any, msg: CategoryToWq) -> bool:
+    """Set a category's requests in Work Queue; False (logged) if it refuses them."""
+    try:
+        q.specify_category_max_resources(msg.category, dict(msg.max_resources))
+    except Exception:  # noqa: BLE001 - a category request is an optimisation, never fatal
+        logger.exception("Work Queue refused requests %s for category %r",
+                         dict(msg.max_resources), msg.category)
+        return False
+    logger.info("category %r: tasks without their own request get %s", msg.category,
+                dict(msg.max_resources))
+    return True
+
+
 def _submit_pending(wq: ModuleType, q: Any, task_queue: Any, pending: dict, out: Any,
                     block: float) -> None:
-    """Move every TaskToWq waiting in ``task_queue`` into Work Queue."""
+    """Move every TaskToWq waiting in ``task_queue`` into Work Queue (and apply each
+    CategoryToWq)."""
     while True:
         try:
             msg = task_queue.get(timeout=block) if block else task_queue.get_nowait()
         except queue.Empty:
             return
         block = 0
+        if isinstance(msg, CategoryToWq):
+            apply_category(q, msg)
+            continue
         try:
             wq_id = q.submit(_make_task(wq, msg))
         except Exception as exc:  # noqa: BLE001 - reported to the task, not fatal to the loop
@@ -238,7 +288,37 @@ def _submit_pending(wq: ModuleType, q: Any, task_queue: Any, pending: dict, out:
         logger.debug("task %s submitted as Work Queue task %s", msg.id, wq_id)
 
 
-def _report(t: Any, names: Mapping[int, str], pending: dict, out: Any) -> None:
+def allocation_of(t: Any) -> dict[str, float]:
+    """What Work Queue gave a finished task (cores, memory, disk), {} if the binding hides it."""
+    try:
+        box = t.resources_allocated
+        box = box() if callable(box) else box
+        got = {name: float(getattr(box, name)) for name in ("cores", "memory", "disk")}
+    except Exception:  # noqa: BLE001 - bindings differ; the allocation is informative only
+        return {}
+    return {name: value for name, value in got.items() if value >= 0}
+
+
+class _LargestWorker:
+    """The memory of the largest connected worker, asked of Work Queue at most every 2 s."""
+
+    def __init__(self, q: Any) -> None:
+        self.q, self.when, self.memory = q, 0.0, 0
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self.when > 2:
+            self.when = now
+            try:
+                self.memory = max((int(w["memory"]) for w in self.q.workers_summary()),
+                                  default=0)
+            except Exception:  # noqa: BLE001 - informative only
+                self.memory = 0
+        return self.memory
+
+
+def _report(t: Any, names: Mapping[int, str], pending: dict, out: Any,
+            largest: Any = lambda: 0) -> None:
     """Send a WqToTask for a finished Work Queue task."""
     msg = pending.pop(t.tag, None)
     if msg is None:
@@ -253,6 +333,8 @@ def _report(t: Any, names: Mapping[int, str], pending: dict, out: Any) -> None:
         host=str(getattr(t, "hostname", "") or ""),
         result_file=msg.result_file if have_result else None,
         wq_id=int(t.id),
+        allocated=allocation_of(t),
+        worker_memory=largest(),
     ))
 
 
@@ -272,6 +354,7 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
         raise
     port_mailbox.put(q.port)
     names = result_names(wq)
+    largest = _LargestWorker(q)
     pending: dict[str, TaskToWq] = {}
     parent = os.getppid()
     idle = _MIN_IDLE
@@ -285,7 +368,7 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
             t = q.wait(0)  # also accepts connecting workers when no task is queued
             while t is not None:
                 busy = True
-                _report(t, names, pending, result_queue)
+                _report(t, names, pending, result_queue, largest)
                 t = q.wait(0)
             idle = _MIN_IDLE if busy else min(idle * 2, settings.max_idle)
     finally:

@@ -38,6 +38,14 @@ them). A fresh Python (regular mode) sizes its pools from them when numpy & co. 
 library a function server imported before the fork has sized its pool already, from the
 server's environment; this runner does not resize it.
 
+Memory: when PARSL_PONCHO_LIMIT_MEMORY=1 (the executor sets it for apps it right-sizes) and
+Work Queue set MEMORY (MB, the task's allocation), the growth of this process's data segment
+(RLIMIT_DATA, soft) is capped at MEMORY minus its resident memory when the call is loaded, so a
+call that needs more than its allocation gets a MemoryError, which the executor retries with
+more memory. (RLIMIT_DATA counts writable private mappings: address space that BLAS libraries
+reserve untouched is counted too, RLIMIT_AS would count all of it.) A function server's child
+applies it too: it runs main() with the client's environment.
+
 Exit codes:
     0   the function returned; RESULT.pkl holds {"status": "ok", ...}
     10  the function raised; RESULT.pkl holds {"status": "raised", ...}
@@ -221,6 +229,31 @@ def write_atomically(path: str, data: bytes) -> None:
         raise RunnerError(f"cannot write the result file {path!r}: {exc}") from exc
 
 
+def limit_memory(environ: Any = None) -> int | None:
+    """Apply the memory limit described in the header; returns it in bytes, or None."""
+    environ = os.environ if environ is None else environ
+    if environ.get("PARSL_PONCHO_LIMIT_MEMORY") != "1":
+        return None
+    try:
+        import resource
+
+        allowed = int(float(environ.get("MEMORY", ""))) * 2**20
+        with open("/proc/self/statm") as f:  # pages: size resident shared text lib data dt
+            fields = f.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        rss, data = int(fields[1]) * page, int(fields[5]) * page
+        if allowed <= 0:
+            return None
+        limit = data + max(0, allowed - rss)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (ImportError, OSError, ValueError, IndexError):
+        return None  # not Linux, or no usable MEMORY: run unlimited, as before
+    return limit
+
+
 class MissRecorder:
     """A finder at the end of ``sys.meta_path``: it sees exactly the imports no finder found.
 
@@ -259,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import cloudpickle  # noqa: F401 - before recording: its own import probes are not misses
 
+        limit_memory()
         with recorder:
             fn, args, kwargs = load_call(fn_path)
             result = call_function(fn, args, kwargs)
