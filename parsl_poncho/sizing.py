@@ -113,7 +113,7 @@ class Sizer:
             c = self._categories.setdefault(category, _Category())
             c.tasks += count
             c.max_memory = max(c.max_memory, memory)
-            if c.tasks < self.first_tasks:
+            if c.tasks < self.first_tasks and not c.requested:
                 return
             wanted = propose_memory(c.max_memory, margin=self.margin, floor=self.floor,
                                     cap=self.worker_memory)

@@ -309,9 +309,8 @@ class _LargestWorker:
         now = time.monotonic()
         if now - self.when > 2:
             self.when = now
-            try:
-                self.memory = max((int(w["memory"]) for w in self.q.workers_summary()),
-                                  default=0)
+            try:  # stats, not workers_summary(), which rounds sizes (4000 MB -> 3840)
+                self.memory = max(0, int(self.q.stats.max_memory))
             except Exception:  # noqa: BLE001 - informative only
                 self.memory = 0
         return self.memory
