@@ -265,3 +265,44 @@ def test_result_of_a_message(tmp_path: Path) -> None:
     path.write_bytes(cloudpickle.dumps({"status": "ok", "value": 3}))
     assert ended(result_file=str(path)).read_result() == {"status": "ok", "value": 3}
     assert ended().read_result() == {}
+
+
+# -- the runner's side (worker_shim/run_function.py): the limit a sized task runs under -------
+
+
+def run_limited(tmp_path: Path, code: str, **env: str) -> subprocess.CompletedProcess:
+    import sys
+
+    shim = Path(__file__).resolve().parents[1] / "worker_shim"
+    script = tmp_path / "probe.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(shim)!r})\n"
+                      "import run_function\nprint(run_function.limit_memory())\n" + code)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={"PATH": os.environ.get("PATH", ""), **env}, timeout=60)
+
+
+CODE = """
+try:
+    block = bytearray(300 * 2**20)
+    block[::4096] = b"x" * len(range(0, len(block), 4096))
+    print("300 MB ok")
+    more = bytearray(200 * 2**20)
+    print("500 MB ok")
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+def test_a_sized_call_gets_memory_error_past_its_allocation(tmp_path: Path) -> None:
+    out = run_limited(tmp_path, CODE, **{LIMIT_VAR: "1", "MEMORY": "400"})
+    assert out.returncode == 0, out.stderr
+    limit, *rest = out.stdout.split()
+    assert int(limit) > 0 and " ".join(rest) == "300 MB ok MemoryError"
+
+
+@pytest.mark.parametrize("env", [{"MEMORY": "400"}, {LIMIT_VAR: "1"},
+                                 {LIMIT_VAR: "1", "MEMORY": "lots"}, {LIMIT_VAR: "1",
+                                                                      "MEMORY": "0"}])
+def test_no_limit_without_the_flag_or_a_usable_memory(tmp_path: Path, env: dict) -> None:
+    out = run_limited(tmp_path, CODE, **env)
+    assert out.stdout.split() == ["None", "300", "MB", "ok", "500", "MB", "ok"], out.stderr

@@ -156,3 +156,77 @@ def test_manager_reports_missing_output(tmp_path):
     assert "run_function.py" in text and "broken" in text
     with pytest.raises(queue.Empty):
         results.get(timeout=0.1)
+
+
+class _FakeQueue:
+    """Records category requests; refuses a category named "bad", as Work Queue refuses an
+    unknown resource name."""
+
+    def __init__(self) -> None:
+        self.categories: dict[str, dict] = {}
+
+    def specify_category_max_resources(self, category: str, rmd: dict) -> None:
+        if category == "bad":
+            raise AttributeError("'rmsummary' object has no attribute 'memroy'")
+        self.categories[category] = rmd
+
+
+def test_apply_category_sets_max_resources_and_survives_a_refusal(caplog):
+    from parsl_poncho.workqueue import CategoryToWq, apply_category
+
+    q = _FakeQueue()
+    assert apply_category(q, CategoryToWq("fit", {"memory": 400}))
+    assert q.categories == {"fit": {"memory": 400}}
+    assert not apply_category(q, CategoryToWq("bad", {"memroy": 1}))
+    assert "Work Queue refused requests {'memroy': 1} for category 'bad'" in caplog.text
+
+
+def test_allocation_of_reads_the_box_and_tolerates_bindings_without_it():
+    from types import SimpleNamespace
+
+    from parsl_poncho.workqueue import allocation_of
+
+    box = SimpleNamespace(cores=1.0, memory=400.0, disk=-1.0)
+    assert allocation_of(SimpleNamespace(resources_allocated=box)) == {"cores": 1.0,
+                                                                     "memory": 400.0}
+    assert allocation_of(SimpleNamespace(resources_allocated=None)) == {}
+    assert allocation_of(SimpleNamespace()) == {}
+
+
+@pytest.mark.slow
+def test_manager_applies_a_category_request_to_tasks_without_their_own(tmp_path):
+    """CategoryToWq through a real manager: Work Queue allocates it (MEMORY in the task, and
+    the allocation read back) to tasks that ask no memory; a task's own request wins."""
+    require_tool("work_queue_worker")
+    from parsl.multiprocessing import SpawnContext, SpawnProcess
+
+    from parsl_poncho.workqueue import CategoryToWq
+
+    tasks, results, mailbox = SpawnContext.Queue(), SpawnContext.Queue(), SpawnContext.Queue()
+    stop = SpawnContext.Event()
+    proc = SpawnProcess(target=workqueue.run_manager, kwargs=dict(
+        settings=ManagerSettings(max_idle=0.05), task_queue=tasks, result_queue=results,
+        port_mailbox=mailbox, should_stop=stop))
+    proc.start()
+    port = mailbox.get(timeout=60)
+    worker = subprocess.Popen(["work_queue_worker", "--cores", "2", "--memory", "4000", "-t",
+                               "60", "localhost", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        tasks.put(CategoryToWq("fit", {"memory": 400}))
+        for i, resources in enumerate([{"cores": 1}, {"cores": 1, "memory": 900}]):
+            out = tmp_path / f"out{i}"
+            tasks.put(TaskToWq(id=str(i), command="echo $MEMORY > out", category="fit",
+                               inputs=(), outputs=(FileToWq(str(out), "out"),),
+                               result_file=str(out), resources=resources))
+        got = {m.id: m for m in (results.get(timeout=60) for _ in range(2))}
+    finally:
+        stop.set()
+        proc.join(timeout=30)
+        worker.wait(timeout=30)
+    assert (tmp_path / "out0").read_text().strip() == "400"
+    assert got["0"].allocated["memory"] == 400 and got["0"].allocated["cores"] == 1
+    assert (tmp_path / "out1").read_text().strip() == "900"
+    assert got["1"].allocated["memory"] == 900
+    assert {m.worker_memory for m in got.values()} <= {0, 4000}
+    assert got["1"].worker_memory == 4000 or got["0"].worker_memory == 4000
