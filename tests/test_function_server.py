@@ -453,3 +453,33 @@ def test_stale_start_lock_of_a_dead_client_is_broken(node: Node) -> None:
     proc = node.call(double, 9)
     assert proc.returncode == 0 and "regular mode" not in proc.stderr, proc.stderr
     assert not (node.server_dir / "start.lock").exists()
+
+
+def leave_a_process_behind(seconds):
+    import os
+    import subprocess
+    import time
+
+    # Helpers that outlive the call and keep every inherited fd but the task's output (which
+    # a caller reading the task's output would rightly wait for, in any mode).
+    if os.fork() == 0:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        time.sleep(seconds)
+        os._exit(0)
+    subprocess.Popen(["sleep", str(seconds)], close_fds=False, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return "done"
+
+
+@pytest.mark.parametrize("calls", [1, 3], ids=["fresh-fork", "spare"])
+def test_processes_a_call_leaves_behind_do_not_hold_up_its_task(node: Node, calls: int) -> None:
+    node.write_call(leave_a_process_behind, 8)
+    for _ in range(calls):  # later calls run in a spare forked ahead of time
+        started = time.monotonic()
+        proc = node.run(timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert time.monotonic() - started < 5
+        assert node.result()["value"] == "done"
+    assert "regular mode" not in proc.stderr

@@ -15,7 +15,11 @@ from, writes "<client pid>\n" to DIR/requests (atomic under PIPE_BUF; the server
 O_RDWR, never sees EOF). The server checks that the client is its uid's, finds the client's child
 whose fd 0 is its alive FIFO (/proc/<client>/task/<client>/children), opens /proc/<that>/fd/5
 (must be a pipe of our uid), SIGKILLs that subshell (now only the server holds the pipe's write
-end) and forks. When the child ends it writes one line and closes the pipe:
+end) and hands the call to a process forked ahead of time (a spare: its cwd, stdout and stderr
+fds go over a socketpair), else forks one. The call's process never holds the reply pipe: it
+reports its outcome on the server's done pipe just before _exit (so nobody waits for the
+teardown of a big heap), or the server learns it from wait4; the server then writes one line
+and closes the pipe:
     exit N UTIME STIME MAXRSS_KB     the child exited with status N (run_function.py's codes)
     signal N UTIME STIME MAXRSS_KB   the child was killed by signal N
     retry                            the server is shutting down: start a new one, ask again
@@ -29,8 +33,7 @@ request is checked for the server's uid; others' are refused and logged.
 The child: own process group, PR_SET_PDEATHSIG SIGKILL, a fresh python's signal handlers, stdin
 /dev/null, other fds closed, the sandbox's cwd/environ/argv/sys.path[0], numpy's global RNG
 reseeded, tempfile's cached dir reset; it _exits with run_function.main([FN, RESULT]). Children
-are reaped with os.wait4 on a SIGCHLD wakeup fd in a selectors loop: a finished call is answered
-at once.
+are reaped with os.wait4 on a SIGCHLD wakeup fd in a selectors loop.
 
 Every 0.5 s: kill (with its process group) the child of a client that died (pid gone or start
 time changed); exit when idle (no call running and none for --idle seconds), when
@@ -178,6 +181,7 @@ class Server:
         self.stopping = ""
         self.signalled = ""
         self.pending = b""
+        self.pending_done = b""
         self.libc: Any = None
         self.watched: list[tuple[str, os.stat_result]] = []  # ready files of env and code
         self.lock_fd = -1
@@ -275,8 +279,12 @@ class Server:
                     break
         else:
             raise Refused(f"process {client} has no subshell reading this server's alive FIFO")
-        fd = os.open(f"/proc/{sub}/fd/5", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        os.kill(sub, signal.SIGKILL)  # now only we hold the pipe's write end
+        try:
+            fd = os.open(f"/proc/{sub}/fd/5", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        finally:
+            # now only we hold the pipe's write end; if we could not open it, the client
+            # reads an empty reply and runs the call in regular mode instead of waiting
+            os.kill(sub, signal.SIGKILL)
         st = os.fstat(fd)
         if not stat.S_ISFIFO(st.st_mode) or st.st_uid != uid:
             os.close(fd)
@@ -352,8 +360,7 @@ class Server:
         (pid, sock), self.spare = self.spare, None
         context = pickle.dumps((task.client, task.client_start, task.environ, task.argv))
         try:
-            socket.send_fds(sock, [context], [task.reply_fd, task.cwd_fd, task.out_fd,
-                                              task.err_fd])
+            socket.send_fds(sock, [context], [task.cwd_fd, task.out_fd, task.err_fd])
         except OSError as exc:
             log(f"the spare process {pid} is gone ({exc.strerror}): forking instead")
             with contextlib.suppress(OSError):
@@ -380,13 +387,15 @@ class Server:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         try:
-            message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
+            message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
         except OSError:
             return 0
-        if not message or len(fds) != 4:
+        if not message or len(fds) != 3:
             return 0
+        for fd in fds:
+            os.set_inheritable(fd, False)  # recv_fds does not set close-on-exec
         client, client_start, environ, argv = pickle.loads(message)
-        task = Task(client, client_start, fds[0], fds[1], fds[2], fds[3], environ, argv)
+        task = Task(client, client_start, -1, fds[0], fds[1], fds[2], environ, argv)
         return self.run_child(task)
 
     def run_child(self, task: Task) -> int:
@@ -405,8 +414,10 @@ class Server:
             os.dup2(task.out_fd, 1)
             os.dup2(task.err_fd, 2)
             os.fchdir(task.cwd_fd)
+            # The reply pipe is the server's to write: anything the call forks (a pool, a
+            # daemon) must not hold it, or the client would wait for that process to end.
             for fd in [int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2]:
-                if fd not in (task.reply_fd, self.done_w):
+                if fd != self.done_w:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             os.environ.clear()
@@ -428,24 +439,26 @@ class Server:
         return code
 
     def answer_before_exit(self, task: Task, code: int) -> None:
-        """In the child: answer the client, then tell the server, which closes its copy.
+        """In the child: tell the server the call's outcome, which it passes on at once.
 
         Tearing down a big preloaded heap at _exit takes as long as the fork (~12 ms with
         scikit-learn loaded): the client need not wait for it. A child that dies before this
-        point (a crash, os._exit) is answered by the server after wait4, as before.
+        point (a crash, os._exit) is answered by the server after wait4.
         """
         me = resource.getrusage(resource.RUSAGE_SELF)
-        self.reply(task.reply_fd, f"exit {code} {me.ru_utime:.6f} {me.ru_stime:.6f} "
-                                  f"{me.ru_maxrss}")
-        os.write(self.done_w, f"{os.getpid()}\n".encode())
+        os.write(self.done_w, f"{os.getpid()} exit {code} {me.ru_utime:.6f} "
+                              f"{me.ru_stime:.6f} {me.ru_maxrss}\n".encode())
 
     def read_done(self) -> None:
-        """Children that answered their client: close our copy of the reply pipe (EOF)."""
+        """Answer the clients of children that reported their outcome (then EOF for them)."""
         with contextlib.suppress(BlockingIOError):
-            for pid in os.read(self.done_r, 65536).split():
-                task = self.tasks.get(int(pid))
+            data = self.pending_done + os.read(self.done_r, 65536)
+            *lines, self.pending_done = data.split(b"\n")
+            for line in lines:
+                pid, _, outcome = line.decode("ascii", "replace").partition(" ")
+                task = self.tasks.get(int(pid)) if pid.isdigit() else None
                 if task is not None and task.reply_fd >= 0:
-                    os.close(task.reply_fd)
+                    self.reply(task.reply_fd, outcome)
                     task.reply_fd = -1
 
     def reap(self) -> None:
