@@ -618,6 +618,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         logger.warning("task %s (%s) missed %s: sending it again with env %s", msg.id,
                        task.category, ", ".join(misses), env_hash)
         fu.parsl_poncho_env_hash = env_hash  # type: ignore[attr-defined]
+        with self._wq_lock:  # a manager restart must not resend it to the old env meanwhile
+            self._sent.pop(msg.id, None)
         Path(msg.result_file or task.task_dir / "result.pkl").unlink(missing_ok=True)
         ready = self._envs.get(spec, env_hash, modules)
         ready.add_done_callback(lambda r: self._dispatch(task, fu, r))

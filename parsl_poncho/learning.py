@@ -71,11 +71,29 @@ class AppIdentity:
 
 
 def misses_of(report: Mapping[str, Any] | None, output: str = "") -> list[str]:
-    """The modules a task failed to import: from its result, else from the runner's stderr."""
+    """The modules a failed task missed, when they may be why it failed.
+
+    From its result, else from the runner's stderr (the call could not even be loaded). A
+    call that raised counts only if its error is an ImportError or names a missed module: a
+    library that probed an optional module and then failed for another reason (a bug, bad
+    data) is not rebuilt and rerun for it.
+    """
     found = list((report or {}).get("misses") or ())
     for match in _MISSES_LINE.finditer(output or ""):
         found += [m.strip() for m in match.group(1).split(",")]
-    return [m for m in dict.fromkeys(found) if isinstance(m, str) and _MODULE_NAME.match(m)]
+    misses = [m for m in dict.fromkeys(found) if isinstance(m, str) and _MODULE_NAME.match(m)]
+    if report and report.get("status") == "raised" and not _import_related(report, misses):
+        return []
+    return misses
+
+
+def _import_related(report: Mapping[str, Any], misses: list[str]) -> bool:
+    if isinstance(report.get("exception"), ImportError):
+        return True
+    if str(report.get("exc_type", "")).endswith(("ImportError", "ModuleNotFoundError")):
+        return True
+    message = str(report.get("message", ""))
+    return any(m.split(".")[0] in message for m in misses)
 
 
 def importable_here(module: str) -> bool:

@@ -38,6 +38,13 @@ else
 fi
 
 PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    # Debian's own python3 needs python3-venv for `python3 -m venv`
+    say "installing python3-venv with apt-get"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
 VENV="${VENV:-.venv}"
 LOCK="${LOCK:-constraints.txt}"
 if [ ! -x "$VENV/bin/python" ]; then

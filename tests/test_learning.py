@@ -18,12 +18,15 @@ from parsl_poncho.learning import (
 )
 
 
-def app(x):
-    return x + 1
+def _script_function(source: str):
+    """A function defined in a user's script (pickled and analysed by value, like most apps)."""
+    namespace: dict = {"__name__": "__main__"}
+    exec(source, namespace)
+    return next(v for k, v in namespace.items() if not k.startswith("__"))
 
 
-def other_app(x):
-    return x - 1
+app = _script_function("def app(x):\n    return x + 1\n")
+other_app = _script_function("def other_app(x):\n    return x - 1\n")
 
 
 def make_learner(cache: Path | None, **kwargs) -> Learner:
@@ -64,11 +67,11 @@ def test_what_was_learnt_persists_for_the_next_run_and_can_be_forgotten(tmp_path
     assert again.learnt(AppIdentity.of(app)) == {"numpy": "numpy"}
     assert "numpy" in pip_names(again.analyzer_for(app).analyze(app))
     records = list_learnt(tmp_path)
-    assert [r["app"] for r in records] == [f"{__name__}.app"]
+    assert [r["app"] for r in records] == ["__main__.app"]
     assert records[0]["modules"] == {"numpy": "numpy"}
     with pytest.raises(PonchoError, match=r"no learnt modules match 'nothing\.like\.this'"):
         forget_learnt(tmp_path, ["nothing.like.this"])
-    assert forget_learnt(tmp_path, [f"{__name__}.app"]) == [records[0]["key"]]
+    assert forget_learnt(tmp_path, ["__main__.app"]) == [records[0]["key"]]
     assert make_learner(tmp_path).learnt(AppIdentity.of(app)) == {}
 
 
@@ -95,6 +98,18 @@ def test_a_task_is_retried_for_learning_at_most_a_few_times(tmp_path):
     assert learner.may_retry("7")
 
 
+def test_only_import_related_failures_are_learnt_from():
+    probed = {"status": "raised", "misses": ["ujson"], "exc_type": "builtins.ValueError",
+              "message": "bad input", "exception": ValueError("bad input")}
+    assert misses_of(probed) == []  # a bug after an optional probe: not rebuilt for it
+    hidden = {**probed, "exc_type": "mylib.Error", "exception": None,
+              "message": "install ujson to use fast mode"}
+    assert misses_of(hidden) == ["ujson"]
+    raised = {**probed, "exception": ImportError("Missing optional dependency")}
+    assert misses_of(raised) == ["ujson"]
+    assert misses_of({**probed, "status": "ok"}) == ["ujson"]
+
+
 def test_misses_come_from_the_result_or_the_runners_stderr():
     assert misses_of({"misses": ["a", "b.c", "a", "not a name"]}) == ["a", "b.c"]
     output = "boom\nrun_function.py: modules not found: pytest, pandas\n"
@@ -116,11 +131,11 @@ def test_cache_cli_lists_and_forgets_learnt_modules(tmp_path, capsys):
     make_learner(tmp_path).learn(app, ["numpy"])
     assert poncho_main(["cache", "--cache-dir", str(tmp_path), "learnt"]) == 0
     out = capsys.readouterr().out
-    assert f"{__name__}.app" in out and "numpy (numpy)" in out and "1 app learnt" in out
+    assert "__main__.app" in out and "numpy (numpy)" in out and "1 app learnt" in out
     assert poncho_main(["cache", "--cache-dir", str(tmp_path), "learnt", "--json"]) == 0
     assert '"numpy": "numpy"' in capsys.readouterr().out
     assert poncho_main(["cache", "--cache-dir", str(tmp_path), "forget", "no.such"]) == 1
     assert "no learnt modules match 'no.such'" in capsys.readouterr().out
-    assert poncho_main(["cache", "--cache-dir", str(tmp_path), "forget", __name__]) == 0
+    assert poncho_main(["cache", "--cache-dir", str(tmp_path), "forget", "__main__"]) == 0
     assert "forgot" in capsys.readouterr().out
     assert list_learnt(tmp_path) == []

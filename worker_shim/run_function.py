@@ -28,9 +28,10 @@ Both carry what the call used, measured by the OS (getrusage, no sampling; ~30 u
 
 wall_time and cpu_time (user + system, of this process and of the children it waited for)
 cover the call fn(*args, **kwargs) only, not unpickling or writing the result. memory is
-the peak resident set (ru_maxrss) of this process or of its largest waited-for child, so
-it includes the interpreter's baseline (~10-20 MB; in a function server's forked child, the
-server's preloaded heap it shares, which ru_maxrss counts from the fork).
+the peak resident set of this process during the call (Linux VmHWM, reset when the call
+starts; elsewhere ru_maxrss) or of its largest waited-for child, so it includes the
+interpreter's baseline (~10-20 MB; in a function server's forked child, the server's
+preloaded heap it shares).
 
 Thread pools: the executor sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS,
 NUMEXPR_NUM_THREADS and VECLIB_MAXIMUM_THREADS to the task's cores (unless the user set
@@ -151,9 +152,31 @@ def usage_now() -> tuple[float, float, float]:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    peak = max(me.ru_maxrss, kids.ru_maxrss)  # KiB on Linux, bytes on macOS
+    peak = max(_peak_rss_kb() or me.ru_maxrss, kids.ru_maxrss)  # KiB on Linux, bytes on macOS
     mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
     return time.perf_counter(), cpu, mb
+
+
+def reset_peak_rss() -> None:
+    """Start the peak-RSS count afresh (Linux): ru_maxrss keeps the peak of the process this
+    one was forked from (the worker, a test runner, a function server) even across exec."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_kb() -> int:
+    """VmHWM of this process image in KiB (since reset_peak_rss), or 0 where unknown."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def resources_between(start: tuple[float, float, float],
@@ -165,6 +188,7 @@ def resources_between(start: tuple[float, float, float],
 
 def call_function(fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     """Call ``fn`` and turn the outcome (value or exception) into a result dict."""
+    reset_peak_rss()
     start = usage_now()
     try:
         value = fn(*args, **kwargs)

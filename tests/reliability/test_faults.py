@@ -440,7 +440,7 @@ def test_restarted_workflow_reuses_cached_envs(restarts: int, tmp_path: Path,
     first = run(0, kill_after=3 + 5)  # RESULT 0..2 need all three envs
     assert first.proc.returncode == -signal.SIGKILL
     built = sorted(first.builds())
-    assert len(built) == 3
+    assert len(built) == 1  # the three envs share one base (they differ by local code only)
     stamps = {h: _stamp(cache, h) for h in built}
     for n in range(1, restarts + 1):
         if n < restarts:  # die again, part way through
@@ -450,7 +450,7 @@ def test_restarted_workflow_reuses_cached_envs(restarts: int, tmp_path: Path,
         flow, summary = run(n, kill_after=None)
         assert flow.builds() == [], "a restarted workflow rebuilt a cached env"
         assert summary["right"] == tasks and summary["lost"] == 0, summary
-        assert summary["envs"] == built
+        assert len(summary["envs"]) == 3 and set(built) <= set(summary["envs"])
     assert {h: _stamp(cache, h) for h in built} == stamps, "cached tarballs were rewritten"
     assert check_store(cache) == built
     assert [p.name for p in (cache / "staging").iterdir()] == []

@@ -39,5 +39,7 @@ def test_many_tasks_over_four_workers_and_three_envs(tasks: int, tmp_path: Path,
     assert summary["lost"] == 0 and summary["wrong"] == 0 and summary["failed"] == 0, summary
     assert summary["right"] == tasks
     assert len(summary["envs"]) == 3
-    assert len(flow.builds()) == 3, "each of the 3 specs is built exactly once"
-    assert sorted(flow.builds()) == summary["envs"]
+    # the three envs differ only by local code: one base, built exactly once (the plain app's
+    # env is that base), plus two code layers
+    assert len(flow.builds()) == 1, "the 3 envs share one base, built exactly once"
+    assert set(flow.builds()) <= set(summary["envs"])

@@ -1,7 +1,8 @@
 """The submit process of the reliability tests: a Parsl script on PonchoExecutor.
 
 Three apps with three distinct environments (plain; a local helper module ``helper_b``; a local
-helper module ``helper_c``), ``--tasks`` calls spread over them round robin. Workers are either
+helper module ``helper_c``: one shared base, two code layers), ``--tasks`` calls spread over
+them round robin. Workers are either
 started by Parsl's LocalProvider (``--workers K``) or by the caller (``--workers 0``: the script
 prints ``PORT <n>`` once the manager listens).
 
