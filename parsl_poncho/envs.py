@@ -174,9 +174,14 @@ class ReadyEnvs:
         ready.set_result(env)
 
     def _verified_marker(self, env: LayeredEnv, modules: Mapping[str, str | None]) -> Path:
-        """A file in the env cache saying ``modules`` import in ``env`` (checked in any run)."""
-        shas = [env.sha256, *([env.code.sha256] if env.code else [])]
-        key = hashlib.sha256("\n".join([env.hash, *shas, *sorted(modules)]).encode())
+        """A file in the env cache saying ``modules`` import in ``env`` (checked in any run).
+
+        Keyed by the base and the modules distributions provide: an edit of local code (a new
+        code layer) needs no new check of the base, which is what verification is for (a
+        missing distribution); a broken local module fails its task with its own error.
+        """
+        packaged = sorted(m for m, dist in modules.items() if dist is not None)
+        key = hashlib.sha256("\n".join([env.base.hash, env.base.sha256, *packaged]).encode())
         return self.store.cache_dir / "verified" / key.hexdigest()
 
 
