@@ -41,7 +41,8 @@ DEFAULT_WORKER_CACHE = '"${PARSL_PONCHO_WORKER_CACHE:-/tmp/parsl-poncho-$(id -u)
 #: Worker files per mode, as (file in worker_shim/, name in the task sandbox).
 _WORKER_FILES: Mapping[ExecMode, tuple[str, ...]] = {
     "regular": ("poncho_run", "run_function.py"),
-    "serverless": ("poncho_run", "run_function.py", "poncho_serve", "function_server.py"),
+    "serverless": ("poncho_run", "run_function.py", "poncho_serve", "function_server.py",
+                   "call_process.py"),
 }
 
 #: At most this many preloaded modules go on a command line (the rest import on first use).

@@ -1,5 +1,5 @@
 """Locate the worker-side files (``poncho_run``, ``run_function.py``, and for serverless mode
-``poncho_serve`` and ``function_server.py``) shipped with each task.
+``poncho_serve``, ``function_server.py`` and ``call_process.py``) shipped with each task.
 
 The source of truth is ``worker_shim/`` in the repository; ``parsl_poncho/_shim/`` holds symlinks
 to it in a checkout and real copies in a built wheel (setuptools copies the link targets), so the
@@ -19,6 +19,7 @@ from parsl_poncho.errors import ShimNotFoundError
 
 __all__ = [
     "ShimNotFoundError",
+    "call_process_path",
     "function_server_path",
     "poncho_run_path",
     "poncho_serve_path",
@@ -30,6 +31,7 @@ PONCHO_RUN = "poncho_run"
 RUN_FUNCTION = "run_function.py"
 PONCHO_SERVE = "poncho_serve"
 FUNCTION_SERVER = "function_server.py"
+CALL_PROCESS = "call_process.py"
 
 
 def _candidates(name: str) -> list[Path]:
@@ -75,6 +77,13 @@ def poncho_serve_path() -> Path:
 
 def function_server_path() -> Path:
     """The function server poncho_serve starts once per (environment, user) on a node; ship it
-    (and run_function.py) in the task sandbox beside poncho_serve.
+    (with call_process.py and run_function.py) in the task sandbox beside poncho_serve.
     """
     return shim_file(FUNCTION_SERVER)
+
+
+def call_process_path() -> Path:
+    """The module function_server.py imports to fork and run each call's process; ship it
+    beside function_server.py.
+    """
+    return shim_file(CALL_PROCESS)

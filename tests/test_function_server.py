@@ -18,6 +18,7 @@ from shim_helpers import SHELL
 from tools import require
 
 from parsl_poncho.shim import (
+    call_process_path,
     function_server_path,
     poncho_run_path,
     poncho_serve_path,
@@ -49,7 +50,8 @@ class Node:
         self.server_dir = Path(f"{self.env}.server-v1")
         self.sandbox = root / f"sandbox-{name}"
         self.sandbox.mkdir()
-        for src in (run_function_path(), function_server_path(), poncho_serve_path()):
+        for src in (run_function_path(), function_server_path(), call_process_path(),
+                    poncho_serve_path()):
             shutil.copy(src, self.sandbox / src.name)
 
     def write_call(self, fn, *args, **kwargs) -> None:
@@ -253,6 +255,16 @@ def test_call_runs_in_the_sandbox_with_the_clients_environment(node: Node) -> No
     assert "to stderr from the call" in proc.stderr
 
 
+def test_environment_of_the_task_that_started_the_server_does_not_reach_later_calls(
+        node: Node) -> None:
+    node.write_call(where_am_i)
+    assert node.run(PONCHO_TEST_VAR="the first task's").returncode == 0  # starts the server
+    assert node.result()["value"][1] == "the first task's"
+    proc = node.run()
+    assert proc.returncode == 0, proc.stderr
+    assert node.result()["value"][1] is None
+
+
 def test_output_to_a_file_is_appended(node: Node) -> None:
     node.write_call(where_am_i)
     out = node.sandbox / "task.out"
@@ -284,6 +296,7 @@ def test_preload_failure_is_logged_and_skipped(node: Node) -> None:
     log = node.log()
     assert "preload json: ok" in log
     assert "preload no_such_module_xyz: failed (ModuleNotFoundError" in log
+    assert "huge pages: " in log  # the preloaded heap's layout for cheap forks (or why not)
 
 
 def test_two_envs_two_servers(tmp_path: Path) -> None:
@@ -340,6 +353,32 @@ def test_server_killed_mid_call_falls_back_and_produces_the_result(node: Node) -
     assert (node.result()["status"], node.result()["value"]) == ("ok", "done")
 
 
+def forker_pid(node: Node) -> int:
+    """The server's one child, which forks the calls' processes."""
+    server = node.server_pid()
+    kids = Path(f"/proc/{server}/task/{server}/children").read_text().split()
+    assert len(kids) == 1, kids
+    return int(kids[0])
+
+
+def test_forker_killed_mid_call_falls_back_and_the_server_exits(node: Node) -> None:
+    marker = node.sandbox / "started"
+    node.write_call(sleep_then, 1.5, "done", str(marker))
+    client = node.popen()
+    assert wait_for(marker.exists, 20)
+    server = node.server_pid()
+    os.kill(forker_pid(node), signal.SIGKILL)
+    out, _ = client.communicate(timeout=30)
+    assert client.returncode == 0, out
+    assert "poncho_serve: running in regular mode:" in out  # the call died with the forker
+    assert (node.result()["status"], node.result()["value"]) == ("ok", "done")
+    assert wait_for(lambda: not pid_alive(server), 5)
+    assert "the forker process died; 1 call(s) go to regular mode" in node.log()
+    proc = node.call(double, 5)  # a new server
+    assert proc.returncode == 0 and "regular mode" not in proc.stderr, proc.stderr
+    assert node.result()["value"] == 10 and node.server_pid() != server
+
+
 def test_killed_client_kills_its_call(node: Node) -> None:
     marker = node.sandbox / "started"
     node.write_call(sleep_then, 60, "never", str(marker))
@@ -391,15 +430,17 @@ def test_server_rss_stable_over_1000_calls(node: Node) -> None:
     node.write_call(double, 1)
     for _ in range(50):
         assert node.run().returncode == 0
-    pid = node.server_pid()
-    before = rss_kb(pid)
+    pid, forker = node.server_pid(), forker_pid(node)
+    before = rss_kb(pid), rss_kb(forker)
     for _ in range(1000):
         proc = node.run()
         assert proc.returncode == 0, proc.stderr
-    after = rss_kb(pid)
-    assert node.server_pid() == pid
-    assert after - before < 3 * 1024, (before, after)
+    after = rss_kb(pid), rss_kb(forker)
+    assert node.server_pid() == pid and forker_pid(node) == forker
+    assert after[0] - before[0] < 3 * 1024 and after[1] - before[1] < 3 * 1024, (before, after)
     assert len(os.listdir(f"/proc/{pid}/fd")) < 20
+    assert len(os.listdir(f"/proc/{forker}/fd")) < 20
+    assert len(Path(f"/proc/{forker}/task/{forker}/children").read_text().split()) <= 3
 
 
 def test_server_exits_when_its_work_queue_worker_is_gone(node: Node, tmp_path: Path) -> None:
@@ -473,10 +514,10 @@ def leave_a_process_behind(seconds):
     return "done"
 
 
-@pytest.mark.parametrize("calls", [1, 3], ids=["fresh-fork", "spare"])
+@pytest.mark.parametrize("calls", [1, 3], ids=["first-call", "later-calls"])
 def test_processes_a_call_leaves_behind_do_not_hold_up_its_task(node: Node, calls: int) -> None:
     node.write_call(leave_a_process_behind, 8)
-    for _ in range(calls):  # later calls run in a spare forked ahead of time
+    for _ in range(calls):  # each call runs in its own spare, forked ahead of time
         started = time.monotonic()
         proc = node.run(timeout=30)
         assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -5,9 +5,9 @@ Usage (started detached by poncho_serve with the environment's python; not run b
 
 DIR is PREFIX.server-v1 (0700) beside the unpacked environment PREFIX in the node cache (with a
 code layer, PREFIX.server-v1-<layer>: the layer $PARSL_PONCHO_CODE_LAYER is on its sys.path);
-poncho_serve copies this file and run_function.py into it. The server imports cloudpickle,
-run_function (its own copy) and each --preload module (a failing one is logged and skipped),
-gc.freeze()s the heap so forked children share it copy-on-write, then writes DIR/ready.
+poncho_serve copies this file, call_process.py and run_function.py into it. The server imports
+cloudpickle, run_function (its own copy) and each --preload module (a failing one is logged and
+skipped), gc.freeze()s the heap so forked children share it copy-on-write, then writes DIR/ready.
 
 Protocol (all on Linux /proc). A client's subshell, whose fd 0 is the server's alive FIFO (opened
 as /proc/<server>/fd/<N>, N from DIR/ready) and whose fd 5 is the pipe its parent reads the reply
@@ -15,27 +15,29 @@ from, writes "<client pid>\n" to DIR/requests (atomic under PIPE_BUF; the server
 O_RDWR, never sees EOF). The server checks that the client is its uid's, finds the client's child
 whose fd 0 is its alive FIFO (/proc/<client>/task/<client>/children), opens /proc/<that>/fd/5
 (must be a pipe of our uid), SIGKILLs that subshell (now only the server holds the pipe's write
-end) and hands the call to a process forked ahead of time (a spare: its cwd, stdout and stderr
-fds go over a socketpair), else forks one. The call's process never holds the reply pipe: it
-reports its outcome on the server's done pipe just before _exit (so nobody waits for the
-teardown of a big heap), or the server learns it from wait4; the server then writes one line
-and closes the pipe:
+end) and hands the call to a process forked ahead of time (a spare, kept ready by the server's
+one child, the forker: see call_process.py); with no spare ready, the call waits for the next.
+The call's process never holds the reply pipe: it reports its outcome on the server's done pipe
+just before _exit (so nobody waits for the teardown of a big heap), or the server learns it
+when the forker reaps it; the server then writes one line and closes the pipe:
     exit N UTIME STIME MAXRSS_KB     the child exited with status N (run_function.py's codes)
     signal N UTIME STIME MAXRSS_KB   the child was killed by signal N
     retry                            the server is shutting down: start a new one, ask again
     refused REASON                   cannot serve this call: run it in regular mode
-If the server dies the pipe closes with no line (and the alive FIFO reaches EOF): the client
-reruns the call in regular mode. The call's context comes from /proc/<client>: cwd, environ,
-the last two words of cmdline (FN.pkl RESULT.pkl), fd/1 and fd/6 (the client's stdout and its
-saved stderr) reopened O_WRONLY|O_APPEND. Trust: DIR is 0700 in the 0700 node cache, and each
+If the server dies the pipe closes with no line (and the alive FIFO reaches EOF): the client reruns
+the call in regular mode; so do the clients of running calls if the forker dies (the calls die with
+it, PR_SET_PDEATHSIG), and the server exits. The call's context comes from /proc/<client>: cwd,
+environ, the last two words of cmdline (FN.pkl RESULT.pkl), fd/1 and fd/6 (the client's stdout and
+its saved stderr) reopened O_WRONLY|O_APPEND. Trust: DIR is 0700 in the 0700 node cache, and each
 request is checked for the server's uid; others' are refused and logged.
 
-The child: own process group, PR_SET_PDEATHSIG SIGKILL, a fresh python's signal handlers, stdin
-/dev/null, other fds closed, the sandbox's cwd/environ/argv/sys.path[0], numpy's global RNG
-reseeded, tempfile's cached dir reset; it _exits with run_function.main([FN, RESULT]). Children
-are reaped with os.wait4 on a SIGCHLD wakeup fd in a selectors loop.
+The call's process: own process group, PR_SET_PDEATHSIG SIGKILL, a fresh python's signal
+handlers, stdin /dev/null, other fds closed, numpy's global RNG reseeded, tempfile's cached dir
+reset (all before its call arrives), then the sandbox's cwd/environ/argv/sys.path[0]; it _exits
+with run_function.main([FN, RESULT]). The loop is a selectors loop over the FIFO, the done pipe,
+the forker's control socket and a SIGCHLD wakeup fd.
 
-Every 0.5 s: kill (with its process group) the child of a client that died (pid gone or start
+Every 0.5 s: kill (with its process group) the call of a client that died (pid gone or start
 time changed); exit when idle (no call running and none for --idle seconds), when
 PREFIX/.poncho-ready (or the code layer's) is gone or replaced (evicted), when no call runs and
 every Work Queue worker it served (a client's ancestor whose comm starts with "work_queue_work")
@@ -53,14 +55,12 @@ Exit codes: 0 normal exit, 2 usage error, 3 another server runs in DIR, 4 cannot
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
-import ctypes
 import fcntl
 import gc
 import importlib
 import os
-import pickle
-import resource
 import selectors
 import shutil
 import signal
@@ -68,11 +68,21 @@ import socket
 import stat
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from call_process import (
+    Refused,
+    Task,
+    alive,
+    children,
+    collapse_to_huge_pages,
+    proc_stat,
+    read_client,
+    reserve_arenas,
+    start_forker,
+)
+
 TICK = 0.5
-PR_SET_PDEATHSIG = 1
 WQ_WORKER_COMM = "work_queue_work"
 EVICTED = "the environment was evicted"
 
@@ -84,91 +94,12 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-class Refused(Exception):
-    """A request that cannot be served; the message is the reason."""
-
-
-def proc_stat(pid: int) -> tuple[int, int]:
-    """(ppid, start time in clock ticks) of ``pid`` from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[1]), int(fields[19])
-
-
-def alive(pid: int, start: int) -> bool:
-    """Whether ``pid`` still runs and is the same process (pids get reused)."""
-    try:
-        return proc_stat(pid)[1] == start
-    except (OSError, IndexError, ValueError):
-        return False
-
-
-def children(pid: int) -> list[int]:
-    """The child pids of ``pid`` (from /proc/<pid>/task/<pid>/children, else a scan of /proc)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        pass
-    found = []
-    for name in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if name.isdigit() and proc_stat(int(name))[0] == pid:
-                found.append(int(name))
-    return found
-
-
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-@dataclass
-class Task:
-    """What the child needs from its client, gathered by the server before the fork."""
-
-    client: int
-    client_start: int
-    reply_fd: int
-    cwd_fd: int = -1
-    out_fd: int = -1
-    err_fd: int = -1
-    environ: dict[bytes, bytes] = field(default_factory=dict)
-    argv: list[str] = field(default_factory=list)
-    child: int = 0
-
-    def close_inputs(self) -> None:
-        for fd in (self.cwd_fd, self.out_fd, self.err_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.cwd_fd = self.out_fd = self.err_fd = -1
-
-
-def read_client(task: Task) -> None:
-    """Fill ``task`` from /proc/<client>: cwd, environment, FN RESULT, stdout and stderr."""
-    base = f"/proc/{task.client}"
-    with open(f"{base}/cmdline", "rb") as f:
-        argv = [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0")[:-1]]
-    if len(argv) < 2:
-        raise Refused(f"cannot read the command line of client {task.client}")
-    task.argv = argv[-2:]
-    with open(f"{base}/environ", "rb") as f:
-        for item in f.read().split(b"\0"):
-            name, sep, value = item.partition(b"=")
-            if sep and name:
-                task.environ[name] = value
-    task.cwd_fd = os.open(f"{base}/cwd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-    try:
-        task.out_fd = os.open(f"{base}/fd/1", flags)
-        task.err_fd = os.open(f"{base}/fd/6", flags)  # poncho_serve's copy of its stderr
-    except OSError as exc:
-        raise Refused(
-            f"cannot open the task's stdout/stderr through /proc ({exc.strerror})"
-        ) from exc
-
-
 class Server:
-    """The loop: requests in, one forked child per call, replies out, housekeeping."""
+    """The loop: requests in, each call to a spare process, replies out, housekeeping."""
 
     def __init__(self, directory: str, prefix: str, idle: float) -> None:
         self.dir = directory
@@ -182,10 +113,12 @@ class Server:
         self.signalled = ""
         self.pending = b""
         self.pending_done = b""
-        self.libc: Any = None
         self.watched: list[tuple[str, os.stat_result]] = []  # ready files of env and code
         self.lock_fd = -1
-        self.spare: tuple[int, socket.socket] | None = None
+        self.forker = 0
+        self.control: socket.socket | Any = None  # the forker's control socket
+        self.spares: collections.deque[tuple[int, socket.socket]] = collections.deque()
+        self.waiting: collections.deque[Task] = collections.deque()  # for the next spare
 
     def take_lock(self) -> bool:
         if self.lock_fd < 0:
@@ -205,13 +138,13 @@ class Server:
         return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
     def setup(self) -> None:
-        """FIFOs, wakeup pipe, signal handlers, eviction watch; then the ready marker."""
-        self.libc = ctypes.CDLL(None, use_errno=True)
+        """FIFOs, the forker, wakeup pipe, signal handlers, eviction watch; the ready marker."""
         self.requests_fd = self.make_fifo("requests")
         self.alive_fd = self.make_fifo("alive")
         self.alive_stat = os.fstat(self.alive_fd)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.done_r, self.done_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # children: "answered"
+        self.done_r, self.done_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # calls: "answered"
+        self.forker, self.control = start_forker(self.done_w)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self.on_signal)
@@ -227,6 +160,7 @@ class Server:
         self.selector.register(self.requests_fd, selectors.EVENT_READ, "requests")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
         self.selector.register(self.done_r, selectors.EVENT_READ, "done")
+        self.selector.register(self.control, selectors.EVENT_READ, "control")
         tmp = os.path.join(self.dir, f"ready.tmp.{os.getpid()}")
         with open(tmp, "w") as f:
             f.write(f"{os.getpid()} {self.alive_fd}\n")
@@ -266,7 +200,7 @@ class Server:
             self.reply(reply_fd, f"refused {exc}")
             return
         self.note_worker(client)
-        self.start_child(task)
+        self.dispatch(task)
 
     def open_reply(self, client: int) -> int:
         """Find the subshell of ``client``, open its reply pipe and kill it; the pipe's fd."""
@@ -314,143 +248,72 @@ class Server:
         except (OSError, IndexError, ValueError):
             pass
 
-    def start_child(self, task: Task) -> None:
-        """Hand ``task`` to the spare process forked ahead of time, else fork one for it."""
-        pid = self.hand_to_spare(task)
-        if pid == 0:
-            sys.stdout.flush()
-            sys.stderr.flush()
+    def dispatch(self, task: Task) -> None:
+        """Hand ``task`` to a spare; with none ready, it waits for the forker's next one."""
+        while self.spares:
+            pid, sock = self.spares.popleft()
             try:
-                pid = os.fork()
+                socket.send_fds(sock, [task.context()], [task.cwd_fd, task.out_fd, task.err_fd])
             except OSError as exc:
-                task.close_inputs()
-                self.reply(task.reply_fd, f"refused cannot fork: {exc.strerror}")
+                log(f"the spare process {pid} is gone ({exc.strerror}): trying the next one")
+                continue
+            finally:
+                sock.close()
+            self.tell_forker(f"took {pid}")
+            task.child = pid
+            task.close_inputs()
+            self.tasks[pid] = task
+            self.last_activity = time.monotonic()
+            return
+        self.waiting.append(task)
+
+    def tell_forker(self, message: str) -> None:
+        with contextlib.suppress(OSError):  # a forker that is gone is noticed by reap()
+            self.control.send(message.encode())
+
+    def read_control(self) -> None:
+        """The forker's messages: a new spare (with its socket), or a spare that ended."""
+        while True:
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(self.control, 256, 1)
+            except (BlockingIOError, InterruptedError):
                 return
-            if pid == 0:
-                os._exit(self.run_child(task))
-        task.child = pid
-        task.close_inputs()
-        self.tasks[pid] = task
+            except OSError:
+                message, fds = b"", []
+            if not message:
+                return  # EOF: the forker is gone, reap() acts on it
+            word, _, rest = message.decode("ascii", "replace").partition(" ")
+            pid_text, _, outcome = rest.partition(" ")
+            if word == "spare" and pid_text.isdigit() and len(fds) == 1:
+                self.add_spare(int(pid_text), socket.socket(fileno=fds[0]))
+            elif word == "ended" and pid_text.isdigit():
+                self.ended(int(pid_text), outcome)
+            for fd in fds if word != "spare" else fds[1:]:
+                os.close(fd)
+
+    def add_spare(self, pid: int, sock: socket.socket) -> None:
+        if self.stopping:
+            sock.close()  # the spare reads EOF and exits
+            return
+        self.spares.append((pid, sock))
+        if self.waiting:
+            self.dispatch(self.waiting.popleft())
+
+    def ended(self, pid: int, outcome: str) -> None:
+        """A process of the forker's was reaped: answer its call, unless it already did."""
+        self.read_done()  # an answer still in the pipe beats the one below
+        task = self.tasks.pop(pid, None)
+        if task is None:
+            for spare in [s for s in self.spares if s[0] == pid]:
+                self.spares.remove(spare)  # died waiting: the forker makes another
+                spare[1].close()
+            return
+        if task.reply_fd >= 0:
+            self.reply(task.reply_fd, outcome)
         self.last_activity = time.monotonic()
 
-    # A spare: forked while the server is idle, so a call does not wait for the fork of a big
-    # preloaded heap (~12 ms with scikit-learn loaded). It is used once, like a fresh fork.
-    def make_spare(self) -> None:
-        """Fork the next call's process ahead of time; it waits on a socket for its task."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            log(f"cannot fork a spare process: {exc.strerror}")
-            ours.close()
-            theirs.close()
-            return
-        if pid == 0:
-            ours.close()
-            os._exit(self.run_spare(theirs))
-        theirs.close()
-        self.spare = (pid, ours)
-
-    def hand_to_spare(self, task: Task) -> int:
-        """The spare's pid once it has ``task`` (its fds and context), or 0 if there is none."""
-        if self.spare is None:
-            return 0
-        (pid, sock), self.spare = self.spare, None
-        context = pickle.dumps((task.client, task.client_start, task.environ, task.argv))
-        try:
-            socket.send_fds(sock, [context], [task.cwd_fd, task.out_fd, task.err_fd])
-        except OSError as exc:
-            log(f"the spare process {pid} is gone ({exc.strerror}): forking instead")
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-            pid = 0
-        sock.close()
-        return pid
-
-    def drop_spare(self) -> None:
-        if self.spare is not None:
-            self.spare[1].close()  # the spare reads EOF and exits
-            self.spare = None
-
-    def run_spare(self, sock: socket.socket) -> int:
-        """In a spare: let go of the server's fds, wait for a task, then run it."""
-        self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != self.pid:
-            return 0
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        for fd in [int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2]:
-            if fd not in (sock.fileno(), self.done_w):  # no other call's reply pipe stays open
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
-        except OSError:
-            return 0
-        if not message or len(fds) != 3:
-            return 0
-        for fd in fds:
-            os.set_inheritable(fd, False)  # recv_fds does not set close-on-exec
-        client, client_start, environ, argv = pickle.loads(message)
-        task = Task(client, client_start, -1, fds[0], fds[1], fds[2], environ, argv)
-        return self.run_child(task)
-
-    def run_child(self, task: Task) -> int:
-        """In the child: become the task's process and run the call; never returns normally."""
-        try:
-            self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != self.pid:
-                return 20
-            os.setpgid(0, 0)
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(task.out_fd, 1)
-            os.dup2(task.err_fd, 2)
-            os.fchdir(task.cwd_fd)
-            # The reply pipe is the server's to write: anything the call forks (a pool, a
-            # daemon) must not hold it, or the client would wait for that process to end.
-            for fd in [int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2]:
-                if fd != self.done_w:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            os.environ.clear()
-            os.environb.update(task.environ)
-            sys.argv = ["run_function.py", *task.argv]
-            sys.path[0] = os.getcwd()
-            reset_process_state()
-            import run_function
-
-            code = run_function.main(list(task.argv))
-        except BaseException as exc:  # noqa: B036 - the child must _exit, whatever happens
-            code = 20
-            with contextlib.suppress(BaseException):
-                print(f"function_server.py: error in the call's process: {exc!r}", file=sys.stderr)
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-            self.answer_before_exit(task, code)
-        return code
-
-    def answer_before_exit(self, task: Task, code: int) -> None:
-        """In the child: tell the server the call's outcome, which it passes on at once.
-
-        Tearing down a big preloaded heap at _exit takes as long as the fork (~12 ms with
-        scikit-learn loaded): the client need not wait for it. A child that dies before this
-        point (a crash, os._exit) is answered by the server after wait4.
-        """
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        os.write(self.done_w, f"{os.getpid()} exit {code} {me.ru_utime:.6f} "
-                              f"{me.ru_stime:.6f} {me.ru_maxrss}\n".encode())
-
     def read_done(self) -> None:
-        """Answer the clients of children that reported their outcome (then EOF for them)."""
+        """Answer the clients of calls that reported their outcome (then EOF for them)."""
         with contextlib.suppress(BlockingIOError):
             data = self.pending_done + os.read(self.done_r, 65536)
             *lines, self.pending_done = data.split(b"\n")
@@ -462,29 +325,25 @@ class Server:
                     task.reply_fd = -1
 
     def reap(self) -> None:
-        while self.tasks:
-            try:
-                pid, status, usage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self.read_done()  # an answer still in the pipe beats the one below
-            task = self.tasks.pop(pid, None)
-            if task is None:
-                if self.spare is not None and self.spare[0] == pid:
-                    self.drop_spare()  # died waiting: the loop forks another
-                continue
-            if task.reply_fd >= 0:
-                if os.WIFSIGNALED(status):
-                    outcome = f"signal {os.WTERMSIG(status)}"
-                else:
-                    outcome = f"exit {os.waitstatus_to_exitcode(status)}"
-                self.reply(task.reply_fd, f"{outcome} {usage.ru_utime:.6f} {usage.ru_stime:.6f} "
-                                          f"{usage.ru_maxrss}")
-            self.last_activity = time.monotonic()
+        """The server's only child is the forker: if it died, so did its calls (PDEATHSIG)."""
+        try:
+            pid, _status = os.waitpid(self.forker, os.WNOHANG)
+        except ChildProcessError:
+            pid = self.forker
+        if pid == 0:
+            return
+        self.read_done()
+        lost = [task for task in self.tasks.values() if task.reply_fd >= 0]
+        for task in lost:
+            os.close(task.reply_fd)  # no line: the client runs the call in regular mode
+        self.tasks.clear()
+        self.begin_stop(f"the forker process died; {len(lost)} call(s) go to regular mode")
 
     def housekeeping(self) -> None:
+        for task in [t for t in self.waiting if not alive(t.client, t.client_start)]:
+            self.waiting.remove(task)  # died before its call started
+            task.close_inputs()
+            os.close(task.reply_fd)
         for task in list(self.tasks.values()):
             if not alive(task.client, task.client_start):
                 log(f"client {task.client} died: killing its call (pid {task.child})")
@@ -500,7 +359,7 @@ class Server:
             if now is None or not same_file(now, then):
                 self.begin_stop(EVICTED)
                 return
-        if self.tasks:
+        if self.tasks or self.waiting:
             return
         if time.monotonic() - self.last_activity >= self.idle:
             self.begin_stop(f"idle for {self.idle:g}s")
@@ -517,10 +376,15 @@ class Server:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.dir, name))
         fcntl.flock(self.lock_fd, fcntl.LOCK_UN)  # a new server may start beside our last calls
+        while self.waiting:  # their calls never started
+            task = self.waiting.popleft()
+            task.close_inputs()
+            self.reply(task.reply_fd, "retry")
+        while self.spares:
+            self.spares.popleft()[1].close()  # the spare reads EOF and exits
         self.read_requests()
 
     def serve(self) -> None:
-        self.pid = os.getpid()
         next_tick = time.monotonic() + TICK
         while not (self.stopping and not self.tasks):
             timeout = max(0.0, next_tick - time.monotonic())
@@ -531,6 +395,8 @@ class Server:
                             pass
                 elif key.data == "done":
                     self.read_done()
+                elif key.data == "control":
+                    self.read_control()
                 else:
                     self.read_requests()
             self.reap()
@@ -539,23 +405,10 @@ class Server:
             if time.monotonic() >= next_tick:
                 self.housekeeping()
                 next_tick = time.monotonic() + TICK
-            if self.spare is None and not self.stopping:
-                self.make_spare()
-        self.drop_spare()
+        self.control.close()  # the forker reads EOF and exits
         self.read_requests()
         if self.stopping == EVICTED and self.take_lock():  # no newer server uses DIR
             shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def reset_process_state() -> None:
-    """What a fork would carry over from the server: numpy's global RNG, tempfile's cached dir."""
-    import tempfile
-
-    tempfile.tempdir = None  # re-read TMPDIR from the task's environment
-    nprandom = sys.modules.get("numpy.random")
-    if nprandom is not None:
-        with contextlib.suppress(Exception):
-            nprandom.seed()
 
 
 def preload(modules: list[str]) -> None:
@@ -596,9 +449,21 @@ def main(argv: list[str] | None = None) -> int:
     log(f"start: env {server.prefix}, idle {args.idle:g}s, python {sys.version.split()[0]}")
     with open(os.path.join(server.dir, "pid"), "w") as f:
         f.write(f"{os.getpid()}\n")
-    preload([m.strip() for m in args.preload.split(",") if m.strip()])
+    modules = [m.strip() for m in args.preload.split(",") if m.strip()]
+    pins = reserve_arenas() if modules else []  # a preload worth a cheaper fork
+    preload(modules)
+    del pins
     gc.collect()
     gc.freeze()
+    if modules:
+        start = time.perf_counter()
+        try:
+            huge, anonymous = collapse_to_huge_pages()
+        except (OSError, ValueError, IndexError) as exc:
+            log(f"huge pages: not used ({exc})")
+        else:
+            log(f"huge pages: {huge} of {anonymous} MiB of anonymous memory "
+                f"({time.perf_counter() - start:.3f}s)")
     try:
         server.setup()
     except OSError as exc:

@@ -1,0 +1,1 @@
+../../worker_shim/call_process.py

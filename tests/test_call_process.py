@@ -1,0 +1,94 @@
+"""worker_shim/call_process.py on its own: the environment a call gets, wait statuses, and the
+huge-page layout of a preloaded heap (run for real in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tools import require
+
+from parsl_poncho.shim import call_process_path
+
+sys.path.insert(0, str(call_process_path().parent))
+import call_process  # noqa: E402
+
+
+@pytest.fixture()
+def saved_environ():
+    saved = dict(os.environb)
+    yield
+    os.environb.clear()
+    os.environb.update(saved)
+
+
+def test_set_environ_makes_os_environ_exactly_the_new_one(saved_environ) -> None:
+    os.environ["PONCHO_ONLY_IN_SERVER"] = "old"
+    os.environ["PONCHO_CHANGED"] = "old"
+    new = {k: v for k, v in os.environb.items() if k != b"PONCHO_ONLY_IN_SERVER"}
+    new[b"PONCHO_CHANGED"] = b"new"
+    new[b"PONCHO_ONLY_IN_TASK"] = b"\xffbytes"
+    call_process.set_environ(new)
+    assert dict(os.environb) == new
+    # what subprocesses of the call see comes from the C environment, not the dict alone
+    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.environb))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "PONCHO_ONLY_IN_SERVER" not in out and "PONCHO_ONLY_IN_TASK" in out
+
+
+def test_outcome_of_names_exit_status_or_signal() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    _, status, usage = os.wait4(pid, 0)
+    assert call_process.outcome_of(status, usage).split()[:2] == ["exit", "7"]
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), 9)
+    _, status, usage = os.wait4(pid, 0)
+    outcome = call_process.outcome_of(status, usage).split()
+    assert outcome[:2] == ["signal", "9"] and len(outcome) == 5
+
+
+HEAP_PROBE = """
+import json, sys
+sys.path.insert(0, {shim!r})
+import call_process
+pins = call_process.reserve_arenas() if {reserve} else []
+import sklearn.svm  # ~100 MB of objects, over 50 arenas
+del pins
+huge, anonymous = call_process.collapse_to_huge_pages()
+print(json.dumps({{"huge": huge, "anonymous": anonymous}}))
+"""
+
+
+def heap_after(reserve: bool) -> dict:
+    code = HEAP_PROBE.format(shim=str(call_process_path().parent), reserve=reserve)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def thp_available() -> bool:
+    try:
+        return "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+def test_reserved_arenas_put_a_preloaded_heap_on_huge_pages_without_growing_it() -> None:
+    kernel = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+    require(thp_available() and kernel >= (6, 1),
+            "transparent huge pages with MADV_COLLAPSE (Linux >= 6.1, THP not 'never')")
+    plain, reserved = heap_after(False), heap_after(True)
+    # the arenas preloading filled are adjacent, so most of the heap is on 2 MiB pages ...
+    assert reserved["huge"] >= 0.6 * reserved["anonymous"], (plain, reserved)
+    assert reserved["huge"] > plain["huge"] + 8, (plain, reserved)
+    # ... and the reserved arenas it did not fill were given back
+    assert reserved["anonymous"] <= plain["anonymous"] + 8, (plain, reserved)

@@ -1,0 +1,400 @@
+"""The processes that run a function server's calls, forked ahead of time by a forker process.
+
+Imported by function_server.py, which poncho_serve copies beside it; standard library only
+(run_function.py, imported in a call's process, needs cloudpickle).
+
+Why a forker: forking the server's preloaded heap takes ~7 ms with scikit-learn loaded, and the
+process's exit as long again. A call should not wait for either, and the server's loop should not
+stop answering other calls while a fork runs. So the server forks one *forker* right after
+preloading. The forker keeps SPARES *spares* ready: forks of the preloaded heap that have already
+done what a call's process does that does not depend on the call (PR_SET_PDEATHSIG, their own
+process group, a fresh Python's signal handlers, stdin /dev/null, every other fd closed, numpy's
+global RNG reseeded, tempfile's cached dir reset) and then wait on a socket. The server hands a
+call to a spare (Task: the client's cwd, stdout and stderr as fds, its environ and FN RESULT
+argv) and the spare becomes the call's process: each spare serves one call, like a fresh fork.
+
+Control socket between forker and server (SOCK_SEQPACKET, one message each):
+    forker -> server  b"spare PID"    with one fd: the server's end of spare PID's socket
+    forker -> server  b"ended PID exit N UTIME STIME MAXRSS_KB" (or "signal N ...")
+                                      wait4 of spare PID, after it served a call or not
+    server -> forker  b"took PID"     spare PID has a call: make another
+EOF on it (the server is done or gone): the forker exits; PR_SET_PDEATHSIG kills it, and then its
+calls, if the server dies. A call's process reports its outcome on the server's done pipe just
+before _exit ("PID exit N ..."), so its client need not wait for the teardown of a big heap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import resource
+import selectors
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+
+PR_SET_PDEATHSIG = 1
+#: Spares kept ready: two calls arriving together (a 2-core worker) both find one.
+SPARES = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Refused(Exception):
+    """A request that cannot be served; the message is the reason."""
+
+
+def proc_stat(pid: int) -> tuple[int, int]:
+    """(ppid, start time in clock ticks) of ``pid`` from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[1]), int(fields[19])
+
+
+def alive(pid: int, start: int) -> bool:
+    """Whether ``pid`` still runs and is the same process (pids get reused)."""
+    try:
+        return proc_stat(pid)[1] == start
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """The child pids of ``pid`` (from /proc/<pid>/task/<pid>/children, else a scan of /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if name.isdigit() and proc_stat(int(name))[0] == pid:
+                found.append(int(name))
+    return found
+
+
+def close_fds_except(*keep: int) -> None:
+    """Close every fd above 2 but ``keep``: nothing of the server's (another call's reply pipe,
+    its FIFOs) may stay open in a process that outlives it or runs user code."""
+    for fd in [int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2]:
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@dataclass
+class Task:
+    """What a call's process needs from its client, gathered by the server from /proc."""
+
+    client: int
+    client_start: int
+    reply_fd: int
+    cwd_fd: int = -1
+    out_fd: int = -1
+    err_fd: int = -1
+    environ: dict[bytes, bytes] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+    child: int = 0
+
+    def close_inputs(self) -> None:
+        for fd in (self.cwd_fd, self.out_fd, self.err_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.cwd_fd = self.out_fd = self.err_fd = -1
+
+    def context(self) -> bytes:
+        """What goes to the spare beside the three fds."""
+        return pickle.dumps((self.client, self.client_start, self.environ, self.argv))
+
+
+def read_client(task: Task) -> None:
+    """Fill ``task`` from /proc/<client>: cwd, environment, FN RESULT, stdout and stderr."""
+    base = f"/proc/{task.client}"
+    with open(f"{base}/cmdline", "rb") as f:
+        argv = [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0")[:-1]]
+    if len(argv) < 2:
+        raise Refused(f"cannot read the command line of client {task.client}")
+    task.argv = argv[-2:]
+    with open(f"{base}/environ", "rb") as f:
+        for item in f.read().split(b"\0"):
+            name, sep, value = item.partition(b"=")
+            if sep and name:
+                task.environ[name] = value
+    task.cwd_fd = os.open(f"{base}/cwd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    try:
+        task.out_fd = os.open(f"{base}/fd/1", flags)
+        task.err_fd = os.open(f"{base}/fd/6", flags)  # poncho_serve's copy of its stderr
+    except OSError as exc:
+        raise Refused(
+            f"cannot open the task's stdout/stderr through /proc ({exc.strerror})"
+        ) from exc
+
+
+def outcome_of(status: int, usage: resource.struct_rusage) -> str:
+    """The reply line for a process that ended with wait status ``status``."""
+    if os.WIFSIGNALED(status):
+        ended = f"signal {os.WTERMSIG(status)}"
+    else:
+        ended = f"exit {os.waitstatus_to_exitcode(status)}"
+    return f"{ended} {usage.ru_utime:.6f} {usage.ru_stime:.6f} {usage.ru_maxrss}"
+
+
+# ---------------------------------------------------------------------------------------------
+# a heap that is cheap to fork: CPython's object arenas on transparent huge pages
+
+# Forking copies one page-table entry per 4 KiB page of the heap, and the call's exit frees
+# them: ~11 ms of kernel time per call with scikit-learn loaded, most of it for pymalloc's
+# 1 MiB arenas (56 MB of them), which sit between the mappings of extension modules and so can
+# never be huge pages. Arenas reserved in one run before preloading are adjacent, so the
+# kernel merges them into one mapping, which MADV_COLLAPSE can then turn into 2 MiB pages: fork
+# and exit then copy and free ~60 times fewer entries. This only moves memory between page
+# sizes (contents and addresses stay), so whatever fails here costs speed, never correctness.
+ARENA_SIZE = 1 << 20  # pymalloc's arena on 64-bit CPython >= 3.10 (256 KiB before: still fine)
+POOL_SIZE = 16 << 10
+RESERVED_ARENAS = 64  # enough for numpy + scipy + scikit-learn (54 arenas)
+_BIG_BLOCK = 470  # bytes(470) is a 503-byte object: pymalloc's largest size class (512 bytes)
+MADV_HUGEPAGE = 14
+MADV_COLLAPSE = 25  # Linux >= 6.1; EINVAL elsewhere, and nothing changes
+HUGE_PAGE = 2 << 20
+
+
+def reserve_arenas(count: int = RESERVED_ARENAS) -> list[bytes]:
+    """Make pymalloc map ``count`` arenas in one run and keep them (one live block in each
+    pool that starts a new run of addresses); drop the list after preloading to let pymalloc
+    unmap the arenas the preloaded modules did not fill."""
+    blocks = [bytes(_BIG_BLOCK) for _ in range(count * ARENA_SIZE // 512)]
+    pins, previous = [], 0
+    for block in blocks:
+        address = id(block)
+        if not previous < address < previous + 2 * POOL_SIZE:  # another arena (or pool run)
+            pins.append(block)
+        previous = address
+    return pins
+
+
+def collapse_to_huge_pages() -> tuple[int, int]:
+    """MADV_HUGEPAGE then MADV_COLLAPSE each 2 MiB-aligned stretch of this process's private
+    anonymous memory; (MiB now on huge pages, MiB anonymous) from /proc/self/smaps_rollup."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    for line in maps:
+        fields = line.split()
+        if "rw" not in fields[1] or (len(fields) > 5 and fields[5] != "[heap]"):
+            continue  # file mappings and stacks stay as they are
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        start, end = -(-low // HUGE_PAGE) * HUGE_PAGE, high // HUGE_PAGE * HUGE_PAGE
+        if end > start and libc.madvise(start, end - start, MADV_HUGEPAGE) == 0:
+            libc.madvise(start, end - start, MADV_COLLAPSE)
+    sizes = {}
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                sizes[name] = int(value.split()[0]) // 1024
+    return sizes.get("AnonHugePages", 0), sizes.get("Anonymous", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the forker (a child of the server)
+
+
+def start_forker(done_w: int) -> tuple[int, socket.socket]:
+    """Fork the forker; (its pid, the server's end of the control socket).
+
+    :raises OSError: when the fork fails.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.set_inheritable(False)
+    server = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            code = Forker(server, theirs, done_w).run()
+        finally:
+            os._exit(code)
+    theirs.close()
+    ours.setblocking(False)
+    return pid, ours
+
+
+class Forker:
+    """Keep SPARES spares forked; tell the server about each, and how each ended."""
+
+    def __init__(self, server: int, control: socket.socket, done_w: int) -> None:
+        self.server = server
+        self.control = control
+        self.done_w = done_w
+        self.idle: set[int] = set()  # spares the server has not handed a call yet
+
+    def run(self) -> int:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != self.server:
+            return 0
+        close_fds_except(self.control.fileno(), self.done_w)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        selector = selectors.DefaultSelector()
+        selector.register(self.control, selectors.EVENT_READ, "control")
+        selector.register(wake_r, selectors.EVENT_READ, "wake")
+        while True:
+            while len(self.idle) < SPARES:
+                if not self.fork_spare():
+                    break
+            for key, _ in selector.select(1.0 if len(self.idle) < SPARES else None):
+                if key.data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(wake_r, 4096):
+                            pass
+                elif not self.read_control():
+                    return 0
+            self.reap()
+
+    def fork_spare(self) -> bool:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            print(f"call_process.py: cannot fork a spare process: {exc.strerror}", file=sys.stderr)
+            ours.close()
+            theirs.close()
+            return False
+        if pid == 0:
+            code = 20
+            try:
+                ours.close()
+                code = run_spare(theirs, os.getppid(), self.done_w)
+            finally:
+                os._exit(code)
+        theirs.close()
+        try:
+            socket.send_fds(self.control, [b"spare %d" % pid], [ours.fileno()])
+        except OSError:
+            os.kill(pid, signal.SIGKILL)  # the server is gone; run() sees EOF next
+        else:
+            self.idle.add(pid)
+        ours.close()
+        return True
+
+    def read_control(self) -> bool:
+        """Act on the server's messages; False at EOF (the server is done)."""
+        try:
+            message = self.control.recv(256)
+        except OSError:
+            return False
+        if not message:
+            return False
+        word, _, pid = message.decode("ascii", "replace").partition(" ")
+        if word == "took" and pid.isdigit():
+            self.idle.discard(int(pid))
+        return True
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.idle.discard(pid)
+            with contextlib.suppress(OSError):
+                self.control.send(f"ended {pid} {outcome_of(status, usage)}".encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# a spare, then the call's process
+
+
+def run_spare(sock: socket.socket, forker: int, done_w: int) -> int:
+    """In a spare: get ready, wait for a call, run it; returns the exit status."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != forker:
+        return 0
+    os.setpgid(0, 0)  # the server kills the call with its process group if its client dies
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    close_fds_except(sock.fileno(), done_w)
+    reset_process_state()
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
+    except (OSError, KeyboardInterrupt):
+        return 0
+    sock.close()
+    if not message or len(fds) != 3:
+        return 0
+    client, client_start, environ, argv = pickle.loads(message)
+    task = Task(client, client_start, -1, *fds, environ=environ, argv=argv)
+    code = run_call(task)
+    with contextlib.suppress(BaseException):
+        answer_before_exit(done_w, code)
+    return code
+
+
+def run_call(task: Task) -> int:
+    """Become the task's process (output, cwd, environment, argv) and run the call."""
+    try:
+        os.dup2(task.out_fd, 1)
+        os.dup2(task.err_fd, 2)
+        os.fchdir(task.cwd_fd)
+        task.close_inputs()
+        set_environ(task.environ)
+        sys.argv = ["run_function.py", *task.argv]
+        sys.path[0] = os.getcwd()
+        import run_function
+
+        code = run_function.main(list(task.argv))
+    except BaseException as exc:  # noqa: B036 - the process must _exit, whatever happens
+        code = 20
+        with contextlib.suppress(BaseException):
+            print(f"function_server.py: error in the call's process: {exc!r}", file=sys.stderr)
+    with contextlib.suppress(BaseException):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
+def set_environ(new: dict[bytes, bytes]) -> None:
+    """Make os.environ ``new``, changing only what differs (a task's environment is mostly the
+    server's: clear() and update() cost ~1 ms of copy-on-write faults in a big heap)."""
+    current = os.environb
+    for name in [name for name in current if name not in new]:
+        del current[name]
+    for name, value in new.items():
+        if current.get(name) != value:
+            current[name] = value
+
+
+def answer_before_exit(done_w: int, code: int) -> None:
+    """Tell the server the call's outcome, which it passes on to the client at once; a process
+    that dies before this (a crash, os._exit) is answered when the forker reaps it."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    os.write(done_w, f"{os.getpid()} exit {code} {me.ru_utime:.6f} "
+                     f"{me.ru_stime:.6f} {me.ru_maxrss}\n".encode())
+
+
+def reset_process_state() -> None:
+    """What a fork carries over from the server: numpy's global RNG, tempfile's cached dir."""
+    import tempfile
+
+    tempfile.tempdir = None  # re-read TMPDIR from the task's environment
+    nprandom = sys.modules.get("numpy.random")
+    if nprandom is not None:
+        with contextlib.suppress(Exception):
+            nprandom.seed()
