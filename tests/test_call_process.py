@@ -62,8 +62,8 @@ import call_process
 pins = call_process.reserve_arenas() if {reserve} else []
 import sklearn.svm  # ~100 MB of objects, over 50 arenas
 del pins
-huge, anonymous = call_process.collapse_to_huge_pages()
-print(json.dumps({{"huge": huge, "anonymous": anonymous}}))
+collapsed, huge, anonymous = call_process.collapse_to_huge_pages()
+print(json.dumps({{"collapsed": collapsed, "huge": huge, "anonymous": anonymous}}))
 """
 
 
@@ -87,6 +87,7 @@ def test_reserved_arenas_put_a_preloaded_heap_on_huge_pages_without_growing_it()
     require(thp_available() and kernel >= (6, 1),
             "transparent huge pages with MADV_COLLAPSE (Linux >= 6.1, THP not 'never')")
     plain, reserved = heap_after(False), heap_after(True)
+    assert reserved["collapsed"], reserved
     # the arenas preloading filled are adjacent, so most of the heap is on 2 MiB pages ...
     assert reserved["huge"] >= 0.6 * reserved["anonymous"], (plain, reserved)
     assert reserved["huge"] > plain["huge"] + 8, (plain, reserved)

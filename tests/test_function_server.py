@@ -361,6 +361,17 @@ def forker_pid(node: Node) -> int:
     return int(kids[0])
 
 
+def test_environment_too_big_to_hand_over_runs_the_call_in_regular_mode(node: Node) -> None:
+    assert node.call(double, 1).returncode == 0  # a server is up
+    node.write_call(where_am_i)
+    proc = node.run(PONCHO_TEST_VAR="x" * 100_000, PONCHO_PADDING="y" * 120_000)
+    assert proc.returncode == 0, proc.stderr
+    assert "running in regular mode: the function server refused the call: cannot hand" in (
+        proc.stderr)
+    assert node.result()["value"][1] == "x" * 100_000
+    assert node.call(double, 2).returncode == 0 and node.result()["value"] == 4  # still serving
+
+
 def test_forker_killed_mid_call_falls_back_and_the_server_exits(node: Node) -> None:
     marker = node.sandbox / "started"
     node.write_call(sleep_then, 1.5, "done", str(marker))
@@ -394,11 +405,13 @@ def test_killed_client_kills_its_call(node: Node) -> None:
 
 def test_server_stopping_finishes_running_calls_and_new_calls_restart_it(node: Node) -> None:
     marker = node.sandbox / "started"
-    node.write_call(sleep_then, 1, "finished", str(marker))
+    node.write_call(sleep_then, 2, "finished", str(marker))
     client = node.popen()
     assert wait_for(marker.exists, 20)
-    old = node.server_pid()
+    old, forker, call = node.server_pid(), forker_pid(node), int(marker.read_text())
     os.kill(old, signal.SIGTERM)
+    time.sleep(0.5)  # the forker lets its spares go and forks no new ones while calls drain
+    assert Path(f"/proc/{forker}/task/{forker}/children").read_text().split() == [str(call)]
     out, _ = client.communicate(timeout=30)
     assert client.returncode == 0 and "regular mode" not in out, out
     assert wait_for(lambda: not pid_alive(old), 5)

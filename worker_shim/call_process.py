@@ -17,16 +17,21 @@ Control socket between forker and server (SOCK_SEQPACKET, one message each):
     forker -> server  b"spare PID"    with one fd: the server's end of spare PID's socket
     forker -> server  b"ended PID exit N UTIME STIME MAXRSS_KB" (or "signal N ...")
                                       wait4 of spare PID, after it served a call or not
+    forker -> server  b"nofork REASON" a spare cannot be forked (the calls waiting are refused)
     server -> forker  b"took PID"     spare PID has a call: make another
+    server -> forker  b"stop"         the server is stopping: fork no more, keep reporting
 EOF on it (the server is done or gone): the forker exits; PR_SET_PDEATHSIG kills it, and then its
 calls, if the server dies. A call's process reports its outcome on the server's done pipe just
-before _exit ("PID exit N ..."), so its client need not wait for the teardown of a big heap.
+before _exit ("PID exit N ..."), so its client need not wait for the teardown of a big heap; a
+spare that got a call it cannot run writes "PID nocall" there (its client runs it in regular
+mode).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import pickle
 import resource
@@ -35,6 +40,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 #: Spares kept ready: two calls arriving together (a 2-core worker) both find one.
@@ -151,22 +157,28 @@ def outcome_of(status: int, usage: resource.struct_rusage) -> str:
 # 1 MiB arenas (56 MB of them), which sit between the mappings of extension modules and so can
 # never be huge pages. Arenas reserved in one run before preloading are adjacent, so the
 # kernel merges them into one mapping, which MADV_COLLAPSE can then turn into 2 MiB pages: fork
-# and exit then copy and free ~60 times fewer entries. This only moves memory between page
-# sizes (contents and addresses stay), so whatever fails here costs speed, never correctness.
+# and exit then copy and free ~60 times fewer entries. Contents and addresses stay, so this
+# changes speed, never results; only stretches that are mostly in memory already are collapsed,
+# so resident memory grows by at most a quarter of them, and nothing is marked on a kernel
+# without MADV_COLLAPSE.
 ARENA_SIZE = 1 << 20  # pymalloc's arena on 64-bit CPython >= 3.10 (256 KiB before: still fine)
 POOL_SIZE = 16 << 10
 RESERVED_ARENAS = 64  # enough for numpy + scipy + scikit-learn (54 arenas)
 _BIG_BLOCK = 470  # bytes(470) is a 503-byte object: pymalloc's largest size class (512 bytes)
 MADV_HUGEPAGE = 14
-MADV_COLLAPSE = 25  # Linux >= 6.1; EINVAL elsewhere, and nothing changes
+MADV_COLLAPSE = 25  # Linux >= 6.1 (EINVAL before)
 HUGE_PAGE = 2 << 20
+MOSTLY_RESIDENT = 0.75  # collapse a 2 MiB stretch only if this much of it is in memory
 
 
 def reserve_arenas(count: int = RESERVED_ARENAS) -> list[bytes]:
     """Make pymalloc map ``count`` arenas in one run and keep them (one live block in each
     pool that starts a new run of addresses); drop the list after preloading to let pymalloc
     unmap the arenas the preloaded modules did not fill."""
-    blocks = [bytes(_BIG_BLOCK) for _ in range(count * ARENA_SIZE // 512)]
+    try:
+        blocks = [bytes(_BIG_BLOCK) for _ in range(count * ARENA_SIZE // 512)]
+    except MemoryError:
+        return []
     pins, previous = [], 0
     for block in blocks:
         address = id(block)
@@ -176,28 +188,51 @@ def reserve_arenas(count: int = RESERVED_ARENAS) -> list[bytes]:
     return pins
 
 
-def collapse_to_huge_pages() -> tuple[int, int]:
-    """MADV_HUGEPAGE then MADV_COLLAPSE each 2 MiB-aligned stretch of this process's private
-    anonymous memory; (MiB now on huge pages, MiB anonymous) from /proc/self/smaps_rollup."""
+def collapse_to_huge_pages() -> tuple[bool, int, int]:
+    """MADV_HUGEPAGE then MADV_COLLAPSE each 2 MiB-aligned, mostly resident stretch of this
+    process's private anonymous memory, if the kernel can collapse at all; (whether it can,
+    MiB now on huge pages, MiB anonymous) from /proc/self/smaps_rollup."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+    resident = ctypes.create_string_buffer(HUGE_PAGE // page)
     with open("/proc/self/maps") as f:
         maps = f.read().splitlines()
-    for line in maps:
+    collapsing = can_collapse(libc)
+    for line in maps if collapsing else []:
         fields = line.split()
         if "rw" not in fields[1] or (len(fields) > 5 and fields[5] != "[heap]"):
-            continue  # file mappings and stacks stay as they are
+            continue  # file mappings, stacks and the like stay as they are
         low, high = (int(x, 16) for x in fields[0].split("-"))
-        start, end = -(-low // HUGE_PAGE) * HUGE_PAGE, high // HUGE_PAGE * HUGE_PAGE
-        if end > start and libc.madvise(start, end - start, MADV_HUGEPAGE) == 0:
-            libc.madvise(start, end - start, MADV_COLLAPSE)
+        for start in range(-(-low // HUGE_PAGE) * HUGE_PAGE, high - HUGE_PAGE + 1, HUGE_PAGE):
+            if libc.mincore(start, HUGE_PAGE, resident) != 0:
+                continue
+            in_memory = sum(b & 1 for b in resident.raw) / len(resident.raw)
+            if in_memory >= MOSTLY_RESIDENT and libc.madvise(start, HUGE_PAGE, MADV_HUGEPAGE) == 0:
+                libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE)
     sizes = {}
     with open("/proc/self/smaps_rollup") as f:
         for line in f:
             name, _, value = line.partition(":")
             if value.strip().endswith("kB"):
                 sizes[name] = int(value.split()[0]) // 1024
-    return sizes.get("AnonHugePages", 0), sizes.get("Anonymous", 0)
+    return collapsing, sizes.get("AnonHugePages", 0), sizes.get("Anonymous", 0)
+
+
+def can_collapse(libc: Any) -> bool:
+    """Whether MADV_COLLAPSE works here: tried on a throwaway mapping (a kernel without it must
+    not be left with MADV_HUGEPAGE marks that khugepaged would act on)."""
+    area = mmap.mmap(-1, 2 * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+        start = -(-base // HUGE_PAGE) * HUGE_PAGE
+        area[start - base] = 1  # one page in memory: collapse must fill in the rest
+        return (libc.madvise(start, HUGE_PAGE, MADV_HUGEPAGE) == 0
+                and libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0)
+    finally:
+        with contextlib.suppress(BufferError):
+            area.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,14 +270,16 @@ class Forker:
         self.control = control
         self.done_w = done_w
         self.idle: set[int] = set()  # spares the server has not handed a call yet
+        self.pid = os.getpid()
+        self.stopping = False  # the server said "stop", or is gone
 
     def run(self) -> int:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != self.server:
             return 0
         close_fds_except(self.control.fileno(), self.done_w)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # the server decides; its running calls need us
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -250,10 +287,11 @@ class Forker:
         selector.register(self.control, selectors.EVENT_READ, "control")
         selector.register(wake_r, selectors.EVENT_READ, "wake")
         while True:
-            while len(self.idle) < SPARES:
+            while len(self.idle) < SPARES and not self.stopping:
                 if not self.fork_spare():
                     break
-            for key, _ in selector.select(1.0 if len(self.idle) < SPARES else None):
+            short = len(self.idle) < SPARES and not self.stopping
+            for key, _ in selector.select(1.0 if short else None):
                 if key.data == "wake":
                     with contextlib.suppress(BlockingIOError):
                         while os.read(wake_r, 4096):
@@ -263,30 +301,41 @@ class Forker:
             self.reap()
 
     def fork_spare(self) -> bool:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        """Fork one spare and announce it; False when that failed (retried a second later)."""
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:
+            return self.cannot_fork(exc)
         try:
             pid = os.fork()
         except OSError as exc:
-            print(f"call_process.py: cannot fork a spare process: {exc.strerror}", file=sys.stderr)
             ours.close()
             theirs.close()
-            return False
+            return self.cannot_fork(exc)
         if pid == 0:
             code = 20
             try:
                 ours.close()
-                code = run_spare(theirs, os.getppid(), self.done_w)
+                code = run_spare(theirs, self.pid, self.done_w)
             finally:
                 os._exit(code)
         theirs.close()
         try:
             socket.send_fds(self.control, [b"spare %d" % pid], [ours.fileno()])
-        except OSError:
-            os.kill(pid, signal.SIGKILL)  # the server is gone; run() sees EOF next
-        else:
-            self.idle.add(pid)
-        ours.close()
+        except OSError:  # the server is gone: stop forking, run() sees EOF
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self.stopping = True
+            return False
+        finally:
+            ours.close()
+        self.idle.add(pid)
         return True
+
+    def cannot_fork(self, exc: OSError) -> bool:
+        with contextlib.suppress(OSError):
+            self.control.send(f"nofork {exc.strerror}".encode())
+        return False
 
     def read_control(self) -> bool:
         """Act on the server's messages; False at EOF (the server is done)."""
@@ -297,7 +346,9 @@ class Forker:
         if not message:
             return False
         word, _, pid = message.decode("ascii", "replace").partition(" ")
-        if word == "took" and pid.isdigit():
+        if word == "stop":
+            self.stopping = True
+        elif word == "took" and pid.isdigit():
             self.idle.discard(int(pid))
         return True
 
@@ -337,9 +388,15 @@ def run_spare(sock: socket.socket, forker: int, done_w: int) -> int:
     except (OSError, KeyboardInterrupt):
         return 0
     sock.close()
-    if not message or len(fds) != 3:
-        return 0
-    client, client_start, environ, argv = pickle.loads(message)
+    if not message:
+        return 0  # the server let this spare go
+    try:
+        client, client_start, environ, argv = pickle.loads(message)
+        if len(fds) != 3:
+            raise ValueError(f"{len(fds)} fds")
+    except Exception:  # noqa: BLE001 - whatever it is, the client reruns the call elsewhere
+        os.write(done_w, f"{os.getpid()} nocall\n".encode())
+        return 20
     task = Task(client, client_start, -1, *fds, environ=environ, argv=argv)
     code = run_call(task)
     with contextlib.suppress(BaseException):
@@ -371,14 +428,17 @@ def run_call(task: Task) -> int:
 
 
 def set_environ(new: dict[bytes, bytes]) -> None:
-    """Make os.environ ``new``, changing only what differs (a task's environment is mostly the
-    server's: clear() and update() cost ~1 ms of copy-on-write faults in a big heap)."""
+    """Make os.environ ``new``, changing the mapping only where it differs (a task's environment
+    is mostly the server's: clear() and update() cost ~1 ms of copy-on-write faults in a big
+    heap); the C environment gets every value again, in case a library changed it."""
     current = os.environb
     for name in [name for name in current if name not in new]:
         del current[name]
     for name, value in new.items():
         if current.get(name) != value:
             current[name] = value
+        else:
+            os.putenv(name, value)
 
 
 def answer_before_exit(done_w: int, code: int) -> None:

@@ -16,7 +16,8 @@ O_RDWR, never sees EOF). The server checks that the client is its uid's, finds t
 whose fd 0 is its alive FIFO (/proc/<client>/task/<client>/children), opens /proc/<that>/fd/5
 (must be a pipe of our uid), SIGKILLs that subshell (now only the server holds the pipe's write
 end) and hands the call to a process forked ahead of time (a spare, kept ready by the server's
-one child, the forker: see call_process.py); with no spare ready, the call waits for the next.
+one child, the forker: see call_process.py); with no spare ready, the call waits for the next,
+or runs in regular mode if the forker reports it cannot fork.
 The call's process never holds the reply pipe: it reports its outcome on the server's done pipe
 just before _exit (so nobody waits for the teardown of a big heap), or the server learns it
 when the forker reaps it; the server then writes one line and closes the pipe:
@@ -33,7 +34,7 @@ request is checked for the server's uid; others' are refused and logged.
 
 The call's process: own process group, PR_SET_PDEATHSIG SIGKILL, a fresh python's signal
 handlers, stdin /dev/null, other fds closed, numpy's global RNG reseeded, tempfile's cached dir
-reset (all before its call arrives), then the sandbox's cwd/environ/argv/sys.path[0]; it _exits
+reset (all before it reads its call), then the sandbox's cwd/environ/argv/sys.path[0]; it _exits
 with run_function.main([FN, RESULT]). The loop is a selectors loop over the FIFO, the done pipe,
 the forker's control socket and a SIGCHLD wakeup fd.
 
@@ -248,31 +249,40 @@ class Server:
         except (OSError, IndexError, ValueError):
             pass
 
-    def dispatch(self, task: Task) -> None:
-        """Hand ``task`` to a spare; with none ready, it waits for the forker's next one."""
+    def dispatch(self, task: Task, first: bool = False) -> None:
+        """Hand ``task`` to a spare; with none ready, it waits for the forker's next one (at the
+        head of the queue if it was first already)."""
         while self.spares:
             pid, sock = self.spares.popleft()
             try:
                 socket.send_fds(sock, [task.context()], [task.cwd_fd, task.out_fd, task.err_fd])
-            except OSError as exc:
+            except (BrokenPipeError, ConnectionError) as exc:
                 log(f"the spare process {pid} is gone ({exc.strerror}): trying the next one")
                 continue
+            except OSError as exc:  # e.g. EMSGSIZE: an environment too big for the socket
+                task.close_inputs()
+                self.reply(task.reply_fd, f"refused cannot hand the call over: {exc.strerror}")
+                return
             finally:
-                sock.close()
+                sock.close()  # the spare keeps its end; an unused one reads EOF and exits
             self.tell_forker(f"took {pid}")
             task.child = pid
             task.close_inputs()
             self.tasks[pid] = task
             self.last_activity = time.monotonic()
             return
-        self.waiting.append(task)
+        if first:
+            self.waiting.appendleft(task)
+        else:
+            self.waiting.append(task)
 
     def tell_forker(self, message: str) -> None:
         with contextlib.suppress(OSError):  # a forker that is gone is noticed by reap()
             self.control.send(message.encode())
 
     def read_control(self) -> None:
-        """The forker's messages: a new spare (with its socket), or a spare that ended."""
+        """The forker's messages: a new spare (with its socket), a spare that ended, or that it
+        cannot fork one."""
         while True:
             try:
                 message, fds, _flags, _addr = socket.recv_fds(self.control, 256, 1)
@@ -285,11 +295,21 @@ class Server:
             word, _, rest = message.decode("ascii", "replace").partition(" ")
             pid_text, _, outcome = rest.partition(" ")
             if word == "spare" and pid_text.isdigit() and len(fds) == 1:
-                self.add_spare(int(pid_text), socket.socket(fileno=fds[0]))
+                self.add_spare(int(pid_text), socket.socket(fileno=fds.pop()))
             elif word == "ended" and pid_text.isdigit():
                 self.ended(int(pid_text), outcome)
-            for fd in fds if word != "spare" else fds[1:]:
+            elif word == "nofork":
+                self.refuse_waiting(f"cannot fork: {rest}")
+            for fd in fds:
                 os.close(fd)
+
+    def refuse_waiting(self, reason: str) -> None:
+        """The forker cannot fork: the calls waiting for a spare run in regular mode."""
+        log(f"{reason}: {len(self.waiting)} waiting call(s) go to regular mode")
+        while self.waiting:
+            task = self.waiting.popleft()
+            task.close_inputs()
+            self.reply(task.reply_fd, f"refused {reason}")
 
     def add_spare(self, pid: int, sock: socket.socket) -> None:
         if self.stopping:
@@ -297,7 +317,7 @@ class Server:
             return
         self.spares.append((pid, sock))
         if self.waiting:
-            self.dispatch(self.waiting.popleft())
+            self.dispatch(self.waiting.popleft(), first=True)
 
     def ended(self, pid: int, outcome: str) -> None:
         """A process of the forker's was reaped: answer its call, unless it already did."""
@@ -321,7 +341,10 @@ class Server:
                 pid, _, outcome = line.decode("ascii", "replace").partition(" ")
                 task = self.tasks.get(int(pid)) if pid.isdigit() else None
                 if task is not None and task.reply_fd >= 0:
-                    self.reply(task.reply_fd, outcome)
+                    if outcome == "nocall":  # the spare could not take it: no line, the
+                        os.close(task.reply_fd)  # client runs the call in regular mode
+                    else:
+                        self.reply(task.reply_fd, outcome)
                     task.reply_fd = -1
 
     def reap(self) -> None:
@@ -382,6 +405,7 @@ class Server:
             self.reply(task.reply_fd, "retry")
         while self.spares:
             self.spares.popleft()[1].close()  # the spare reads EOF and exits
+        self.tell_forker("stop")  # else it would fork new spares for as long as calls drain
         self.read_requests()
 
     def serve(self) -> None:
@@ -458,11 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     if modules:
         start = time.perf_counter()
         try:
-            huge, anonymous = collapse_to_huge_pages()
-        except (OSError, ValueError, IndexError) as exc:
-            log(f"huge pages: not used ({exc})")
+            collapsed, huge, anonymous = collapse_to_huge_pages()
+        except (OSError, ValueError, IndexError, AttributeError, BufferError) as exc:
+            log(f"huge pages: not used ({exc!r})")
         else:
-            log(f"huge pages: {huge} of {anonymous} MiB of anonymous memory "
+            how = "" if collapsed else "the kernel cannot MADV_COLLAPSE (Linux >= 6.1); "
+            log(f"huge pages: {how}{huge} of {anonymous} MiB of anonymous memory "
                 f"({time.perf_counter() - start:.3f}s)")
     try:
         server.setup()
