@@ -187,6 +187,15 @@ def noop():
     return None
 
 
+def blas_threads():
+    import numpy
+    import threadpoolctl
+
+    numpy.ones((64, 64)) @ numpy.ones((64, 64))  # the pool at work
+    return sorted(i["num_threads"] for i in threadpoolctl.threadpool_info()
+                  if i["user_api"] == "blas")
+
+
 # -- results and exit codes -------------------------------------------------------------------
 
 
@@ -297,6 +306,19 @@ def test_preload_failure_is_logged_and_skipped(node: Node) -> None:
     assert "preload json: ok" in log
     assert "preload no_such_module_xyz: failed (ModuleNotFoundError" in log
     assert "huge pages: " in log  # the preloaded heap's layout for cheap forks (or why not)
+
+
+def test_thread_pools_follow_each_calls_variables_not_the_servers(node: Node) -> None:
+    one = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    two = {name: "2" for name in one}
+    node.write_call(blas_threads)
+    assert node.run("--preload", "numpy", **one).returncode == 0  # starts the server
+    assert node.result()["value"] == [1]
+    assert "thread pools: resized per call" in node.log()
+    for size, variables in ((2, two), (1, one), (2, two)):
+        proc = node.run("--preload", "numpy", **variables)
+        assert proc.returncode == 0 and "regular mode" not in proc.stderr, proc.stderr
+        assert node.result()["value"] == [size], (size, node.result())
 
 
 def test_two_envs_two_servers(tmp_path: Path) -> None:

@@ -412,6 +412,7 @@ def run_call(task: Task) -> int:
         os.fchdir(task.cwd_fd)
         task.close_inputs()
         set_environ(task.environ)
+        resize_thread_pools(task.environ)
         sys.argv = ["run_function.py", *task.argv]
         sys.path[0] = os.getcwd()
         import run_function
@@ -439,6 +440,46 @@ def set_environ(new: dict[bytes, bytes]) -> None:
             current[name] = value
         else:
             os.putenv(name, value)
+
+
+# Thread pools: BLAS and OpenMP size theirs when they load, from the environment of the task
+# that started the server. A call whose task asks for another size (the executor sets these
+# from its cores) gets its pools resized with threadpoolctl, if the environment has it
+# (scikit-learn depends on it); the controller that finds the libraries is made once, in the
+# server.
+POOL_VARS = (("OPENBLAS_NUM_THREADS", "blas"), ("MKL_NUM_THREADS", "blas"),
+             ("OMP_NUM_THREADS", "openmp"))
+_pools: dict[str, Any] = {"controller": None, "server": {}}
+
+
+def prepare_thread_pools() -> str:
+    """In the server, after preloading: what the call's processes need to resize thread pools;
+    returns what it found, for the log."""
+    try:
+        import threadpoolctl
+
+        controller = threadpoolctl.ThreadpoolController()
+    except Exception as exc:  # noqa: BLE001 - no threadpoolctl (or it failed): pools stay
+        return f"not resized per call ({type(exc).__name__}: {exc})"
+    _pools["controller"] = controller
+    _pools["server"] = {var: os.environ.get(var) for var, _ in POOL_VARS}
+    found = ", ".join(f"{i['internal_api']} {i['num_threads']}" for i in controller.info())
+    return f"resized per call from {', '.join(v for v, _ in POOL_VARS)} ({found or 'none yet'})"
+
+
+def resize_thread_pools(environ: dict[bytes, bytes]) -> None:
+    """Give the loaded thread pools the size the task's variables ask for, where they differ
+    from the server's."""
+    controller = _pools["controller"]
+    if controller is None:
+        return
+    limits: dict[str, int] = {}
+    for var, api in POOL_VARS:
+        value = environ.get(var.encode(), b"").decode("ascii", "replace")
+        if value != (_pools["server"].get(var) or "") and value.isdigit() and int(value) > 0:
+            limits.setdefault(api, int(value))
+    if limits:
+        controller.limit(limits=limits)
 
 
 def answer_before_exit(done_w: int, code: int) -> None:

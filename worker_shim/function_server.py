@@ -77,6 +77,7 @@ from call_process import (
     alive,
     children,
     collapse_to_huge_pages,
+    prepare_thread_pools,
     proc_stat,
     read_client,
     reserve_arenas,
@@ -489,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             how = "" if collapsed else "the kernel cannot MADV_COLLAPSE (Linux >= 6.1); "
             log(f"huge pages: {how}{huge} of {anonymous} MiB of anonymous memory "
                 f"({time.perf_counter() - start:.3f}s)")
+        log(f"thread pools: {prepare_thread_pools()}")
     try:
         server.setup()
     except OSError as exc:

@@ -37,7 +37,8 @@ Thread pools: the executor sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_T
 NUMEXPR_NUM_THREADS and VECLIB_MAXIMUM_THREADS to the task's cores (unless the user set
 them). A fresh Python (regular mode) sizes its pools from them when numpy & co. load. A
 library a function server imported before the fork has sized its pool already, from the
-server's environment; this runner does not resize it.
+server's environment: call_process.py resizes BLAS and OpenMP pools with threadpoolctl before
+this runner starts, when the task's variables differ (and the environment has threadpoolctl).
 
 Memory: when PARSL_PONCHO_LIMIT_MEMORY=1 (the executor sets it for apps it right-sizes) and
 Work Queue set MEMORY (MB, the task's allocation), the growth of this process's data segment
