@@ -362,17 +362,23 @@ def test_foreign_request_is_refused_and_logged(node: Node) -> None:
 # -- faults -----------------------------------------------------------------------------------
 
 
-def test_server_killed_mid_call_falls_back_and_produces_the_result(node: Node) -> None:
+def kill_mid_call(node: Node, victim) -> str:
+    """SIGKILL ``victim(node)``'s pid while a call runs; the call must still give its result
+    (rerun in regular mode). Returns the client's output."""
     marker = node.sandbox / "started"
     node.write_call(sleep_then, 1.5, "done", str(marker))
     client = node.popen()
     assert wait_for(marker.exists, 20)
-    pid = node.server_pid()
-    os.kill(pid, signal.SIGKILL)
+    os.kill(victim(node), signal.SIGKILL)
     out, _ = client.communicate(timeout=30)
     assert client.returncode == 0, out
     assert "poncho_serve: running in regular mode:" in out
     assert (node.result()["status"], node.result()["value"]) == ("ok", "done")
+    return out
+
+
+def test_server_killed_mid_call_falls_back_and_produces_the_result(node: Node) -> None:
+    kill_mid_call(node, Node.server_pid)
 
 
 def forker_pid(node: Node) -> int:
@@ -395,16 +401,9 @@ def test_environment_too_big_to_hand_over_runs_the_call_in_regular_mode(node: No
 
 
 def test_forker_killed_mid_call_falls_back_and_the_server_exits(node: Node) -> None:
-    marker = node.sandbox / "started"
-    node.write_call(sleep_then, 1.5, "done", str(marker))
-    client = node.popen()
-    assert wait_for(marker.exists, 20)
+    assert node.call(double, 1).returncode == 0  # a server is up
     server = node.server_pid()
-    os.kill(forker_pid(node), signal.SIGKILL)
-    out, _ = client.communicate(timeout=30)
-    assert client.returncode == 0, out
-    assert "poncho_serve: running in regular mode:" in out  # the call died with the forker
-    assert (node.result()["status"], node.result()["value"]) == ("ok", "done")
+    kill_mid_call(node, forker_pid)  # the call dies with the forker and reruns
     assert wait_for(lambda: not pid_alive(server), 5)
     assert "the forker process died; 1 call(s) go to regular mode" in node.log()
     proc = node.call(double, 5)  # a new server

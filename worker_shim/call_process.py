@@ -46,6 +46,8 @@ PR_SET_PDEATHSIG = 1
 #: Spares kept ready: two calls arriving together (a 2-core worker) both find one.
 SPARES = 2
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 
 
 class Refused(Exception):
@@ -192,25 +194,22 @@ def collapse_to_huge_pages() -> tuple[bool, int, int]:
     """MADV_HUGEPAGE then MADV_COLLAPSE each 2 MiB-aligned, mostly resident stretch of this
     process's private anonymous memory, if the kernel can collapse at all; (whether it can,
     MiB now on huge pages, MiB anonymous) from /proc/self/smaps_rollup."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     page = os.sysconf("SC_PAGE_SIZE")
     resident = ctypes.create_string_buffer(HUGE_PAGE // page)
     with open("/proc/self/maps") as f:
         maps = f.read().splitlines()
-    collapsing = can_collapse(libc)
+    collapsing = can_collapse()
     for line in maps if collapsing else []:
         fields = line.split()
         if "rw" not in fields[1] or (len(fields) > 5 and fields[5] != "[heap]"):
             continue  # file mappings, stacks and the like stay as they are
         low, high = (int(x, 16) for x in fields[0].split("-"))
         for start in range(-(-low // HUGE_PAGE) * HUGE_PAGE, high - HUGE_PAGE + 1, HUGE_PAGE):
-            if libc.mincore(start, HUGE_PAGE, resident) != 0:
+            if _libc.mincore(start, HUGE_PAGE, resident) != 0:
                 continue
             in_memory = sum(b & 1 for b in resident.raw) / len(resident.raw)
-            if in_memory >= MOSTLY_RESIDENT and libc.madvise(start, HUGE_PAGE, MADV_HUGEPAGE) == 0:
-                libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE)
+            if in_memory >= MOSTLY_RESIDENT and _libc.madvise(start, HUGE_PAGE, MADV_HUGEPAGE) == 0:
+                _libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE)
     sizes = {}
     with open("/proc/self/smaps_rollup") as f:
         for line in f:
@@ -220,7 +219,7 @@ def collapse_to_huge_pages() -> tuple[bool, int, int]:
     return collapsing, sizes.get("AnonHugePages", 0), sizes.get("Anonymous", 0)
 
 
-def can_collapse(libc: Any) -> bool:
+def can_collapse() -> bool:
     """Whether MADV_COLLAPSE works here: tried on a throwaway mapping (a kernel without it must
     not be left with MADV_HUGEPAGE marks that khugepaged would act on)."""
     area = mmap.mmap(-1, 2 * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -228,8 +227,8 @@ def can_collapse(libc: Any) -> bool:
         base = ctypes.addressof(ctypes.c_char.from_buffer(area))
         start = -(-base // HUGE_PAGE) * HUGE_PAGE
         area[start - base] = 1  # one page in memory: collapse must fill in the rest
-        return (libc.madvise(start, HUGE_PAGE, MADV_HUGEPAGE) == 0
-                and libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0)
+        return (_libc.madvise(start, HUGE_PAGE, MADV_HUGEPAGE) == 0
+                and _libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0)
     finally:
         with contextlib.suppress(BufferError):
             area.close()
