@@ -187,6 +187,14 @@ def noop():
     return None
 
 
+def random_draws():
+    import random
+
+    import numpy
+
+    return random.random(), float(numpy.random.random())
+
+
 def blas_threads():
     import numpy
     import threadpoolctl
@@ -250,6 +258,20 @@ def test_nothing_survives_between_calls(node: Node) -> None:
     proc = node.call(read_marks)
     assert proc.returncode == 0, proc.stderr
     assert node.result()["value"] == (None, None)
+
+
+def test_each_call_gets_its_own_random_streams(node: Node) -> None:
+    # the calls' processes are forks of one heap: each must still draw its own numbers, from
+    # numpy's global RNG (reseeded by the forker before each fork) and from random's
+    node.write_call(random_draws)
+    draws = []
+    for _ in range(6):
+        proc = node.run("--preload", "numpy.random")
+        assert proc.returncode == 0 and "regular mode" not in proc.stderr, proc.stderr
+        draws.append(node.result()["value"])
+    assert "preload numpy.random: ok" in node.log()
+    assert len({python for python, _ in draws}) == 6, draws
+    assert len({numpy for _, numpy in draws}) == 6, draws
 
 
 def test_call_runs_in_the_sandbox_with_the_clients_environment(node: Node) -> None:

@@ -33,10 +33,10 @@ its saved stderr) reopened O_WRONLY|O_APPEND. Trust: DIR is 0700 in the 0700 nod
 request is checked for the server's uid; others' are refused and logged.
 
 The call's process: own process group, PR_SET_PDEATHSIG SIGKILL, a fresh python's signal
-handlers, stdin /dev/null, other fds closed, numpy's global RNG reseeded, tempfile's cached dir
-reset (all before it reads its call), then the sandbox's cwd/environ/argv/sys.path[0]; it _exits
-with run_function.main([FN, RESULT]). The loop is a selectors loop over the FIFO, the done pipe,
-the forker's control socket and a SIGCHLD wakeup fd.
+handlers, stdin /dev/null, other fds closed, tempfile's cached dir reset (all before it reads its
+call; numpy's global RNG was reseeded by the forker just before the fork), then the sandbox's
+cwd/environ/argv/sys.path[0]; it _exits with run_function.main([FN, RESULT]). The loop is a
+selectors loop over the FIFO, the done pipe, the forker's control socket and a SIGCHLD wakeup fd.
 
 Every 0.5 s: kill (with its process group) the call of a client that died (pid gone or start
 time changed); exit when idle (no call running and none for --idle seconds), when
