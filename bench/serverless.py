@@ -1,14 +1,15 @@
 """Benchmark serverless against regular mode, beside Work Queue's floor and Parsl's HTEX.
 
-Prints, from one run on one local worker using all cores of this host (warm envs: built,
-unpacked and function servers started before timing; warm-up tasks first), tasks/s of:
+Prints, from one run on one local worker offering all cores of this host (or --slots), 1 core
+per task (warm envs: built, unpacked and function servers started before timing; warm-up tasks
+first), tasks/s of:
   * PonchoExecutor, regular and serverless mode, a no-op app and an app importing scikit-learn
     (``import sklearn.svm, sklearn.model_selection`` in its body, returning 0);
   * Work Queue alone (the floor): legacy ``work_queue`` manager, a Poncho task's files (cached
     poncho_run, run_function.py and the no-op env tarball; per-task fn.pkl; result.pkl back),
     command ``cp fn.pkl result.pkl``, 1 core per task;
-  * Parsl's HighThroughputExecutor (max_workers_per_node=2, env pre-installed: this venv) with
-    the same two apps;
+  * Parsl's HighThroughputExecutor (max_workers_per_node: the slots; env pre-installed: this
+    venv) with the same two apps;
 then the ratios the issue sets targets for, and each mode against the floor and HTEX.
 
 Each figure is the median of --rounds rounds; in every round each executor kind is loaded
@@ -17,7 +18,11 @@ so machine noise falls on all cases alike. PonchoExecutor uses function_exec_mod
 and the per-app parsl_resource_specification={"exec_mode": "serverless"} for serverless cases.
 Env store and worker cache are temporary (PARSL_PONCHO_WORKER_CACHE), unless --cache-dir.
 
+With --slots below the host's cores, the forks and exits of serverless calls can run beside
+the tasks instead of in their place, as on a worker with more cores than tasks.
+
 Usage: python bench/serverless.py [--tasks 300] [--sklearn-tasks-regular 20] [--rounds 3]
+                                  [--slots N]
 """
 
 from __future__ import annotations
@@ -129,14 +134,15 @@ def run_poncho(args: argparse.Namespace, cache: Path, run_dir: Path, turn: int
     from parsl_poncho import PonchoExecutor
 
     executor = PonchoExecutor(cache_dir=str(cache), provider=_provider(),
-                              function_exec_mode="regular", server_idle_timeout=300)
+                              function_exec_mode="regular", server_idle_timeout=300,
+                              worker_options=f"--cores {args.slots}")
     return _run_dfk(executor, run_dir, _rotate(poncho_cases(args), turn), args.warmup)
 
 
 def run_htex(args: argparse.Namespace, run_dir: Path, turn: int) -> dict[str, float]:
     from parsl.executors import HighThroughputExecutor
 
-    executor = HighThroughputExecutor(label="htex", max_workers_per_node=2,
+    executor = HighThroughputExecutor(label="htex", max_workers_per_node=args.slots,
                                       provider=_provider())
     cases = [("htex no-op", "no-op", {}, args.tasks), ("htex sklearn", "sklearn", {}, args.tasks)]
     return _run_dfk(executor, run_dir, _rotate(cases, turn), args.warmup)
@@ -151,7 +157,7 @@ def run_wq_floor(args: argparse.Namespace, files: list[tuple[str, str]], work: P
     q = wq.WorkQueue(port=0)
     workdir = Path(tempfile.mkdtemp(prefix="wq-worker-", dir=work))
     worker = subprocess.Popen(
-        ["work_queue_worker", "--cores", str(os.cpu_count()), "-s", str(workdir),
+        ["work_queue_worker", "--cores", str(args.slots), "-s", str(workdir),
          "localhost", str(q.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wq_batch(wq, q, files, work, _warmup_for(args.tasks, args.warmup))
@@ -262,7 +268,8 @@ def print_report(rows: dict[str, list[float]], tasks: dict[str, int],
                  args: argparse.Namespace, servers: int, load: tuple[float, float]) -> None:
     med = {name: statistics.median(v) if v else float("nan") for name, v in rows.items()}
     print(f"\nserverless bench, {datetime.datetime.now().isoformat(timespec='seconds')}, "
-          f"{platform.node()}: one local worker, {os.cpu_count()} cores, 1 core per task")
+          f"{platform.node()}: one local worker, {os.cpu_count()} cores, {args.slots} task "
+          f"slots, 1 core per task")
     print(f"{_versions()}; warm envs, <= {args.warmup} warm-up tasks per case, "
           f"median of {args.rounds} rounds")
     print(f"function servers up after prepare: {servers}; load average (1 min) at start "
@@ -289,11 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20,
                         help="warm-up tasks per case and load, at most a fifth of its tasks "
                              "(at least 2; default 20)")
+    parser.add_argument("--slots", type=int, default=os.cpu_count() or 1,
+                        help="cores the worker offers, 1 per task (default: this host's)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="env store to use and keep (default: a temporary one)")
     args = parser.parse_args(argv)
-    if min(args.tasks, args.sklearn_tasks_regular, args.rounds) < 1 or args.warmup < 0:
-        parser.error("--tasks, --sklearn-tasks-regular and --rounds must be >= 1, --warmup >= 0")
+    if min(args.tasks, args.sklearn_tasks_regular, args.rounds, args.slots) < 1 or args.warmup < 0:
+        parser.error("--tasks, --sklearn-tasks-regular, --rounds and --slots must be >= 1, "
+                     "--warmup >= 0")
     _setup()
     work = Path(tempfile.mkdtemp(prefix="bench-serverless-"))
     worker_cache = work / "worker-cache"
