@@ -6,7 +6,7 @@ fresh interpreter (imports cannot be undone), forks --forks children that _exit 
 prints the medians over --batches batches of the forking side's CPU per fork, the child's CPU
 (its exit, mostly tearing down the address space) and their sum:
 
-    bare                python with cloudpickle: what a no-op app's server forks
+    bare                python with cloudpickle and call_process: what a no-op app's server forks
     +N mappings, read   plus N private 8 KiB file mappings only read (no anonymous pages)
     +N mappings, written  the same, each written once (an anonymous page each, as the data
                         and RELRO segments of a loaded extension module have)
@@ -64,6 +64,9 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
 
     import cloudpickle  # noqa: F401 - every server has it
 
+    sys.path.insert(0, str(WORKER_SHIM))
+    import call_process  # every server has it, and what it imports
+
     keep: list = []
     if row.startswith("+N"):
         with tempfile.TemporaryFile() as f:
@@ -78,9 +81,6 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
                     area[0]  # noqa: B018 - read: the page is mapped, no private copy
                 keep.append(area)
     elif row.startswith("preload"):
-        sys.path.insert(0, str(WORKER_SHIM))
-        import call_process
-
         pins = call_process.reserve_arenas() if row.endswith("pages") else []
         for name in args.preload.split(","):
             __import__(name)
@@ -113,7 +113,10 @@ def main() -> int:
         out = subprocess.run([sys.executable, __file__, "--row", row, "--preload", args.preload,
                               "--mappings", str(args.mappings), "--forks", str(args.forks),
                               "--batches", str(args.batches)],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"row {row!r} failed:\n{out.stderr}", file=sys.stderr)
+            return 1
         results.append(json.loads(out.stdout))
     bare = results[0]["fork"] + results[0]["child"]
     print(f"fork + exit CPU, median of {args.batches} x {args.forks} forks; "

@@ -264,12 +264,13 @@ def test_each_call_gets_its_own_random_streams(node: Node) -> None:
     # the calls' processes are forks of one heap: each must still draw its own numbers, from
     # numpy's global RNG (reseeded by the forker before each fork) and from random's
     node.write_call(random_draws)
-    draws = []
+    draws, servers = [], set()
     for _ in range(6):
         proc = node.run("--preload", "numpy.random")
         assert proc.returncode == 0 and "regular mode" not in proc.stderr, proc.stderr
         draws.append(node.result()["value"])
-    assert "preload numpy.random: ok" in node.log()
+        servers.add(node.server_pid())
+    assert len(servers) == 1 and "preload numpy.random: ok" in node.log(), servers
     assert len({python for python, _ in draws}) == 6, draws
     assert len({numpy for _, numpy in draws}) == 6, draws
 

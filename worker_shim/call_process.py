@@ -493,20 +493,30 @@ def answer_before_exit(done_w: int, code: int) -> None:
 
 def reset_process_state() -> None:
     """What a fork carries over from the server that the call must not see: tempfile's cached
-    dir (Python's own random module is reseeded by its at-fork hook)."""
+    dir (Python's own random module is reseeded by its at-fork hook), and numpy's global RNG
+    if the forker could not reseed it."""
     import tempfile
 
     tempfile.tempdir = None  # re-read TMPDIR from the task's environment
+    if not _numpy_rng["reseeded"]:
+        with contextlib.suppress(Exception):
+            sys.modules["numpy.random"].seed()
 
 
 MT19937_KEY_BYTES = 624 * 4
+_numpy_rng = {"reseeded": True}  # False: the forker's reseed failed, so each spare reseeds
 
 
 def reseed_numpy() -> None:
     """Give numpy's global RNG a fresh state from the OS, in the forker, for the spare it forks
     next: done here, where numpy's code and state are already paged in, it costs ~0.1 ms; in
-    each call's process it cost ~1 ms of page faults."""
+    each call's process it cost ~2 ms of page faults."""
     numpy, nprandom = sys.modules.get("numpy"), sys.modules.get("numpy.random")
-    if numpy is not None and nprandom is not None:
-        with contextlib.suppress(Exception):  # MT19937's whole key from the OS, not 128 bits
-            nprandom.seed(numpy.frombuffer(os.urandom(MT19937_KEY_BYTES), dtype=numpy.uint32))
+    if numpy is None or nprandom is None:
+        return
+    try:  # MT19937's whole key from the OS, not 128 bits
+        nprandom.seed(numpy.frombuffer(os.urandom(MT19937_KEY_BYTES), dtype=numpy.uint32))
+    except Exception:  # noqa: BLE001 - whatever numpy says, the spare reseeds itself instead
+        _numpy_rng["reseeded"] = False
+    else:
+        _numpy_rng["reseeded"] = True
