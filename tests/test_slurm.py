@@ -106,8 +106,9 @@ def test_example_config_runs_tasks_in_slurm_jobs(slurm: SlurmCluster, tmp_path: 
     for job_id in submitted:
         job = _job(slurm, job_id)
         output = "".join(p.read_text() for p in (tmp_path / "runinfo").rglob("*.std*"))
-        # scancel normally wins (CANCELLED); on a loaded host the worker, told to exit by the
-        # stopping manager, can end the job first (COMPLETED, or FAILED when srun saw the signal)
+        # scancel normally lands first (CANCELLED); when it is slow on a loaded host (Parsl
+        # waits 10 s), the stopping manager's exit order can end the job first (COMPLETED, or
+        # FAILED when srun saw a signal)
         assert job["JobState"] in {"CANCELLED", "COMPLETED", "FAILED"}, (job, output)
         assert _seconds(job["RunTime"]) < 300, (job, output)  # walltime is 10 minutes
 
