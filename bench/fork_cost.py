@@ -65,7 +65,8 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
     import cloudpickle  # noqa: F401 - every server has it
 
     sys.path.insert(0, str(WORKER_SHIM))
-    import call_process  # every server has it, and what it imports
+    import call_process  # noqa: F401 - every server has it, and what it imports
+    import huge_pages
 
     keep: list = []
     if row.startswith("+N"):
@@ -81,14 +82,14 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
                     area[0]  # noqa: B018 - read: the page is mapped, no private copy
                 keep.append(area)
     elif row.startswith("preload"):
-        pins = call_process.reserve_arenas() if row.endswith("pages") else []
+        pins = huge_pages.reserve_arenas() if row.endswith("pages") else []
         for name in args.preload.split(","):
             __import__(name)
         del pins
     gc.collect()
     gc.freeze()
     if row.endswith("huge pages"):
-        call_process.collapse_to_huge_pages()
+        huge_pages.collapse_to_huge_pages()
     mappings, anon = count_mappings()
     time_forks(10)  # warm-up
     batches = [time_forks(args.forks) for _ in range(args.batches)]

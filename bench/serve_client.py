@@ -41,11 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cloudpickle  # noqa: E402
 
 from parsl_poncho.shim import (  # noqa: E402
-    call_process_path,
-    function_server_path,
+    SERVER_FILES,
     poncho_run_path,
     poncho_serve_path,
-    run_function_path,
+    shim_file,
 )
 
 SH = shutil.which("dash") or "/bin/sh"
@@ -62,8 +61,7 @@ def make_node(root: Path, modules: list[str]) -> tuple[Path, Path]:
     (env / ".poncho-ready").write_text("bench\n")
     sandbox = root / "sandbox"
     sandbox.mkdir()
-    for src in (run_function_path(), function_server_path(), call_process_path(),
-                poncho_serve_path()):
+    for src in (*map(shim_file, SERVER_FILES), poncho_serve_path()):
         shutil.copy(src, sandbox / src.name)
 
     def task() -> None:

@@ -42,7 +42,7 @@ DEFAULT_WORKER_CACHE = '"${PARSL_PONCHO_WORKER_CACHE:-/tmp/parsl-poncho-$(id -u)
 _WORKER_FILES: Mapping[ExecMode, tuple[str, ...]] = {
     "regular": ("poncho_run", "run_function.py"),
     "serverless": ("poncho_run", "run_function.py", "poncho_serve", "function_server.py",
-                   "call_process.py"),
+                   "call_process.py", "huge_pages.py"),
 }
 
 #: At most this many preloaded modules go on a command line (the rest import on first use).

@@ -1,5 +1,5 @@
 """Locate the worker-side files (``poncho_run``, ``run_function.py``, and for serverless mode
-``poncho_serve``, ``function_server.py`` and ``call_process.py``) shipped with each task.
+``poncho_serve`` and the :data:`SERVER_FILES` it copies beside the server) shipped with each task.
 
 The source of truth is ``worker_shim/`` in the repository; ``parsl_poncho/_shim/`` holds symlinks
 to it in a checkout and real copies in a built wheel (setuptools copies the link targets), so the
@@ -18,6 +18,7 @@ from pathlib import Path
 from parsl_poncho.errors import ShimNotFoundError
 
 __all__ = [
+    "SERVER_FILES",
     "ShimNotFoundError",
     "call_process_path",
     "function_server_path",
@@ -32,6 +33,9 @@ RUN_FUNCTION = "run_function.py"
 PONCHO_SERVE = "poncho_serve"
 FUNCTION_SERVER = "function_server.py"
 CALL_PROCESS = "call_process.py"
+HUGE_PAGES = "huge_pages.py"
+#: What poncho_serve copies from the task sandbox into the function server's directory.
+SERVER_FILES = (FUNCTION_SERVER, CALL_PROCESS, HUGE_PAGES, RUN_FUNCTION)
 
 
 def _candidates(name: str) -> list[Path]:
@@ -77,7 +81,7 @@ def poncho_serve_path() -> Path:
 
 def function_server_path() -> Path:
     """The function server poncho_serve starts once per (environment, user) on a node; ship it
-    (with call_process.py and run_function.py) in the task sandbox beside poncho_serve.
+    (with the rest of :data:`SERVER_FILES`) in the task sandbox beside poncho_serve.
     """
     return shim_file(FUNCTION_SERVER)
 

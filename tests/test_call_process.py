@@ -86,13 +86,13 @@ def test_outcome_of_names_exit_status_or_signal() -> None:
 HEAP_PROBE = """
 import json, sys
 sys.path.insert(0, {shim!r})
-import call_process
-pins = call_process.reserve_arenas() if {reserve} else []
+import huge_pages
+pins = huge_pages.reserve_arenas() if {reserve} else []
 import {module}
 del pins
 with open("/proc/self/smaps_rollup") as f:
     before = next(int(line.split()[1]) // 1024 for line in f if line.startswith("Anonymous:"))
-collapsed, huge, anonymous = call_process.collapse_to_huge_pages()
+collapsed, huge, anonymous = huge_pages.collapse_to_huge_pages()
 print(json.dumps({{"collapsed": collapsed, "huge": huge, "anonymous": anonymous,
                   "before": before}}))
 """

@@ -68,7 +68,8 @@ def test_regular_and_serverless_commands(tmp_path: Path):
                                            "numpy,scipy.linalg", "--", "fn.pkl", "result.pkl"]
     assert [f.remote for f in commands.inputs("regular")] == ["poncho_run", "run_function.py"]
     assert [f.remote for f in commands.inputs("serverless")] == [
-        "poncho_run", "run_function.py", "poncho_serve", "function_server.py", "call_process.py"]
+        "poncho_run", "run_function.py", "poncho_serve", "function_server.py", "call_process.py",
+        "huge_pages.py"]
     assert all(f.cache for f in commands.inputs("serverless"))
 
 

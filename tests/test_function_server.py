@@ -18,11 +18,10 @@ from shim_helpers import SHELL
 from tools import require
 
 from parsl_poncho.shim import (
-    call_process_path,
-    function_server_path,
+    SERVER_FILES,
     poncho_run_path,
     poncho_serve_path,
-    run_function_path,
+    shim_file,
 )
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -50,8 +49,7 @@ class Node:
         self.server_dir = Path(f"{self.env}.server-v1")
         self.sandbox = root / f"sandbox-{name}"
         self.sandbox.mkdir()
-        for src in (run_function_path(), function_server_path(), call_process_path(),
-                    poncho_serve_path()):
+        for src in (*map(shim_file, SERVER_FILES), poncho_serve_path()):
             shutil.copy(src, self.sandbox / src.name)
 
     def write_call(self, fn, *args, **kwargs) -> None:

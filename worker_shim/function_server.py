@@ -5,9 +5,10 @@ Usage (started detached by poncho_serve with the environment's python; not run b
 
 DIR is PREFIX.server-v1 (0700) beside the unpacked environment PREFIX in the node cache (with a
 code layer, PREFIX.server-v1-<layer>: the layer $PARSL_PONCHO_CODE_LAYER is on its sys.path);
-poncho_serve copies this file, call_process.py and run_function.py into it. The server imports
-cloudpickle, run_function (its own copy) and each --preload module (a failing one is logged and
-skipped), gc.freeze()s the heap so forked children share it copy-on-write, then writes DIR/ready.
+poncho_serve copies this file, call_process.py, huge_pages.py and run_function.py into it. The
+server imports cloudpickle, run_function (its own copy) and each --preload module (a failing one
+is logged and skipped), gc.freeze()s the heap so forked children share it copy-on-write, puts
+it on huge pages (huge_pages.py), then writes DIR/ready.
 
 Protocol (all on Linux /proc). A client's subshell, whose fd 0 is the server's alive FIFO (opened
 as /proc/<server>/fd/<N>, N from DIR/ready) and whose fd 5 is the pipe its parent reads the reply
@@ -76,13 +77,12 @@ from call_process import (
     Task,
     alive,
     children,
-    collapse_to_huge_pages,
     prepare_thread_pools,
     proc_stat,
     read_client,
-    reserve_arenas,
     start_forker,
 )
+from huge_pages import collapse_and_report, reserve_arenas
 
 TICK = 0.5
 WQ_WORKER_COMM = "work_queue_work"
@@ -481,15 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     if modules:
-        start = time.perf_counter()
-        try:
-            collapsed, huge, anonymous = collapse_to_huge_pages()
-        except (OSError, ValueError, IndexError, AttributeError, BufferError) as exc:
-            log(f"huge pages: not used ({exc!r})")
-        else:
-            how = "" if collapsed else "the kernel cannot MADV_COLLAPSE (Linux >= 6.1); "
-            log(f"huge pages: {how}{huge} of {anonymous} MiB of anonymous memory "
-                f"({time.perf_counter() - start:.3f}s)")
+        log(f"huge pages: {collapse_and_report()}")
         log(f"thread pools: {prepare_thread_pools()}")
     try:
         server.setup()

@@ -1,0 +1,1 @@
+../../worker_shim/huge_pages.py
