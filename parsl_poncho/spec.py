@@ -2,9 +2,8 @@
 
 A :class:`Spec` is read from cctools' PONCHO JSON (current format: ``conda.dependencies`` with a
 ``{"pip": [...]}`` item; old format: ``conda.packages`` plus a top-level ``pip`` list), from a
-conda ``environment.yml`` or from a pip ``requirements.txt``. Validation runs the JSON Schema in
-``parsl_poncho/schema/spec.schema.json`` and semantic checks (conda match specs parsed by
-py-rattler, pip requirements by ``packaging``, git remotes/refs, URLs), collects every problem and
+conda ``environment.yml`` or from a pip ``requirements.txt`` (those two: spec_files.py).
+Validation (spec_checks.py) runs the JSON Schema and semantic checks, collects every problem and
 raises one :class:`~parsl_poncho.errors.SpecError` listing them by JSON path.
 
 The canonical form (:meth:`Spec.canonical_json`) sorts keys and lists (except conda channels and
@@ -24,40 +23,32 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import json
-import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
-from parsl_poncho.errors import SpecError
-from parsl_poncho.nesting import MAX_DEPTH, first_too_deep, json_text_too_deep, yaml_text_too_deep
+from parsl_poncho.nesting import json_text_too_deep
+from parsl_poncho.spec_checks import (
+    EXTENSION_KEY,
+    TOO_DEEP_FOR_PYTHON,
+    spec_error,
+    too_deep_problem,
+    validate_dict,
+)
+from parsl_poncho.spec_files import environment_yml_data, read_text, requirements_data
 
 #: Bumped whenever the builder changes what a given spec produces; part of every hash.
 BUILD_FORMAT_VERSION = 1
-
-#: Top-level key holding parsl-poncho's extensions; cctools' poncho ignores unknown keys.
-EXTENSION_KEY = "x-parsl-poncho"
 
 HttpType = Literal["file", "tar"]
 
 #: Channels used when a spec names none.
 DEFAULT_CHANNELS: tuple[str, ...] = ("conda-forge",)
-
-_TOP_LEVEL_SECTIONS = ("conda", "pip", "git", "http", EXTENSION_KEY)
-_HTTP_SCHEMES = ("http", "https", "file")
-# git's "<transport>::<address>" remote-helper syntax (ext::, fd::, ...) runs programs.
-_GIT_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
-_GIT_REFUSED_SCHEMES = ("ext", "fd")
-_GIT_REF = re.compile(r"^[A-Za-z0-9_./@+-]+$")
-
-PathParts = tuple[Union[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -153,10 +144,10 @@ class Spec:
         try:
             problems = validate_dict(data)
             if problems:
-                raise _spec_error(problems, source)
+                raise spec_error(problems, source)
             return _build_spec(data)
         except RecursionError as exc:  # a last resort: validate_dict refuses deep input first
-            raise _spec_error([_TOO_DEEP_FOR_PYTHON], source) from exc
+            raise spec_error([TOO_DEEP_FOR_PYTHON], source) from exc
 
     @classmethod
     def from_file(cls, path: str | Path) -> Spec:
@@ -174,7 +165,7 @@ class Spec:
             return cls.from_environment_yml(path)
         if name.endswith(".txt") or "requirements" in name:
             return cls.from_requirements(path)
-        text = _read_text(path)
+        text = read_text(path)
         try:
             data = decode_json(text, source=str(path))
         except json.JSONDecodeError as exc:
@@ -182,7 +173,7 @@ class Spec:
                 f"line {exc.lineno} column {exc.colno}: {exc.msg} (not valid JSON; name the file "
                 "*.yml or *requirements*.txt for those formats)"
             )
-            raise _spec_error([problem], str(path)) from exc
+            raise spec_error([problem], str(path)) from exc
         spec = cls.from_dict(data, source=str(path))
         return spec.with_local_paths_relative_to(path.parent)
 
@@ -194,25 +185,7 @@ class Spec:
         lines, as conda allows.
         :raises SpecError: unreadable file, bad YAML or invalid content.
         """
-        import yaml
-
-        path = Path(path)
-        text = _read_text(path)
-        try:
-            too_deep = yaml_text_too_deep(text)
-            if too_deep:
-                where = "line {} column {}".format(*too_deep)
-                raise _spec_error([_too_deep_problem(where)], str(path))
-            data = yaml.safe_load(text)
-        except RecursionError as exc:
-            raise _spec_error([_TOO_DEEP_FOR_PYTHON], str(path)) from exc
-        except yaml.YAMLError as exc:
-            raise SpecError(
-                f"{str(path)!r} is not valid YAML: {exc}; fix the syntax",
-                problems=[str(exc)],
-                source=str(path),
-            ) from exc
-        return _spec_from_environment(data, path)
+        return _build_spec(environment_yml_data(Path(path)))
 
     @classmethod
     def from_requirements(cls, path: str | Path, *, python: str | None = None) -> Spec:
@@ -222,20 +195,8 @@ class Spec:
         ``-r/--requirement`` lines. ``python`` defaults to the running interpreter's X.Y.Z.
         :raises SpecError: unreadable file or invalid/unsupported lines.
         """
-        path = Path(path)
-        problems: list[str] = []
-        reqs, options = _parse_requirement_lines(_read_lines(path), path, problems)
-        data = {
-            "conda": {
-                "channels": list(DEFAULT_CHANNELS),
-                "dependencies": [f"python={python or _python_version()}", "pip", {"pip": reqs}],
-            },
-        }
-        if options:
-            data[EXTENSION_KEY] = {"pip_options": options}
-        problems.extend(validate_dict(data))
-        if problems:
-            raise _spec_error(problems, str(path))
+        data = requirements_data(Path(path), python=python or _python_version(),
+                                 channels=DEFAULT_CHANNELS)
         return _build_spec(data)
 
     def with_local_paths_relative_to(self, base: Path) -> Spec:
@@ -360,11 +321,11 @@ def decode_json(text: str, *, source: str | None = None) -> Any:
     """
     too_deep = json_text_too_deep(text)
     if too_deep:
-        raise _spec_error([_too_deep_problem("line {} column {}".format(*too_deep))], source)
+        raise spec_error([too_deep_problem("line {} column {}".format(*too_deep))], source)
     try:
         return json.loads(text)
     except RecursionError as exc:  # a last resort: the scan above refuses deep text first
-        raise _spec_error([_TOO_DEEP_FOR_PYTHON], source) from exc
+        raise spec_error([TOO_DEEP_FOR_PYTHON], source) from exc
 
 
 # -- platform ---------------------------------------------------------------------------------
@@ -389,257 +350,6 @@ def current_platform() -> str:
 
 def _python_version() -> str:
     return ".".join(str(v) for v in sys.version_info[:3])
-
-
-# -- validation -------------------------------------------------------------------------------
-def validate_dict(data: Any) -> list[str]:
-    """Every problem in a decoded spec, as ``"json.path: what is wrong"`` (empty when valid)."""
-    too_deep = first_too_deep(data)
-    if too_deep is not None:  # before anything that recurses (jsonschema, repr)
-        return [_too_deep_problem(_short_path(too_deep))]
-    if not isinstance(data, Mapping):
-        return [f"(spec): must be a JSON object, got {type(data).__name__} {_short(data)}"]
-    problems: list[tuple[PathParts, str]] = list(_schema_problems(data))
-    problems.extend(_semantic_problems(data))
-    problems.sort(
-        key=lambda item: [(0, p, "") if isinstance(p, int) else (1, 0, p) for p in item[0]]
-    )
-    seen: set[str] = set()
-    out = []
-    for parts, msg in problems:
-        line = f"{format_path(parts)}: {msg}"
-        if line not in seen:
-            seen.add(line)
-            out.append(line)
-    return out
-
-
-def format_path(parts: Iterable[str | int]) -> str:
-    """``("conda", "dependencies", 3)`` -> ``"conda.dependencies[3]"``; empty -> ``"(spec)"``."""
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(spec)"
-
-
-@functools.cache
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema for specs (``parsl_poncho/schema/spec.schema.json``)."""
-    schema_path = Path(__file__).with_name("schema") / "spec.schema.json"
-    return json.loads(schema_path.read_text(encoding="utf-8"))
-
-
-@functools.cache
-def _validator() -> Any:
-    import jsonschema
-
-    schema = load_schema()
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
-
-
-def _schema_problems(data: Mapping[str, Any]) -> Iterator[tuple[PathParts, str]]:
-    errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    for error in errors:
-        yield from _explain_schema_error(error)
-
-
-def _explain_schema_error(error: Any) -> Iterator[tuple[PathParts, str]]:
-    parts: PathParts = tuple(error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-        known = list(error.schema.get("properties", {}))
-        patterns = list(error.schema.get("patternProperties", {}))
-        for key in error.instance:
-            if key in known or any(re.search(p, str(key)) for p in patterns):
-                continue
-            yield parts, _unknown_key_message(key, known, top_level=not parts)
-        return
-    friendly = error.schema.get("x-error") if isinstance(error.schema, Mapping) else None
-    if friendly and error.validator == "pattern":
-        yield parts, f"{_short(error.instance)} {friendly}"
-    elif error.validator == "required":
-        yield parts, f"{error.message}; add it"
-    else:
-        yield parts, _short(error.message, 300, quote=False)  # it quotes the whole instance
-
-
-def _unknown_key_message(key: Any, known: Sequence[str], *, top_level: bool) -> str:
-    what = "section" if top_level else "key"
-    msg = f"unknown {what} {key!r}"
-    if top_level and key == "pinned":
-        return msg + " (cctools' 'pinned' is not supported: pin versions in conda.dependencies)"
-    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-    if close:
-        return msg + f" (did you mean {close[0]!r}?)"
-    return msg + f" (expected one of: {', '.join(sorted(known))})"
-
-
-def _semantic_problems(data: Mapping[str, Any]) -> Iterator[tuple[PathParts, str]]:
-    conda = data.get("conda")
-    if isinstance(conda, Mapping):
-        if "dependencies" in conda and "packages" in conda:
-            yield (
-                ("conda",),
-                (
-                    "has both 'dependencies' (current format) and 'packages' (old format); "
-                    "use one of them"
-                ),
-            )
-        yield from _conda_list_problems(conda.get("dependencies"), ("conda", "dependencies"))
-        yield from _conda_list_problems(conda.get("packages"), ("conda", "packages"))
-    yield from _pip_list_problems(data.get("pip"), ("pip",))
-    yield from _git_problems(data.get("git"))
-    yield from _http_problems(data.get("http"))
-    yield from _extension_problems(data.get(EXTENSION_KEY))
-    for key in data:
-        if key != EXTENSION_KEY and difflib.get_close_matches(key, [EXTENSION_KEY], cutoff=0.8):
-            yield (key,), f"unknown extension; did you mean {EXTENSION_KEY!r}?"
-    git, http = data.get("git"), data.get("http")
-    if isinstance(git, Mapping) and isinstance(http, Mapping):
-        for var in sorted(set(git) & set(http)):
-            yield ("http", var), f"variable {var!r} is also defined under 'git'; rename one"
-
-
-def _conda_list_problems(items: Any, parts: PathParts) -> Iterator[tuple[PathParts, str]]:
-    if not isinstance(items, list):
-        return
-    for i, item in enumerate(items):
-        if isinstance(item, str) and item.strip():
-            error = match_spec_error(item)
-            if error:
-                yield parts + (i,), f"{_short(item, 200)} is not a valid match spec ({error})"
-        elif isinstance(item, Mapping):
-            yield from _pip_list_problems(item.get("pip"), parts + (i, "pip"))
-
-
-def _pip_list_problems(items: Any, parts: PathParts) -> Iterator[tuple[PathParts, str]]:
-    if not isinstance(items, list):
-        return
-    for i, item in enumerate(items):
-        if isinstance(item, str) and item.strip():
-            error = requirement_error(item)
-            if error:
-                yield parts + (i,), f"{_short(item, 200)} is not a valid pip requirement ({error})"
-
-
-def _git_problems(git: Any) -> Iterator[tuple[PathParts, str]]:
-    if not isinstance(git, Mapping):
-        return
-    for var, entry in git.items():
-        if not isinstance(entry, Mapping):
-            continue
-        remote, ref = entry.get("remote"), entry.get("ref")
-        if isinstance(remote, str):
-            error = git_remote_error(remote)
-            if error:
-                yield ("git", var, "remote"), f"{remote!r} is refused: {error}"
-        if isinstance(ref, str):
-            error = git_ref_error(ref)
-            if error:
-                yield ("git", var, "ref"), f"{ref!r} is refused: {error}"
-
-
-def _http_problems(http: Any) -> Iterator[tuple[PathParts, str]]:
-    if not isinstance(http, Mapping):
-        return
-    for var, entry in http.items():
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("url"), str):
-            continue
-        url = entry["url"]
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in _HTTP_SCHEMES:
-            yield (
-                ("http", var, "url"),
-                (f"{url!r} is not a URL with one of the schemes {', '.join(_HTTP_SCHEMES)}"),
-            )
-
-
-def _extension_problems(ext: Any) -> Iterator[tuple[PathParts, str]]:
-    if not isinstance(ext, Mapping):
-        return
-    local = ext.get("local")
-    entries: list[tuple[PathParts, Any, Any]] = []
-    if isinstance(local, Mapping):
-        for name, entry in local.items():
-            if isinstance(entry, Mapping) and "name" in entry and entry["name"] != name:
-                yield (
-                    (EXTENSION_KEY, "local", name, "name"),
-                    (
-                        f"{entry['name']!r} differs from its key {name!r}; drop 'name' or make "
-                        "them equal"
-                    ),
-                )
-            entries.append(((EXTENSION_KEY, "local", name), name, entry))
-    elif isinstance(local, list):
-        for i, entry in enumerate(local):
-            name = entry.get("name") if isinstance(entry, Mapping) else None
-            entries.append(((EXTENSION_KEY, "local", i), name, entry))
-    seen: dict[str, Any] = {}
-    for parts, name, entry in entries:
-        if not isinstance(name, str) or not isinstance(entry, Mapping):
-            continue
-        sha = str(entry.get("sha256", "")).lower()
-        if name in seen and seen[name] != sha:
-            yield parts, f"local code {name!r} is listed twice with different sha256"
-        seen[name] = sha
-
-
-# -- single-item checks (public: the builder and CLI reuse them) -------------------------------
-def match_spec_error(spec: str) -> str | None:
-    """Why ``spec`` is not a conda match spec (py-rattler's parser), or None when it is."""
-    import rattler
-
-    try:
-        rattler.MatchSpec(spec.strip())
-    except Exception as exc:  # rattler raises its own InvalidMatchSpecError
-        return str(exc).splitlines()[0]
-    return None
-
-
-def requirement_error(requirement: str) -> str | None:
-    """Why ``requirement`` is not a PEP 508 requirement, or None when it is."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    try:
-        Requirement(requirement)
-    except InvalidRequirement as exc:
-        return "PEP 508: " + str(exc).splitlines()[0]
-    return None
-
-
-def git_remote_error(remote: str) -> str | None:
-    """Why cloning ``remote`` is refused (option-like, ext::/fd:: transports), or None."""
-    if remote != remote.strip() or any(ord(ch) < 32 for ch in remote):
-        return "it contains surrounding whitespace or control characters"
-    if remote.startswith("-"):
-        return "it starts with '-' and could be read by git as an option"
-    if _GIT_HELPER.match(remote):
-        helper = remote.split("::", 1)[0]
-        return f"the {helper!r}:: remote-helper transport can run commands; use https:// or ssh://"
-    scheme = urlsplit(remote).scheme.lower()
-    if scheme in _GIT_REFUSED_SCHEMES:
-        return f"the {scheme!r} transport can run commands; use https:// or ssh://"
-    if "://" in remote:
-        host = urlsplit(remote).netloc.rsplit("@", 1)[-1]
-        if host.startswith("-"):
-            return "its host starts with '-' and could be read by ssh as an option"
-    return None
-
-
-def git_ref_error(ref: str) -> str | None:
-    """Why ``ref`` is not an acceptable git ref (branch, tag, commit), or None."""
-    if ref.startswith("-"):
-        return "it starts with '-' and could be read by git as an option"
-    if not _GIT_REF.match(ref):
-        return "a ref may only contain letters, digits and . _ / @ + -"
-    if ".." in ref or "@{" in ref or "//" in ref:
-        return "a ref may not contain '..', '@{' or '//'"
-    if ref.endswith((".", "/", ".lock")) or ref.startswith("/"):
-        return "a ref may not start with '/' or end with '.', '/' or '.lock'"
-    return None
 
 
 # -- building a Spec from validated data -------------------------------------------------------
@@ -765,196 +475,3 @@ def _unique_by(items: Iterable[str], key: Any) -> list[str]:
     for item in items:
         seen.setdefault(key(item), item)
     return [seen[k] for k in sorted(seen)]
-
-
-# -- environment.yml and requirements.txt ------------------------------------------------------
-def _spec_from_environment(data: Any, path: Path) -> Spec:
-    source = str(path)
-    if not isinstance(data, Mapping):
-        raise _spec_error([f"(spec): must be a mapping, got {type(data).__name__}"], source)
-    problems: list[str] = []
-    for key in data:
-        if key not in ("name", "prefix", "channels", "dependencies"):
-            known = ["name", "prefix", "channels", "dependencies"]
-            problems.append(f"{key}: " + _unknown_key_message(key, known, top_level=False))
-    deps = data.get("dependencies") or []
-    options: dict[str, Any] = {}
-    conda_deps: list[Any] = []
-    if isinstance(deps, list):
-        for i, item in enumerate(deps):
-            if isinstance(item, Mapping) and isinstance(item.get("pip"), list):
-                lines = [str(x) for x in item["pip"]]
-                reqs, opts = _parse_requirement_lines(
-                    list(enumerate(lines, 1)), path, problems, where=f"dependencies[{i}].pip"
-                )
-                _merge_options(options, opts)
-                conda_deps.append({"pip": reqs})
-            else:
-                conda_deps.append(item)
-    else:
-        conda_deps = deps  # let the schema report the type
-    spec_dict: dict[str, Any] = {"conda": {"dependencies": conda_deps}}
-    if "channels" in data:
-        spec_dict["conda"]["channels"] = data["channels"]
-    if options:
-        spec_dict[EXTENSION_KEY] = {"pip_options": options}
-    problems.extend(validate_dict(spec_dict))
-    if problems:
-        raise _spec_error(problems, source)
-    return _build_spec(spec_dict)
-
-
-_OPTION_ALIASES = {
-    "-i": "--index-url",
-    "--index-url": "--index-url",
-    "--extra-index-url": "--extra-index-url",
-    "-f": "--find-links",
-    "--find-links": "--find-links",
-    "-r": "--requirement",
-    "--requirement": "--requirement",
-}
-
-
-def _parse_requirement_lines(
-    lines: list[tuple[int, str]],
-    path: Path,
-    problems: list[str],
-    *,
-    where: str | None = None,
-    depth: int = 0,
-) -> tuple[list[str], dict[str, Any]]:
-    """Requirements and pip options from requirements-file lines; problems are appended."""
-    reqs: list[str] = []
-    options: dict[str, Any] = {}
-    for lineno, line in _logical_lines(lines):
-        loc = f"{where}[{lineno - 1}]" if where else f"{path.name}:{lineno}"
-        if not line.startswith("-"):
-            if re.search(r"\s--?[A-Za-z]", line):
-                problems.append(
-                    f"{loc}: per-requirement options such as --hash are not supported in "
-                    f"{line!r}; remove them"
-                )
-            else:
-                reqs.append(line)
-            continue
-        match = re.match(r"^(-[^\s=]*)(?:[\s=]+(.*))?$", line)
-        flag, value = (match.group(1), (match.group(2) or "").strip()) if match else (line, "")
-        option = _OPTION_ALIASES.get(flag)
-        if option is None and flag[:2] in _OPTION_ALIASES and flag[2:]:
-            option, value = _OPTION_ALIASES[flag[:2]], flag[2:] + value  # -ihttps://...
-        if option is None:
-            problems.append(
-                f"{loc}: option {flag!r} is not supported (supported: -i/--index-url, "
-                "--extra-index-url, -f/--find-links, -r/--requirement); remove it"
-            )
-        elif not value:
-            problems.append(f"{loc}: option {flag!r} needs a value")
-        elif option == "--index-url":
-            options["index_url"] = value
-        elif option == "--extra-index-url":
-            options.setdefault("extra_index_urls", []).append(value)
-        elif option == "--find-links":
-            options.setdefault("find_links", []).append(_relative_link(value, path))
-        elif depth > 10:
-            problems.append(f"{loc}: -r nesting deeper than 10 (a loop?)")
-        else:
-            included = path.parent / value
-            sub_reqs, sub_opts = _parse_requirement_lines(
-                _read_lines(included, problems, loc), included, problems, depth=depth + 1
-            )
-            reqs.extend(sub_reqs)
-            _merge_options(options, sub_opts)
-    return reqs, options
-
-
-def _logical_lines(lines: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-    """Join backslash continuations, drop comments and blank lines (pip's rules)."""
-    buffer, start = "", 0
-    for lineno, raw in lines:
-        if not buffer:
-            start = lineno
-        if raw.rstrip().endswith("\\"):
-            buffer += raw.rstrip()[:-1] + " "
-            continue
-        text = _COMMENT.split(buffer + raw, 1)[0].strip()
-        buffer = ""
-        if text:
-            yield start, text
-    if buffer.strip():
-        yield start, buffer.strip()
-
-
-# a '#' at the start or after a blank starts a comment; the lookbehind keeps the search linear
-_COMMENT = re.compile(r"(?:^|(?<=\s))#")
-
-
-def _relative_link(value: str, path: Path) -> str:
-    """pip resolves a relative --find-links against the requirements file when it exists there."""
-    if "://" in value or Path(value).is_absolute():
-        return value
-    candidate = path.parent / value
-    return str(candidate.resolve()) if candidate.exists() else value
-
-
-def _merge_options(into: dict[str, Any], new: Mapping[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, list):
-            into.setdefault(key, []).extend(value)
-        else:
-            into[key] = value
-
-
-def _read_lines(
-    path: Path, problems: list[str] | None = None, loc: str | None = None
-) -> list[tuple[int, str]]:
-    try:
-        return list(enumerate(_read_text(path).splitlines(), 1))
-    except SpecError as exc:
-        if problems is None:
-            raise
-        problems.append(f"{loc}: {exc}")
-        return []
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(
-            f"Cannot read spec file {str(path)!r}: {exc}; check the path and permissions",
-            problems=[str(exc)],
-            source=str(path),
-        ) from exc
-
-
-# -- errors -----------------------------------------------------------------------------------
-def _spec_error(problems: list[str], source: str | None) -> SpecError:
-    where = f" in {source}" if source else ""
-    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-    body = "\n".join(f"  - {p}" for p in problems)
-    msg = f"Invalid environment spec{where} ({count}); fix them and retry:\n{body}"
-    return SpecError(msg, problems=problems, source=source)
-
-
-def _short(value: Any, limit: int = 60, *, quote: bool = True) -> str:
-    text = repr(value) if quote else str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_TOO_DEEP_FOR_PYTHON = (
-    "(spec): nested too deeply for Python to read (RecursionError); a PONCHO spec is at most "
-    f"{MAX_DEPTH} levels deep, remove the extra nesting"
-)
-
-
-def _too_deep_problem(where: str) -> str:
-    return (
-        f"{where}: nested more than {MAX_DEPTH} levels deep; a PONCHO spec is at most "
-        f"{MAX_DEPTH} levels deep (a real one about 5): remove the extra nesting"
-    )
-
-
-def _short_path(parts: PathParts, shown: int = 6) -> str:
-    """format_path of the first ``shown`` parts (keys cut to 40 characters), then '...'."""
-    head = tuple(p if isinstance(p, int) else _short(p, 40, quote=False) for p in parts[:shown])
-    return format_path(head) + ("..." if len(parts) > shown else "")

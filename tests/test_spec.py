@@ -22,10 +22,8 @@ from parsl_poncho.spec import (
     PipOptions,
     Spec,
     current_platform,
-    git_ref_error,
-    git_remote_error,
-    load_schema,
 )
+from parsl_poncho.spec_checks import git_ref_error, git_remote_error, load_schema
 
 SPECS = Path(__file__).parent / "specs"
 INPUT_NAMES = ("spec.json", "environment.yml", "requirements.txt")

@@ -69,7 +69,7 @@ def check_git_source(var: str, remote: str, ref: str | None) -> None:
         )
     # The same rules as spec validation (e.g. ssh://-oProxyCommand=... hosts), for Specs
     # constructed directly and never validated.
-    from parsl_poncho.spec import git_ref_error, git_remote_error
+    from parsl_poncho.spec_checks import git_ref_error, git_remote_error
 
     problem = git_remote_error(remote) or (git_ref_error(ref) if ref else None)
     if problem:

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parsl_poncho import spec as spec_module
+from parsl_poncho import spec_checks, spec_files
 from parsl_poncho.errors import SpecError
 from parsl_poncho.spec import Spec
 from parsl_poncho.store import EnvStore
@@ -281,7 +282,9 @@ def test_recursion_error_is_wrapped_when_the_depth_check_misses(
     check: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The last resort: with a depth check disabled, the RecursionError still becomes SpecError."""
-    monkeypatch.setattr(spec_module, check, lambda *args, **kwargs: None)
+    where = {"json_text_too_deep": spec_module, "yaml_text_too_deep": spec_files,
+             "first_too_deep": spec_checks}[check]  # the module that calls it
+    monkeypatch.setattr(where, check, lambda *args, **kwargs: None)
     if check == "first_too_deep":
         def load() -> Any:
             return Spec.from_dict({"conda": {"dependencies": [nested_data("list", 3_000)]}})
