@@ -216,17 +216,6 @@ def _read_lines(
         return []
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(
-            f"Cannot read spec file {str(path)!r}: {exc}; check the path and permissions",
-            problems=[str(exc)],
-            source=str(path),
-        ) from exc
-
-
 def read_text(path: Path) -> str:
     """The text of spec file ``path``.
 
