@@ -16,7 +16,7 @@ import pytest
 from rattler import PrefixRecord
 
 from parsl_poncho.analyze import Analyzer, analyze, find_modules, strip_parsl_wrapper
-from parsl_poncho.analyze import analyzer as analyzer_mod
+from parsl_poncho.analyze import memo as memo_mod
 from parsl_poncho.analyze.classify import Classifier, normalize_channel, normalize_name
 from parsl_poncho.analyze.pin import python_version
 from parsl_poncho.codehash import hash_code
@@ -274,7 +274,7 @@ def _edit(path: Path, text: str) -> None:
 
 
 def test_memo_notices_an_edited_local_module(tmp_path, monkeypatch):
-    monkeypatch.setattr(analyzer_mod, "_LOCAL_RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(memo_mod, "LOCAL_RECHECK_SECONDS", 0.0)
     mod = _load_local(tmp_path, monkeypatch, "poncho_local_memo",
                       "def app():\n    return X\n\nX = 1\n")
     analyzer = Analyzer()
@@ -292,19 +292,19 @@ def test_memo_notices_an_edited_local_module(tmp_path, monkeypatch):
 
 
 def test_memo_looks_at_local_files_at_most_once_per_recheck_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(analyzer_mod, "_LOCAL_RECHECK_SECONDS", 3600.0)
+    monkeypatch.setattr(memo_mod, "LOCAL_RECHECK_SECONDS", 3600.0)
     mod = _load_local(tmp_path, monkeypatch, "poncho_local_throttle",
                       "def app():\n    return X\n\nX = 1\n")
     analyzer = Analyzer()
     first = analyzer.analyze(mod.app)
     _edit(tmp_path / "poncho_local_throttle.py", "def app():\n    return X\n\nX = 2\n")
     assert analyzer.analyze(mod.app) is first  # within the recheck time: no stat at all
-    monkeypatch.setattr(analyzer_mod, "_LOCAL_RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(memo_mod, "LOCAL_RECHECK_SECONDS", 0.0)
     assert analyzer.analyze(mod.app).local[0].sha256 != first.local[0].sha256
 
 
 def test_memo_by_argument_types_notices_edited_local_code(tmp_path, monkeypatch):
-    monkeypatch.setattr(analyzer_mod, "_LOCAL_RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(memo_mod, "LOCAL_RECHECK_SECONDS", 0.0)
     mod = _load_local(tmp_path, monkeypatch, "poncho_local_argtype",
                       "class Point:\n    x = 1\n")
     namespace: dict = {}

@@ -2,27 +2,25 @@
 
 Results are memoised per callable (weakly: nothing is kept alive by the memo) and re-used while
 its code object, defaults, closure cells and the global bindings its analysis read are the same
-objects; a second analysis costs microseconds. A result that ships local code is also re-used only
-while the stat signature of its files is the same, checked at most once per
-:data:`_LOCAL_RECHECK_SECONDS`: an edited local module gets a new content hash, hence a new spec.
+objects, and while the local code it hashed is unchanged (memo.py says how both are checked); a
+second analysis costs microseconds.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import sys
 import threading
-import time
 import types
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from parsl_poncho.analyze.byref import ImportScanner
 from parsl_poncho.analyze.classify import Classifier, Distribution, normalize_name
+from parsl_poncho.analyze.memo import MemoEntry, globals_of, local_fresh, new_entry, still_valid
 from parsl_poncho.analyze.modules import (
     _ATOMIC,
     ModuleFinder,
@@ -32,18 +30,14 @@ from parsl_poncho.analyze.modules import (
     static_module_uses,
     strip_parsl_wrapper,
 )
+from parsl_poncho.analyze.options import check_mapping, check_names, resolve_dist
 from parsl_poncho.analyze.pin import pin_spec
-from parsl_poncho.codehash import Signature, code_signature
+from parsl_poncho.codehash import Signature
 from parsl_poncho.errors import AnalysisError, AnalysisOptionError, UnresolvedImportError
 from parsl_poncho.spec import LocalCode, Spec
 
-_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_DIST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-_MISSING = object()
 _CONTAINER_TYPES = (list, tuple, set, frozenset, dict)
 _CODE_ENTRIES = 8  # entries kept per code object for new function objects to reuse
-#: A memo entry with local code re-checks its files' stat signatures at most this often (s).
-_LOCAL_RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,69 +56,6 @@ class Requirements:
     local: tuple[LocalCode, ...]
     extra_requirements: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()  # optional imports not installed on this host
-
-
-@dataclass
-class _Entry:
-    holder: Any  # weakref to what holds the root's globals (its module, or the function)
-    code: Any  # weakref to the code object (None for classes and builtins)
-    defaults: tuple[Any, ...]
-    kwdefaults: tuple[tuple[str, Any], ...]
-    cells: tuple[Any, ...]
-    bindings: tuple[tuple[Any, str, Any], ...]
-    requirements: Requirements
-    spec: Spec
-    uses: dict[str, ModuleUse]
-    by_args: dict[frozenset[str], tuple[Requirements, Spec]] = field(default_factory=dict)
-    # (path, stat signature) of the local code in requirements and by_args, as analysed
-    local_files: tuple[tuple[str, Signature], ...] = ()
-    checked: float = 0.0  # time.monotonic() of the last look at local_files
-    stale: bool = False  # local_files changed: never serve this entry again
-
-
-class _Strong:
-    """A strong reference to a module-level object (its module keeps it alive anyway)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _fingerprint(value: Any) -> Any:
-    """How a memo entry recognises a value again without keeping it alive."""
-    try:
-        return weakref.ref(value)
-    except TypeError:
-        pass
-    if type(value) not in _ATOMIC and _module_level(value):
-        return _Strong(value)
-    return type(value)
-
-
-def _module_level(value: Any) -> bool:
-    module = sys.modules.get(getattr(value, "__module__", None) or "")
-    name = getattr(value, "__name__", None)
-    return module is not None and isinstance(name, str) and vars(module).get(name) is value
-
-
-def _matches(fp: Any, value: Any) -> bool:
-    kind = type(fp)
-    if kind is weakref.ReferenceType:
-        return fp() is value
-    if kind is _Strong:
-        return fp.value is value
-    return type(value) is fp
-
-
-def _matches_strict(fp: Any, value: Any, by_type: Callable[[type], bool]) -> bool:
-    """Like _matches, but a value known only by its type must be one whose type says all."""
-    kind = type(fp)
-    if kind is weakref.ReferenceType:
-        return fp() is value
-    if kind is _Strong:
-        return fp.value is value
-    return type(value) is fp and (fp in _ATOMIC or by_type(fp))
 
 
 class Analyzer:
@@ -167,15 +98,14 @@ class Analyzer:
         self.pin_transitive = bool(pin_transitive)
         self.strip_parsl = strip_parsl
         problems: list[str] = []
-        self.ignore = _check_names("ignore", ignore, problems)
-        self.channels = None if channels is None else _check_names("channels", channels,
-                                                                   problems, modules=False)
-        self._mapping: dict[str, Distribution | str] = {}
-        self._check_mapping(pkg_mapping, problems)
+        self.ignore = check_names("ignore", ignore, problems)
+        self.channels = None if channels is None else check_names("channels", channels,
+                                                                  problems, modules=False)
+        self._mapping = check_mapping(pkg_mapping, self.classifier, problems)
         self._extra: list[Distribution] = []
         self._extra_reqs: list[str] = []
-        for name in _check_names("extra_pkgs", extra_pkgs, problems, modules=False):
-            resolved = self._resolve_dist("extra_pkgs", name, name, problems)
+        for name in check_names("extra_pkgs", extra_pkgs, problems, modules=False):
+            resolved = resolve_dist("extra_pkgs", name, name, self.classifier, problems)
             if isinstance(resolved, Distribution):
                 self._extra.append(resolved)
             elif resolved is not None:
@@ -183,52 +113,14 @@ class Analyzer:
         if problems:
             raise AnalysisOptionError(
                 "Invalid analysis options:\n  " + "\n  ".join(problems), problems)
-        self._memo: weakref.WeakKeyDictionary[Any, _Entry] = weakref.WeakKeyDictionary()
-        self._by_code: weakref.WeakKeyDictionary[Any, list[_Entry]] = weakref.WeakKeyDictionary()
+        self._memo: weakref.WeakKeyDictionary[Any, MemoEntry] = weakref.WeakKeyDictionary()
+        self._by_code: weakref.WeakKeyDictionary[Any, list[MemoEntry]] = weakref.WeakKeyDictionary()
         self._type_uses: weakref.WeakKeyDictionary[type, dict[str, ModuleUse]] = (
             weakref.WeakKeyDictionary())
         self._lock = threading.RLock()
         self._imports = ImportScanner(self.classifier, self._provider)
 
-    # options ----------------------------------------------------------------------------------
-    def _check_mapping(self, mapping: Any, problems: list[str]) -> None:
-        if mapping is None:
-            return
-        if not isinstance(mapping, Mapping):
-            problems.append(f"pkg_mapping must be a dict of import name -> distribution, got "
-                            f"{type(mapping).__name__} {mapping!r}")
-            return
-        for key, value in mapping.items():
-            if not isinstance(key, str) or not _MODULE_NAME.match(key):
-                problems.append(f"pkg_mapping key {key!r} is not a module name like 'cv2' or "
-                                "'google.protobuf'")
-                continue
-            if not isinstance(value, str) or not value.strip():
-                problems.append(f"pkg_mapping[{key!r}] is {value!r}: it must be a distribution "
-                                "name (a string), e.g. 'opencv-python'")
-                continue
-            resolved = self._resolve_dist("pkg_mapping", key, value.strip(), problems)
-            if resolved is not None:
-                self._mapping[key] = resolved
-
-    def _resolve_dist(self, option: str, key: str, value: str, problems: list[str]
-                      ) -> Distribution | str | None:
-        if not _DIST_NAME.match(value):
-            if any(ch in value for ch in "=<>~@"):
-                return value  # a requirement with a version or URL: passed through
-            problems.append(f"{option}: {value!r} is not a distribution name or requirement")
-            return None
-        dist = self.classifier.distribution(value)
-        if dist is not None:
-            return dist
-        what = f"maps {key!r} to {value!r}" if option == "pkg_mapping" else f"names {value!r}"
-        hint = _did_you_mean(value)
-        problems.append(
-            f"{option} {what}, which is not installed on this host (neither importlib.metadata "
-            f"nor {self.classifier.conda_prefix}/conda-meta know it){hint}; install it, fix the "
-            f"name, or give a version to pass it through unchecked, e.g. '{value}==1.0'")
-        return None
-
+    # which distribution provides a module -----------------------------------------------------
     def _ignored(self, module: str) -> bool:
         return any(module == i or module.startswith(i + ".") for i in self.ignore)
 
@@ -291,7 +183,7 @@ class Analyzer:
         """Forget memoised results (after installing or removing packages).
 
         Edited local code needs no call: memoised results notice it within
-        ``_LOCAL_RECHECK_SECONDS``.
+        ``memo.LOCAL_RECHECK_SECONDS``.
         """
         with self._lock:
             self._memo = weakref.WeakKeyDictionary()
@@ -351,14 +243,14 @@ class Analyzer:
                 uses.setdefault(module, use)
         return uses
 
-    def _entry(self, root: Any) -> _Entry:
+    def _entry(self, root: Any) -> MemoEntry:
         try:
             entry = self._memo.get(root)
         except TypeError:  # not weak-referenceable (a builtin): nothing to memoise
             entry = None
         stale = False
-        if entry is not None and _valid(entry, root):
-            if not entry.local_files or _local_fresh(entry):
+        if entry is not None and still_valid(entry, root):
+            if not entry.local_files or local_fresh(entry):
                 return entry
             stale = True  # its local code was edited: so may be that of its siblings
         with self._lock:
@@ -375,7 +267,7 @@ class Analyzer:
                 pass
         return entry
 
-    def _same_code_entry(self, root: Any, recheck: bool = False) -> _Entry | None:
+    def _same_code_entry(self, root: Any, recheck: bool = False) -> MemoEntry | None:
         """An entry of another function object with the same code, globals and cell values.
 
         New function objects from the same code (closures from a factory, Parsl's per-call
@@ -389,37 +281,19 @@ class Analyzer:
             return None
         for entry in entries:
             holder = entry.holder()
-            if holder is not None and _globals_of(holder) is root.__globals__ and _valid(
-                    entry, root, self._type_decides) and _local_fresh(entry, recheck):
+            if holder is not None and globals_of(holder) is root.__globals__ and still_valid(
+                    entry, root, self._type_decides) and local_fresh(entry, recheck):
                 return entry
         return None
 
-    def _build_entry(self, root: Any) -> _Entry:
+    def _build_entry(self, root: Any) -> MemoEntry:
         name = describe(root)
         finder = ModuleFinder(self._opaque)
         finder.walk(root, name)
         uses = {m: u for m, u in finder.modules.items() if not self.classifier.is_stdlib(m)}
         files: dict[str, Signature] = {}
         requirements = self._resolve(uses, name, files)
-        bindings: dict[tuple[int, str], tuple[Any, str, Any]] = {}
-        for owner, gname, value in finder.bindings:
-            holder = _globals_holder(owner)
-            bindings[(id(holder), gname)] = (weakref.ref(holder), gname, _fingerprint(value))
-        is_func = isinstance(root, types.FunctionType)
-        return _Entry(
-            holder=weakref.ref(_globals_holder(root)) if is_func else weakref.ref(root),
-            code=weakref.ref(root.__code__) if is_func else None,
-            defaults=tuple(map(_fingerprint, root.__defaults__ or ())) if is_func else (),
-            kwdefaults=tuple((k, _fingerprint(v)) for k, v in (root.__kwdefaults__ or {}).items())
-            if is_func else (),
-            cells=tuple(_fingerprint(_cell(c)) for c in root.__closure__ or ()) if is_func else (),
-            bindings=tuple(bindings.values()),
-            requirements=requirements,
-            spec=self._pin(requirements),
-            uses=uses,
-            local_files=tuple(files.items()),
-            checked=time.monotonic(),
-        )
+        return new_entry(root, finder.bindings, requirements, self._pin(requirements), uses, files)
 
     def _resolve(self, uses: dict[str, ModuleUse], function: str,
                  files: dict[str, Signature] | None = None) -> Requirements:
@@ -577,83 +451,6 @@ def _local_source(top: Path, sub: list[str]) -> tuple[Path, bool] | None:
     return None
 
 
-def _cell(cell: Any) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:
-        return _MISSING
-
-
-def _valid(entry: _Entry, root: Any, by_type: Callable[[type], bool] | None = None) -> bool:
-    """Whether ``entry`` still describes ``root``.
-
-    With ``by_type``, ``root`` is another function object: values not weak-referenceable must
-    be atomic or of a type for which ``by_type`` says the type alone decides what is needed.
-    """
-    if entry.code is not None:
-        match = _matches if by_type is None else functools.partial(
-            _matches_strict, by_type=by_type)
-        if root.__code__ is not entry.code():
-            return False
-        defaults = root.__defaults__ or ()
-        if len(defaults) != len(entry.defaults) or not all(
-                map(match, entry.defaults, defaults)):
-            return False
-        kw = root.__kwdefaults__ or {}
-        if len(kw) != len(entry.kwdefaults) or not all(
-                match(fp, kw.get(k, _MISSING)) for k, fp in entry.kwdefaults):
-            return False
-        cells = root.__closure__ or ()
-        if len(cells) != len(entry.cells):
-            return False
-        for fp, cell in zip(entry.cells, cells):
-            if not match(fp, _cell(cell)):
-                return False
-    for holder_ref, name, fp in entry.bindings:
-        holder = holder_ref()
-        if holder is None or not _matches(fp, _globals_of(holder).get(name, _MISSING)):
-            return False
-    return True
-
-
-def _local_fresh(entry: _Entry, recheck: bool = False) -> bool:
-    """Whether the local files of ``entry`` are as analysed.
-
-    They are looked at once per ``_LOCAL_RECHECK_SECONDS`` (every time with ``recheck``).
-    """
-    if not entry.local_files:
-        return True
-    if entry.stale:
-        return False
-    now = time.monotonic()
-    if not recheck and now - entry.checked < _LOCAL_RECHECK_SECONDS:
-        return True
-    for path, signature in entry.local_files:
-        try:
-            current = code_signature(Path(path))
-        except OSError:  # gone or unreadable: analyse again, which says what is wrong
-            current = None
-        if current != signature:
-            entry.stale = True
-            return False
-    entry.checked = now
-    return True
-
-
-def _globals_holder(func: types.FunctionType) -> Any:
-    """The module whose namespace is ``func.__globals__`` (it outlives the function), or func."""
-    module = sys.modules.get(func.__globals__.get("__name__", ""))
-    if module is not None and getattr(module, "__dict__", None) is func.__globals__:
-        return module
-    return func
-
-
-def _globals_of(holder: Any) -> dict[str, Any]:
-    if isinstance(holder, types.ModuleType):
-        return vars(holder)
-    return holder.__globals__
-
-
 def _split_callable(func: Any) -> tuple[Any, list[Any]]:
     """(the function or class to memoise on, the bound values that travel with it)."""
     extra: list[Any] = []
@@ -678,37 +475,3 @@ def _split_callable(func: Any) -> tuple[Any, list[Any]]:
 def _plain_instance(value: Any) -> bool:
     return not isinstance(value, (types.FunctionType, type, types.ModuleType, types.MethodType,
                                   functools.partial, list, tuple, set, frozenset, dict))
-
-
-def _check_names(option: str, values: Any, problems: list[str], modules: bool = True
-                 ) -> tuple[str, ...]:
-    if isinstance(values, (str, bytes)):
-        problems.append(f"{option} must be a list of names, got the string {values!r}; "
-                        f"did you mean [{values!r}]?")
-        return ()
-    try:
-        items = list(values)
-    except TypeError:
-        problems.append(f"{option} must be a list of names, got {type(values).__name__} "
-                        f"{values!r}")
-        return ()
-    out = []
-    for n, item in enumerate(items):
-        if not isinstance(item, str):
-            problems.append(f"{option}[{n}] is {item!r} ({type(item).__name__}): "
-                            f"{option} entries must be strings"
-                            + (" naming modules, e.g. 'numpy'" if modules else ""))
-        elif modules and not _MODULE_NAME.match(item):
-            problems.append(f"{option}[{n}] is {item!r}, not a module name like 'numpy' or "
-                            "'scipy.stats'")
-        else:
-            out.append(item.strip())
-    return tuple(out)
-
-
-def _did_you_mean(name: str) -> str:
-    import importlib.metadata as metadata
-
-    names = {normalize_name(d.metadata["Name"] or "") for d in metadata.distributions()}
-    close = difflib.get_close_matches(normalize_name(name), sorted(names), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
