@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from parsl_poncho.codehash import hash_files, list_code_files
+from parsl_poncho.codehash import copy_checked
 from parsl_poncho.errors import BuildError
 
 #: Every member gets this mtime (2000-01-01), so equal code packs to equal bytes.
@@ -38,7 +38,10 @@ def pack_code_layer(local: Sequence[Any], output: Path) -> list[str]:
     output = Path(output)
     scratch = Path(tempfile.mkdtemp(prefix=".pack-", dir=output.parent))
     try:
-        names = [_copy_checked(scratch, item) for item in local]
+        names = []
+        for item in local:
+            copy_checked(item, scratch, taken=_listed_twice)
+            names.append(item.name)
         _write_tarball(scratch, output)
     except OSError as exc:
         raise _error(f"cannot write the code layer {str(output)!r}: {exc}; free space in the "
@@ -48,40 +51,8 @@ def pack_code_layer(local: Sequence[Any], output: Path) -> list[str]:
     return names
 
 
-def _copy_checked(root: Path, item: Any) -> str:
-    """Copy one LocalCode entry under ``root`` and check the copy's hash; returns its name."""
-    name, source = item.name, Path(item.path).expanduser()
-    if not name.isidentifier():
-        raise _error(f"local code name {name!r} is not an importable name", name)
-    if source.is_dir():
-        kind, target = "package", root / name
-    elif source.is_file():
-        kind = "module"
-        target = root / (f"{name}.py" if source.suffix == ".py" else source.name)
-    else:
-        raise _error(f"local code {name!r} not found at {str(source)!r}: the spec must be built "
-                     "on the host that has the code", name)
-    if target.exists():
-        raise _error(f"local code {name!r} is listed twice: give each module one entry", name)
-    try:
-        files = list_code_files(source)
-        copies = []
-        for file in files:
-            dest = target if kind == "module" else target.joinpath(*file.rel.split("/"))
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file.path, dest)
-            copies.append((file.rel, dest))
-        actual = hash_files(copies)
-    except OSError as exc:
-        raise _error(f"cannot copy local {kind} {name!r} from {str(source)!r}: {exc}; fix the "
-                     "file (a dangling symlink?) or its permissions", name) from exc
-    if actual != str(item.sha256).lower():
-        raise _error(
-            f"local {kind} {name!r} ({str(source)!r}) changed on disk after it was analysed: "
-            f"its files hash to {actual}, the spec says {item.sha256}. Submit the app again "
-            "(the analysis notices edits within a second), so that the spec carries the new "
-            "content", name)
-    return name
+def _listed_twice(name: str, kind: str, target: Path) -> str:
+    return f"local code {name!r} is listed twice: give each module one entry"
 
 
 def _write_tarball(root: Path, output: Path) -> None:
