@@ -22,7 +22,7 @@ from parsl_poncho.analyze.byref import ImportScanner
 from parsl_poncho.analyze.classify import Classifier, Distribution, normalize_name
 from parsl_poncho.analyze.memo import MemoEntry, globals_of, local_fresh, new_entry, still_valid
 from parsl_poncho.analyze.modules import (
-    _ATOMIC,
+    ATOMIC,
     ModuleFinder,
     ModuleUse,
     describe,
@@ -229,7 +229,7 @@ class Analyzer:
         uses: dict[str, ModuleUse] = {}
         for n, value in enumerate(values):
             t = type(value)
-            if t in _ATOMIC:
+            if t in ATOMIC:
                 continue
             cached = self._type_uses.get(t)
             if cached is None:

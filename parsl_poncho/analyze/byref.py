@@ -33,14 +33,10 @@ from collections import deque
 from dataclasses import replace
 from typing import Any, Callable
 
+from parsl_poncho.analyze.bytecode import Import, guarded_ranges
 from parsl_poncho.analyze.classify import Classifier, normalize_name
 from parsl_poncho.analyze.dynamic import literal_imports
-from parsl_poncho.analyze.modules import (
-    _SKIP_MODULE_ATTRS,
-    ModuleUse,
-    _guarded_ranges,
-    _Import,
-)
+from parsl_poncho.analyze.modules import SKIP_MODULE_ATTRS, ModuleUse
 
 MAX_DEPTH = 3  # owner's modules followed from a home module, in import steps
 MAX_MODULES = 32  # modules scanned per home module
@@ -165,7 +161,7 @@ def _global_imports(module: types.ModuleType) -> dict[str, ModuleUse]:
         return found
     rejected = {name}
     for attr, value in items:
-        if attr in _SKIP_MODULE_ATTRS or attr == "__builtins__" or not attr.isidentifier():
+        if attr in SKIP_MODULE_ATTRS or attr == "__builtins__" or not attr.isidentifier():
             continue  # (not an identifier: no import binds it, e.g. pytest's "@pytest_ar")
         target = _defining_module(value)
         if target is None or target in rejected or target in found:
@@ -243,7 +239,7 @@ def _get_code(spec: Any, name: str) -> types.CodeType | None:
     return code if isinstance(code, types.CodeType) else None
 
 
-def _imported_names(imp: _Import, package: str | None) -> list[str]:
+def _imported_names(imp: Import, package: str | None) -> list[str]:
     """Absolute names one import statement imports (``from pkg import sub``: pkg and pkg.sub)."""
     name = imp.module
     if imp.level:
@@ -261,14 +257,14 @@ def _imported_names(imp: _Import, package: str | None) -> list[str]:
     return names
 
 
-def _top_level_imports(code: types.CodeType) -> list[_Import]:
+def _top_level_imports(code: types.CodeType) -> list[Import]:
     """The import statements and literal dynamic imports of ``code`` (not of nested code).
 
     Reads the raw bytecode (several times faster than ``dis`` on large ``__init__`` modules).
     """
     raw = code.co_code
     consts: list[Any] = [None, None]
-    found: list[_Import] = []
+    found: list[Import] = []
     ext = 0
     for offset in range(0, len(raw), 2):
         op, arg = raw[offset], raw[offset + 1] | ext
@@ -283,16 +279,16 @@ def _top_level_imports(code: types.CodeType) -> list[_Import]:
         elif op == _IMPORT_NAME:
             level = consts[0] if isinstance(consts[0], int) else 0
             fromlist = tuple(consts[1]) if isinstance(consts[1], tuple) else ()
-            found.append(_Import(code.co_names[arg], level, fromlist, None, False, offset))
+            found.append(Import(code.co_names[arg], level, fromlist, None, False, offset))
     if found:
         lines = _lines_of(code, [imp.offset for imp in found])
-        ranges = _guarded_ranges(code)
+        ranges = guarded_ranges(code)
         found = [replace(imp, line=lines.get(imp.offset), guarded=any(
             start <= imp.offset < end for start, end in ranges)) for imp in found]
     dynamic = literal_imports(code)
     if dynamic:
-        ranges = _guarded_ranges(code)
-        found.extend(_Import(lit.module, lit.level, (), lit.line, any(
+        ranges = guarded_ranges(code)
+        found.extend(Import(lit.module, lit.level, (), lit.line, any(
             start <= lit.offset < end for start, end in ranges), lit.offset, dynamic=True)
             for lit in dynamic)
     return found

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from parsl_poncho.analyze.modules import _ATOMIC, ModuleUse
+from parsl_poncho.analyze.modules import ATOMIC, ModuleUse
 from parsl_poncho.codehash import Signature, code_signature
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def _fingerprint(value: Any) -> Any:
         return weakref.ref(value)
     except TypeError:
         pass
-    if type(value) not in _ATOMIC and _module_level(value):
+    if type(value) not in ATOMIC and _module_level(value):
         return _Strong(value)
     return type(value)
 
@@ -119,7 +119,7 @@ def _matches_strict(fp: Any, value: Any, by_type: Callable[[type], bool]) -> boo
         return fp() is value
     if kind is _Strong:
         return fp.value is value
-    return type(value) is fp and (fp in _ATOMIC or by_type(fp))
+    return type(value) is fp and (fp in ATOMIC or by_type(fp))
 
 
 def _cell(cell: Any) -> Any:

@@ -13,18 +13,24 @@ cloudpickle would pickle them.
 
 from __future__ import annotations
 
-import dis
 import functools
 import sys
 import types
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
-from parsl_poncho.analyze.dynamic import literal_imports, may_import_dynamically
+from parsl_poncho.analyze.bytecode import (
+    Import,
+    code_info,
+    compile_file,
+    iter_code,
+    scan_code,
+    static_bindings,
+)
 
 # Values whose type alone says they need nothing beyond the interpreter.
-_ATOMIC = frozenset(
+ATOMIC = frozenset(
     {int, float, complex, bool, str, bytes, bytearray, type(None), type(...), range, slice,
      type(NotImplemented)}
 )
@@ -33,7 +39,7 @@ _BUILTIN_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
 _MAX_ITEMS = 200  # items walked per container: enough to see the types, bounded for huge args
 _MAX_OBJECTS = 5000  # objects walked per analysis
 _SKIP_CLASS_ATTRS = frozenset({"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"})
-_SKIP_MODULE_ATTRS = frozenset(
+SKIP_MODULE_ATTRS = frozenset(
     {"__builtins__", "__loader__", "__spec__", "__file__", "__cached__", "__name__", "__doc__",
      "__package__", "__path__", "__annotations__"}
 )
@@ -46,103 +52,6 @@ class ModuleUse:
     module: str
     where: str
     optional: bool = False  # inside a try block, or in a local module's function body
-
-
-@dataclass(frozen=True)
-class _Import:
-    module: str
-    level: int
-    fromlist: tuple[str, ...]
-    line: int | None
-    guarded: bool
-    offset: int = -1  # of the instruction in its code object
-    dynamic: bool = False  # importlib.import_module("x") or __import__("x")
-
-
-@dataclass(frozen=True)
-class CodeInfo:
-    """What one code object (and the code nested in it) imports and reads from its globals."""
-
-    imports: tuple[_Import, ...]
-    globals_read: tuple[tuple[str, tuple[str, ...], int | None], ...]  # (name, attrs, line)
-    filename: str
-    qualname: str
-
-
-_code_cache: weakref.WeakKeyDictionary[types.CodeType, CodeInfo] = weakref.WeakKeyDictionary()
-_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
-_ATTR_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
-_CONST_OPS = frozenset({"LOAD_CONST", "LOAD_SMALL_INT"})
-
-
-def code_info(code: types.CodeType) -> CodeInfo:
-    """Imports and global reads of ``code`` and every code object nested in it (memoised)."""
-    info = _code_cache.get(code)
-    if info is None:
-        imports: list[_Import] = []
-        reads: list[tuple[str, tuple[str, ...], int | None]] = []
-        for one in _iter_code(code):
-            _scan_code(one, imports, reads)
-        info = CodeInfo(tuple(imports), tuple(reads), code.co_filename,
-                        getattr(code, "co_qualname", code.co_name))
-        _code_cache[code] = info
-    return info
-
-
-def _iter_code(code: types.CodeType) -> Iterator[types.CodeType]:
-    stack = [code]
-    while stack:
-        one = stack.pop()
-        yield one
-        stack.extend(c for c in one.co_consts if isinstance(c, types.CodeType))
-
-
-def _guarded_ranges(code: types.CodeType) -> list[tuple[int, int]]:
-    if sys.version_info >= (3, 11):
-        return [(e.start, e.end) for e in dis.Bytecode(code).exception_entries]
-    return [(i.offset, i.argval) for i in dis.get_instructions(code)  # pragma: no cover
-            if i.opname in ("SETUP_FINALLY", "SETUP_EXCEPT")]
-
-
-def _scan_code(code: types.CodeType, imports: list[_Import], reads: list) -> None:
-    guarded = None
-    consts: list[Any] = [None, None]
-    chain: list[str] | None = None
-    chain_line: int | None = None
-    line: int | None = code.co_firstlineno
-    for ins in dis.get_instructions(code):
-        pos = getattr(ins, "positions", None)
-        if pos is not None and pos.lineno is not None:
-            line = pos.lineno
-        elif isinstance(ins.starts_line, int) and not isinstance(ins.starts_line, bool):
-            line = ins.starts_line  # pragma: no cover (Python < 3.11)
-        op = ins.opname
-        if chain is not None and op in _ATTR_OPS:
-            chain.append(ins.argval)
-            continue
-        if chain is not None:
-            reads.append((chain[0], tuple(chain[1:]), chain_line))
-            chain = None
-        if op in _GLOBAL_OPS:
-            chain, chain_line = [ins.argval], line
-        elif op in _CONST_OPS:
-            consts = [consts[1], ins.argval]
-        elif op == "IMPORT_NAME":
-            if guarded is None:
-                guarded = _guarded_ranges(code)
-            level = consts[0] if isinstance(consts[0], int) else 0
-            fromlist = tuple(consts[1]) if isinstance(consts[1], tuple) else ()
-            is_guarded = any(start <= ins.offset < end for start, end in guarded)
-            imports.append(_Import(ins.argval, level, fromlist, line, is_guarded, ins.offset))
-    if chain is not None:
-        reads.append((chain[0], tuple(chain[1:]), chain_line))
-    if may_import_dynamically(code):
-        if guarded is None:
-            guarded = _guarded_ranges(code)
-        for lit in literal_imports(code):
-            is_guarded = any(start <= lit.offset < end for start, end in guarded)
-            imports.append(_Import(lit.module, lit.level, (), lit.line, is_guarded, lit.offset,
-                                   dynamic=True))
 
 
 # -- cloudpickle's by-reference rule -----------------------------------------------------------
@@ -251,7 +160,7 @@ class ModuleFinder:
     def walk(self, obj: Any, where: str) -> None:
         """Record what ``obj`` needs; ``where`` describes it for error messages."""
         t = type(obj)
-        if t in _ATOMIC:
+        if t in ATOMIC:
             return
         key = id(obj)
         if key in self._seen or self._count > _MAX_OBJECTS:
@@ -276,7 +185,7 @@ class ModuleFinder:
         name = module.__name__
         where = f"module {name} ({getattr(module, '__file__', None) or '?'})"
         for attr, value in list(vars(module).items()):
-            if attr in _SKIP_MODULE_ATTRS:
+            if attr in SKIP_MODULE_ATTRS:
                 continue
             if isinstance(value, (types.FunctionType, type)) and getattr(
                 value, "__module__", None) == name:
@@ -351,7 +260,7 @@ class ModuleFinder:
             self.add(module.__name__, where)
         else:  # a dynamic module or one registered by value: its namespace travels with it
             for attr, value in list(vars(module).items()):
-                if attr not in _SKIP_MODULE_ATTRS:
+                if attr not in SKIP_MODULE_ATTRS:
                     self.walk(value, f"{where}, {module.__name__}.{attr}")
 
     def _instance(self, obj: Any, t: type, where: str) -> None:
@@ -474,7 +383,7 @@ class ModuleFinder:
             value = sub
         self.walk(value, where)
 
-    def _import(self, imp: _Import, package: str | None, where: str, optional: bool) -> None:
+    def _import(self, imp: Import, package: str | None, where: str, optional: bool) -> None:
         name = imp.module
         if imp.level:
             base = package or ""
@@ -563,52 +472,14 @@ def static_module_uses(path: str, module_name: str, *, is_package: bool = False,
     package = module_name if is_package else (
         module_name.rsplit(".", 1)[0] if "." in module_name else None)
     finder = ModuleFinder()
-    top: list[_Import] = []
-    _scan_code(code, top, [])
+    top: list[Import] = []
+    scan_code(code, top, [])
     for imp in top:
         finder._import(imp, package, f"module {module_name} ({path}:{imp.line})", False)
     if not toplevel_only:
         for imp in code_info(code).imports:
             finder._import(imp, package, f"module {module_name} ({path}:{imp.line})", True)
     return finder.modules
-
-
-def compile_file(path: str) -> types.CodeType:
-    """The module code object of a Python source file (``-`` reads stdin)."""
-    if path == "-":
-        source, filename = sys.stdin.read(), "<stdin>"
-    else:
-        with open(path, "rb") as fh:
-            source, filename = fh.read(), path
-    return compile(source, filename, "exec", dont_inherit=True)
-
-
-def static_bindings(code: types.CodeType) -> dict[str, str | types.CodeType]:
-    """Top-level names of a module code object: imported module names and defined code."""
-    bindings: dict[str, str | types.CodeType] = {}
-    module: str | None = None
-    attr: str | None = None
-    last_code: types.CodeType | None = None
-    for ins in dis.get_instructions(code):
-        op = ins.opname
-        if op == "IMPORT_NAME":
-            module, attr = ins.argval, None
-        elif op == "IMPORT_FROM" and module is not None:
-            attr = ins.argval
-        elif op == "LOAD_CONST" and isinstance(ins.argval, types.CodeType):
-            last_code = ins.argval
-        elif op == "STORE_NAME":
-            if module is not None and attr is not None:
-                bindings[ins.argval] = module  # from MODULE import attr / import MODULE as x
-            elif module is not None:
-                bindings[ins.argval] = module.split(".")[0]
-                module = None
-            elif last_code is not None:
-                bindings[ins.argval] = last_code
-                last_code = None
-        elif op == "POP_TOP" and attr is not None:
-            module, attr = None, None
-    return bindings
 
 
 def static_function_uses(code: types.CodeType, name: str) -> dict[str, ModuleUse]:
@@ -618,7 +489,7 @@ def static_function_uses(code: types.CodeType, name: str) -> dict[str, ModuleUse
     other functions and classes of the script (followed transitively).
     """
     bindings = static_bindings(code)
-    targets = [c for c in _iter_code(code) if c.co_name == name]
+    targets = [c for c in iter_code(code) if c.co_name == name]
     finder = ModuleFinder()
     seen: set[int] = set()
     while targets:
@@ -637,8 +508,3 @@ def static_function_uses(code: types.CodeType, name: str) -> dict[str, ModuleUse
             elif isinstance(bound, types.CodeType):
                 targets.append(bound)
     return finder.modules
-
-
-def find_code(code: types.CodeType, name: str) -> bool:
-    """Whether a function or class called ``name`` is defined anywhere in ``code``."""
-    return any(c.co_name == name for c in _iter_code(code))

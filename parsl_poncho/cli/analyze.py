@@ -22,15 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from parsl_poncho.analyze import Analyzer
-from parsl_poncho.analyze.modules import (
-    ModuleFinder,
-    ModuleUse,
-    _scan_code,
-    code_info,
-    find_code,
-    static_bindings,
-    static_function_uses,
-)
+from parsl_poncho.analyze.bytecode import code_info, find_code, scan_code, static_bindings
+from parsl_poncho.analyze.modules import ModuleFinder, ModuleUse, static_function_uses
 from parsl_poncho.errors import AnalysisError, AnalysisOptionError, PonchoError
 
 HELP = """Determine the environment required by Python code and write it as a PONCHO spec:
@@ -137,7 +130,7 @@ def _code_uses(code: Any, lines: set[int] | None) -> dict[str, ModuleUse]:
     finder = ModuleFinder()
     imports: list[Any] = []
     if lines is not None:
-        _scan_code(code, imports, [])
+        scan_code(code, imports, [])
         imports = [imp for imp in imports if imp.line in lines]
     else:
         imports = list(code_info(code).imports)
