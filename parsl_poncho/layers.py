@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from parsl_poncho.errors import StoreError
-from parsl_poncho.store import Env, _flock, _try_flock, _write_json
+from parsl_poncho.filelocks import flock, try_flock, write_json
+from parsl_poncho.store import Env
 
 #: Part of every code key: bump when the layer's layout changes.
 CODE_LAYER_FORMAT = 1
@@ -198,7 +199,7 @@ class CodeLayers:
         """Under the key's build lock: pack into a temp file, os.replace it, then the record."""
         from parsl_poncho.codepack import pack_code_layer
 
-        with _flock(self._locks / f"code-{key}.build", fcntl.LOCK_EX):
+        with flock(self._locks / f"code-{key}.build", fcntl.LOCK_EX):
             found = self.lookup(key)
             if found is not None:
                 return found
@@ -215,7 +216,7 @@ class CodeLayers:
                       "names": names, "python": python, "created": time.time(),
                       "built_seconds": seconds}
             tmp_json = self.dir / f".{key}.{os.getpid()}.json.tmp"
-            _write_json(tmp_json, record)
+            write_json(tmp_json, record)
             os.replace(tmp_json, self.dir / f"{key}.json")
             self.builds += 1
         return CodeLayer(key, self.dir / f"code-{key}.tar.gz", sha256, size, tuple(names), python,
@@ -235,7 +236,7 @@ class CodeLayers:
 
     def in_use(self, key: str) -> bool:
         """True while some process holds :meth:`use` on the layer."""
-        with _try_flock(self._locks / f"code-{key}.use", fcntl.LOCK_EX) as got:
+        with try_flock(self._locks / f"code-{key}.use", fcntl.LOCK_EX) as got:
             return not got
 
     @contextlib.contextmanager
@@ -244,7 +245,7 @@ class CodeLayers:
 
         :raises StoreError: the layer is not in the cache.
         """
-        with _flock(self._locks / f"code-{key}.use", fcntl.LOCK_SH):
+        with flock(self._locks / f"code-{key}.use", fcntl.LOCK_SH):
             layer = self.lookup(key)
             if layer is None:
                 raise StoreError(f"code layer {key} is not in {str(self.dir)!r}; submit the "
@@ -259,7 +260,7 @@ class CodeLayers:
         """
         if not _KEY.match(key):
             raise StoreError(f"{key!r} is not a code-layer key (64 hex digits)")
-        with _try_flock(self._locks / f"code-{key}.use", fcntl.LOCK_EX, unlink=True) as got:
+        with try_flock(self._locks / f"code-{key}.use", fcntl.LOCK_EX, unlink=True) as got:
             if not got:
                 raise StoreError(f"code layer {key} is in use by a running process; retry "
                                  "when it ends")

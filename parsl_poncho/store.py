@@ -31,7 +31,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import json
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from parsl_poncho.errors import BuildError, PonchoError, StoreError
+from parsl_poncho.filelocks import flock, fsync_path, try_flock, write_json
 from parsl_poncho.paths import default_cache_dir
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class EnvStore:
 
     def in_use(self, env_hash: str) -> bool:
         """True while some process holds :meth:`use` on the entry."""
-        with _try_flock(self._lock_path(env_hash, "use"), fcntl.LOCK_EX) as got:
+        with try_flock(self._lock_path(env_hash, "use"), fcntl.LOCK_EX) as got:
             return not got
 
     # -- get -----------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ class EnvStore:
 
     def _build_once(self, spec: Spec, env_hash: str, progress: Progress | None) -> Env:
         """Under the hash's build lock: return the entry if someone published it, else build."""
-        with _flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX):
+        with flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX):
             env = self.lookup(env_hash)
             if env is not None and _intact(env):  # another process built it meanwhile
                 self._touch(env_hash)
@@ -320,11 +320,11 @@ class EnvStore:
             "created": started,
             "built_seconds": round(time.time() - started, 3),
         }
-        _write_json(staging / "manifest.json", manifest_dict)
-        _write_json(staging / "entry.json", record)
+        write_json(staging / "manifest.json", manifest_dict)
+        write_json(staging / "entry.json", record)
         (staging / "last-used").touch()
-        _fsync_path(tarball)
-        _fsync_path(staging)
+        fsync_path(tarball)
+        fsync_path(staging)
 
     def _options_for(self, staging: Path) -> Any:
         """Build options with the builder's scratch inside ``staging`` (cleaned up with it)."""
@@ -344,7 +344,7 @@ class EnvStore:
         if target.exists():  # an unreadable leftover (lookup said absent): move it aside
             self._discard(target)
         os.replace(staging, target)
-        _fsync_path(self._envs)
+        fsync_path(self._envs)
 
     # -- use and eviction ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -358,7 +358,7 @@ class EnvStore:
         :raises StoreError: the entry is not (or no longer) in the cache; call get() again.
         """
         env_hash = env if isinstance(env, str) else env.hash
-        with _flock(self._lock_path(env_hash, "use"), fcntl.LOCK_SH):
+        with flock(self._lock_path(env_hash, "use"), fcntl.LOCK_SH):
             current = self.lookup(env_hash)
             if current is None:
                 raise StoreError(
@@ -375,7 +375,7 @@ class EnvStore:
         """
         if not _HASH.match(env_hash):
             raise StoreError(f"{env_hash!r} is not an environment hash (64 hex digits)")
-        with _try_flock(self._lock_path(env_hash, "use"), fcntl.LOCK_EX, unlink=True) as got:
+        with try_flock(self._lock_path(env_hash, "use"), fcntl.LOCK_EX, unlink=True) as got:
             if not got:
                 raise StoreError(
                     f"environment {env_hash} is in use by a running process; retry when it ends"
@@ -385,7 +385,7 @@ class EnvStore:
                 return False
             self._discard(target)
         self._known.pop(env_hash, None)
-        with _try_flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX, unlink=True):
+        with try_flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX, unlink=True):
             pass  # drop the build lock file too, unless a build of this hash is running
         return True
 
@@ -419,7 +419,7 @@ class EnvStore:
             env_hash = path.name[len("build-") :][:64]
             if not _HASH.match(env_hash):
                 continue
-            with _try_flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX) as got:
+            with try_flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX) as got:
                 if got and path.exists():
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
@@ -548,22 +548,6 @@ def _file_digest(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tree_size(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -579,63 +563,3 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns
-
-
-def _open_lock(path: Path) -> int:
-    """Open ``path`` for locking; never follows a symlink planted in the cache."""
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.fstat(fd).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
-
-
-@contextlib.contextmanager
-def _flock(path: Path, mode: int) -> Iterator[None]:
-    """Hold flock ``mode`` on ``path`` (blocking). Retries if the file was unlinked meanwhile."""
-    while True:
-        fd = _open_lock(path)
-        try:
-            fcntl.flock(fd, mode)
-            if not _same_file(fd, path):
-                continue  # a remover unlinked it after we opened it: lock the new file
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            return
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _try_flock(path: Path, mode: int, *, unlink: bool = False) -> Iterator[bool]:
-    """Try flock ``mode | LOCK_NB``; yields whether it was acquired.
-
-    With ``unlink``, the lock file is removed while still held, so waiters re-open a new one.
-    """
-    while True:
-        fd = _open_lock(path)
-        try:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                yield False
-                return
-            if not _same_file(fd, path):
-                continue
-            try:
-                yield True
-                if unlink:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            return
-        finally:
-            os.close(fd)

@@ -435,13 +435,13 @@ def test_max_size_evicts_automatically_but_keeps_the_new_entry(cache: Path, logs
 
 
 def test_stale_staging_is_cleaned_only_when_its_builder_is_gone(cache: Path, logs: Path) -> None:
-    from parsl_poncho.store import _flock
+    from parsl_poncho.filelocks import flock
 
     with _store(cache, FakeBuilder(logs)) as store:
         live, dead = "a" * 64, "b" * 64
         for h in (live, dead):
             (cache / "staging" / f"build-{h}-x").mkdir()
-        with _flock(cache / "locks" / f"{live}.build", __import__("fcntl").LOCK_EX):
+        with flock(cache / "locks" / f"{live}.build", __import__("fcntl").LOCK_EX):
             removed = store.clean_staging()
         assert [p.name for p in removed] == [f"build-{dead}-x"]
         assert (cache / "staging" / f"build-{live}-x").exists()
