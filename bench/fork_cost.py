@@ -6,7 +6,8 @@ fresh interpreter (imports cannot be undone), forks --forks children that _exit 
 prints the medians over --batches batches of the forking side's CPU per fork, the child's CPU
 (its exit, mostly tearing down the address space) and their sum:
 
-    bare                python with cloudpickle and call_process: what a no-op app's server forks
+    bare                python with cloudpickle, call_process and huge_pages: what a no-op app's
+                        server forks
     +N mappings, read   plus N private 8 KiB file mappings only read (no anonymous pages)
     +N mappings, written  the same, each written once (an anonymous page each, as the data
                         and RELRO segments of a loaded extension module have)

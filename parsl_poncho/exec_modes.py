@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from parsl_poncho.errors import ExecutorError
+from parsl_poncho.shim import PONCHO_RUN, PONCHO_SERVE, RUN_FUNCTION, SERVER_FILES
 from parsl_poncho.workqueue import FileToWq
 
 ExecMode = Literal["regular", "serverless"]
@@ -38,11 +39,12 @@ EXEC_MODE_KEY = "exec_mode"
 #: the shim's ${TMPDIR:-/tmp} default would unpack every task again; expanded by the worker's sh.
 DEFAULT_WORKER_CACHE = '"${PARSL_PONCHO_WORKER_CACHE:-/tmp/parsl-poncho-$(id -u)}"'
 
-#: Worker files per mode, as (file in worker_shim/, name in the task sandbox).
+#: Worker files per mode, as (file in worker_shim/, name in the task sandbox); serverless adds
+#: the client and what it copies beside the server.
 _WORKER_FILES: Mapping[ExecMode, tuple[str, ...]] = {
-    "regular": ("poncho_run", "run_function.py"),
-    "serverless": ("poncho_run", "run_function.py", "poncho_serve", "function_server.py",
-                   "call_process.py", "huge_pages.py"),
+    "regular": (PONCHO_RUN, RUN_FUNCTION),
+    "serverless": (PONCHO_RUN, RUN_FUNCTION, PONCHO_SERVE,
+                   *(name for name in SERVER_FILES if name != RUN_FUNCTION)),
 }
 
 #: At most this many preloaded modules go on a command line (the rest import on first use).

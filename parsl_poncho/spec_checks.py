@@ -4,7 +4,7 @@
 semantic checks the schema cannot express: conda match specs parsed by py-rattler, pip
 requirements by ``packaging``, git remotes and refs that could run commands, URL schemes, local
 code listed twice. The single-item checks (:func:`match_spec_error`, :func:`git_remote_error`,
-...) are public: the builder and the CLI reuse them. :func:`spec_error` words one
+...) are public: the builder reuses the git checks. :func:`spec_error` words one
 :class:`~parsl_poncho.errors.SpecError` for a list of problems.
 
 Example::
@@ -156,7 +156,7 @@ def _conda_list_problems(items: Any, parts: PathParts) -> Iterator[tuple[PathPar
         return
     for i, item in enumerate(items):
         if isinstance(item, str) and item.strip():
-            error = matchspec_error(item)
+            error = match_spec_error(item)
             if error:
                 yield parts + (i,), f"{_short(item, 200)} is not a valid match spec ({error})"
         elif isinstance(item, Mapping):
@@ -235,8 +235,8 @@ def _extension_problems(ext: Any) -> Iterator[tuple[PathParts, str]]:
         seen[name] = sha
 
 
-# -- single-item checks (public: the builder and CLI reuse them) -------------------------------
-def matchspec_error(spec: str) -> str | None:
+# -- single-item checks (public: the builder reuses the git ones) ------------------------------
+def match_spec_error(spec: str) -> str | None:
     """Why ``spec`` is not a conda match spec (py-rattler's parser), or None when it is."""
     import rattler
 

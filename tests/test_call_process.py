@@ -1,5 +1,5 @@
-"""worker_shim/call_process.py on its own: the environment a call gets, wait statuses, and the
-huge-page layout of a preloaded heap (run for real in a fresh interpreter)."""
+"""worker_shim/call_process.py and huge_pages.py on their own: the environment a call gets, wait
+statuses, and the huge-page layout of a preloaded heap (run for real in a fresh interpreter)."""
 
 from __future__ import annotations
 

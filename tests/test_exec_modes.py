@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from parsl_poncho.exec_modes import (
     stage_worker_files,
     without_exec_mode,
 )
+from parsl_poncho.shim import SERVER_FILES, poncho_serve_path, shim_file
 
 
 def app(x):
@@ -71,6 +73,16 @@ def test_regular_and_serverless_commands(tmp_path: Path):
         "poncho_run", "run_function.py", "poncho_serve", "function_server.py", "call_process.py",
         "huge_pages.py"]
     assert all(f.cache for f in commands.inputs("serverless"))
+
+
+def test_serverless_tasks_ship_every_file_poncho_serve_copies_beside_the_server(tmp_path: Path):
+    """poncho_serve's own list (sh) must match SERVER_FILES, which the tasks ship."""
+    loop = re.search(r"^\s*for _f in ([^;]+); do$", poncho_serve_path().read_text(), re.M)
+    assert loop, "install_server_files' loop not found in poncho_serve"
+    assert sorted(loop.group(1).split()) == sorted(SERVER_FILES)
+    shipped = {f.remote for f in WorkerCommands(stage_worker_files(tmp_path)).inputs("serverless")}
+    assert set(SERVER_FILES) <= shipped
+    assert all(shim_file(name).is_file() for name in SERVER_FILES)
 
 
 def test_staged_worker_files_are_named_by_content(tmp_path: Path):

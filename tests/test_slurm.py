@@ -87,7 +87,6 @@ def test_example_config_runs_tasks_in_slurm_jobs(slurm: SlurmCluster, tmp_path: 
         seed_channel=False,
     )
     executor = config.executors[0]
-    cancelled = _record_cancels(executor.provider, monkeypatch)
     with parsl.load(config):
         results = [f.result(timeout=90) for f in [where_am_i(i) for i in range(4)]]
         submitted = set(executor.provider.resources)
@@ -101,44 +100,29 @@ def test_example_config_runs_tasks_in_slurm_jobs(slurm: SlurmCluster, tmp_path: 
         assert Path(prefix).is_relative_to(worker_cache), prefix
         assert not Path(prefix).is_relative_to(sys.base_prefix), prefix
     assert _queue_after_drain(slurm) == []
-    # the block was cancelled at shutdown, not left to end at its walltime
-    assert set(cancelled) == submitted, (cancelled, submitted)
-    for job_id in submitted:
+    for job_id in job_ids:  # cleanup cancelled the block that ran the tasks: no walltime left
         job = _job(slurm, job_id)
-        output = "".join(p.read_text() for p in (tmp_path / "runinfo").rglob("*.std*"))
-        # scancel normally lands first (CANCELLED); when it is slow on a loaded host (Parsl
-        # waits 10 s), the stopping manager's exit order can end the job first (COMPLETED, or
-        # FAILED when srun saw a signal)
-        assert job["JobState"] in {"CANCELLED", "COMPLETED", "FAILED"}, (job, output)
-        assert _seconds(job["RunTime"]) < 300, (job, output)  # walltime is 10 minutes
-
-
-def _record_cancels(provider, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The job ids the executor asks the provider to cancel, passed on to the real scancel."""
-    asked: list[str] = []
-    real_cancel = provider.cancel
-
-    def cancel(job_ids: list[str]) -> list[bool]:
-        asked.extend(job_ids)
-        return real_cancel(job_ids)
-
-    monkeypatch.setattr(provider, "cancel", cancel)
-    return asked
+        assert job["JobState"] == "CANCELLED", _report(job, tmp_path)
+    # A block that ran no task ended on its own, and Parsl submitted another (CI saw one FAILED:
+    # on a loaded host srun could not start its step, and the batch script exited).
+    for job_id in submitted - job_ids:
+        job = _job(slurm, job_id)
+        assert job["JobState"] in {"FAILED", "CANCELLED", "COMPLETED"}, _report(job, tmp_path)
 
 
 def _job(slurm: SlurmCluster, job_id: str) -> dict[str, str]:
     """A finished job's fields, which slurmctld remembers for MinJobAge (300 s) after its end."""
     shown = slurm.run("scontrol", "show", "job", job_id).stdout
     fields = dict(re.findall(r"\b(\w+)=(\S*)", shown))
-    assert "JobState" in fields and "RunTime" in fields, shown
+    assert "JobState" in fields, shown
     return fields
 
 
-def _seconds(run_time: str) -> int:
-    """Slurm's [days-]hh:mm:ss as seconds."""
-    days, _, clock = run_time.rpartition("-")
-    hours, minutes, seconds = (int(part) for part in clock.split(":"))
-    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+def _report(job: dict[str, str], tmp_path: Path) -> str:
+    """A job's fields and what the blocks printed, for a failing assertion."""
+    printed = "\n".join(p.read_text(errors="replace")
+                        for p in sorted((tmp_path / "runinfo").rglob("*.std*")))
+    return f"{job}\n{printed}"
 
 
 def _queue_after_drain(slurm: SlurmCluster, timeout: float = 20.0) -> list[str]:

@@ -8,7 +8,7 @@ code layer, PREFIX.server-v1-<layer>: the layer $PARSL_PONCHO_CODE_LAYER is on i
 poncho_serve copies this file, call_process.py, huge_pages.py and run_function.py into it. The
 server imports cloudpickle, run_function (its own copy) and each --preload module (a failing one
 is logged and skipped), gc.freeze()s the heap so forked children share it copy-on-write, puts
-it on huge pages (huge_pages.py), then writes DIR/ready.
+it on huge pages when it preloaded anything (huge_pages.py), then writes DIR/ready.
 
 Protocol (all on Linux /proc). A client's subshell, whose fd 0 is the server's alive FIFO (opened
 as /proc/<server>/fd/<N>, N from DIR/ready) and whose fd 5 is the pipe its parent reads the reply
