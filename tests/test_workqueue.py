@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,90 @@ def test_manager_applies_a_category_request_to_tasks_without_their_own(tmp_path)
     assert got["1"].allocated["memory"] == 900
     assert {m.worker_memory for m in got.values()} <= {0, 4000}
     assert got["1"].worker_memory == 4000 or got["0"].worker_memory == 4000
+
+
+def test_stall_message_names_what_no_worker_offers():
+    from parsl_poncho.workqueue import stall_message
+
+    largest = {"cores": 2, "memory": 1000, "disk": 50000}
+    disk_over_memory = stall_message(3, 1, 61.2, largest, [{"cores": 1, "disk": 1100},
+                                                           {"cores": 1, "disk": 1041}])
+    assert disk_over_memory.startswith("3 task(s) have waited 61 s while 1 connected")
+    assert "offers cores 2, memory 1000, disk 50000 (MB)" in disk_over_memory
+    assert "smallest request is cores 1, memory unset, disk 1041" in disk_over_memory
+    assert "--memory of at least 1041 MB, or lower default_disk" in disk_over_memory
+    assert "No worker has enough" not in disk_over_memory
+    too_many_cores = stall_message(1, 2, 60, largest, [{"cores": 4}])
+    assert "No worker has enough cores" in too_many_cores
+    assert "--memory" not in too_many_cores
+
+
+class _FakeStats:
+    def __init__(self) -> None:
+        self.tasks_waiting, self.tasks_on_workers, self.workers_connected = 1, 0, 1
+        self.max_cores, self.max_memory, self.max_disk = 1, 1000, 50000
+
+
+def test_stall_watch_warns_once_per_stall(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from parsl_poncho.workqueue import _StallWatch
+
+    clock = [100.0]
+    monkeypatch.setattr(workqueue.time, "monotonic", lambda: clock[0])
+    q = SimpleNamespace(stats=_FakeStats())
+    watch = _StallWatch(q, after=60)
+    pending = {"1": TaskToWq(id="1", command="true", category="c", inputs=(), outputs=(),
+                             result_file="r", resources={"cores": 1, "disk": 1041})}
+
+    def tick(seconds: float) -> int:
+        clock[0] += seconds
+        watch(pending)
+        return caplog.text.count("have waited")
+
+    assert tick(0) == 0  # the stall starts being timed
+    assert tick(30) == 0
+    assert tick(31) == 1  # 61 s: said once
+    assert tick(30) == 1 and tick(30) == 1
+    q.stats.tasks_on_workers = 1  # a task runs: the stall is over
+    assert tick(10) == 1
+    q.stats.tasks_on_workers = 0
+    assert tick(10) == 1 and tick(61) == 2  # a new stall is said again
+
+
+@pytest.mark.slow
+def test_manager_says_why_tasks_wait_on_a_worker_that_fits_none(tmp_path, capfd):
+    """A real worker with --memory 1000 and a task asking disk 1041 MB (what default_disk
+    gives): Work Queue never dispatches it, and the manager process says why on stderr."""
+    require_tool("work_queue_worker")
+    from parsl.multiprocessing import SpawnContext, SpawnProcess
+
+    tasks, results, mailbox = SpawnContext.Queue(), SpawnContext.Queue(), SpawnContext.Queue()
+    stop = SpawnContext.Event()
+    proc = SpawnProcess(target=workqueue.run_manager, kwargs=dict(
+        settings=ManagerSettings(max_idle=0.05, stall_warning=2), task_queue=tasks,
+        result_queue=results, port_mailbox=mailbox, should_stop=stop))
+    proc.start()
+    port = mailbox.get(timeout=60)
+    worker = subprocess.Popen(["work_queue_worker", "--cores", "1", "--memory", "1000",
+                               "-t", "60", "localhost", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    said = ""
+    try:
+        res = tmp_path / "out"
+        tasks.put(TaskToWq(id="1", command="echo ran > out", category="c", inputs=(),
+                           outputs=(FileToWq(str(res), "out"),), result_file=str(res),
+                           resources={"cores": 1, "disk": 1041}))
+        deadline = time.monotonic() + 60
+        while "have waited" not in said and time.monotonic() < deadline:
+            time.sleep(0.5)
+            said += capfd.readouterr().err
+        with pytest.raises(queue.Empty):
+            results.get(timeout=0.1)  # still not run
+    finally:
+        stop.set()
+        proc.join(timeout=30)
+        worker.wait(timeout=30)
+    assert "1 task(s) have waited" in said, said
+    assert "memory 1000" in said and "disk 1041" in said
+    assert "--memory of at least 1041 MB" in said
