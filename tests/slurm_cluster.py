@@ -28,7 +28,8 @@ from pathlib import Path
 
 PARTITION = "debug"
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
+#: Waits for an empty queue and for daemons to stop: eventual cleanup, not speed.
+STOP_TIMEOUT = 60.0
 
 
 class SlurmClusterError(Exception):
@@ -97,6 +98,7 @@ def write_slurm_conf(path: Path, *, root: Path, munge_socket: Path, node: str, c
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core",
         "ReturnToService=2",
+        "KillWait=5",  # a cancelled job's steps get SIGKILL 5 s after SIGTERM (default 30)
         f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
         f"PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP",
         "",

@@ -67,7 +67,7 @@ def test_seed_again_is_a_cheap_no_op(seeded_channel):
     mtimes = [p.stat().st_mtime for p in packages]
     start = time.perf_counter()
     assert seed_channel(seeded_channel) == seeded_channel
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5  # nothing is rebuilt (mtimes below); loaded-CI margin
     assert [p.stat().st_mtime for p in packages] == mtimes
 
 

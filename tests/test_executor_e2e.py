@@ -34,6 +34,7 @@ def _collatz(n: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # above the script's own timeout, so its output is kept
 @pytest.mark.skipif(not Path("/root/.pyenv").is_dir(), reason="needs the pyenv host Python")
 def test_three_apps_on_workers_without_host_python(tmp_path):
     require(can_hide_host_python(), "unshare --mount with tmpfs needs root")

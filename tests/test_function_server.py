@@ -117,10 +117,11 @@ def wait_for(condition, timeout: float, step: float = 0.05) -> bool:
 
 
 def rss_kb(pid: int) -> int:
+    """Resident anonymous memory (KiB): what a leak grows; file pages come and go with reclaim."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("RssAnon:"):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no RssAnon for {pid}")
 
 
 @pytest.fixture()
@@ -376,7 +377,7 @@ def test_foreign_request_is_refused_and_logged(node: Node) -> None:
         fifo.write(f"{os.getpid()}\n")  # no subshell of ours reads the alive FIFO
         fifo.write("1\n")  # not a client (and as root: uid 0 passes, no subshell)
         fifo.write("garbage\n")
-    assert wait_for(lambda: node.log().count("refused the request") == 3, 3), node.log()
+    assert wait_for(lambda: node.log().count("refused the request") == 3, 20), node.log()
     assert node.call(double, 3).returncode == 0
 
 
@@ -425,7 +426,7 @@ def test_forker_killed_mid_call_falls_back_and_the_server_exits(node: Node) -> N
     assert node.call(double, 1).returncode == 0  # a server is up
     server = node.server_pid()
     kill_mid_call(node, forker_pid)  # the call dies with the forker and reruns
-    assert wait_for(lambda: not pid_alive(server), 5)
+    assert wait_for(lambda: not pid_alive(server), 20)
     assert "the forker process died; 1 call(s) go to regular mode" in node.log()
     proc = node.call(double, 5)  # a new server
     assert proc.returncode == 0 and "regular mode" not in proc.stderr, proc.stderr
@@ -441,22 +442,23 @@ def test_killed_client_kills_its_call(node: Node) -> None:
     assert pid_alive(child)
     os.kill(client.pid, signal.SIGKILL)
     client.wait(timeout=5)
-    assert wait_for(lambda: not pid_alive(child), 3)
+    assert wait_for(lambda: not pid_alive(child), 20)
     assert "client" in node.log() and "killing its call" in node.log()
 
 
 def test_server_stopping_finishes_running_calls_and_new_calls_restart_it(node: Node) -> None:
     marker = node.sandbox / "started"
-    node.write_call(sleep_then, 2, "finished", str(marker))
+    node.write_call(sleep_then, 8, "finished", str(marker))
     client = node.popen()
     assert wait_for(marker.exists, 20)
     old, forker, call = node.server_pid(), forker_pid(node), int(marker.read_text())
     os.kill(old, signal.SIGTERM)
-    time.sleep(0.5)  # the forker lets its spares go and forks no new ones while calls drain
-    assert Path(f"/proc/{forker}/task/{forker}/children").read_text().split() == [str(call)]
-    out, _ = client.communicate(timeout=30)
+    # the forker lets its spares go and forks no new ones while calls drain
+    children = Path(f"/proc/{forker}/task/{forker}/children")
+    assert wait_for(lambda: children.read_text().split() == [str(call)], 6), children.read_text()
+    out, _ = client.communicate(timeout=60)
     assert client.returncode == 0 and "regular mode" not in out, out
-    assert wait_for(lambda: not pid_alive(old), 5)
+    assert wait_for(lambda: not pid_alive(old), 20)
     proc = node.call(double, 6)
     assert proc.returncode == 0 and "regular mode" not in proc.stderr
     assert node.server_pid() not in (None, old)
@@ -467,7 +469,7 @@ def test_idle_timeout_exits(node: Node) -> None:
     assert node.run("--idle", "1").returncode == 0
     pid = node.server_pid()
     assert pid is not None
-    assert wait_for(lambda: not pid_alive(pid), 5)
+    assert wait_for(lambda: not pid_alive(pid), 20)
     assert "exiting: idle for 1s" in node.log()
     assert not (node.server_dir / "ready").exists()
 
@@ -476,7 +478,7 @@ def test_evicted_env_makes_the_server_exit(node: Node) -> None:
     assert node.call(noop).returncode == 0
     pid = node.server_pid()
     (node.env / ".poncho-ready").unlink()
-    assert wait_for(lambda: not pid_alive(pid), 3)
+    assert wait_for(lambda: not pid_alive(pid), 20)
     assert not node.server_dir.exists()  # removed with the env it served
 
 
@@ -486,13 +488,16 @@ def test_server_rss_stable_over_1000_calls(node: Node) -> None:
     for _ in range(50):
         assert node.run().returncode == 0
     pid, forker = node.server_pid(), forker_pid(node)
-    before = rss_kb(pid), rss_kb(forker)
-    for _ in range(1000):
-        proc = node.run()
-        assert proc.returncode == 0, proc.stderr
-    after = rss_kb(pid), rss_kb(forker)
+    seen = [(rss_kb(pid), rss_kb(forker))]
+    for _ in range(2):  # two windows of 500 calls: a leak grows in both, a one-off step
+        for _ in range(500):  # (khugepaged collapsing 2 MiB of heap) in one at most
+            proc = node.run()
+            assert proc.returncode == 0, proc.stderr
+        seen.append((rss_kb(pid), rss_kb(forker)))
     assert node.server_pid() == pid and forker_pid(node) == forker
-    assert after[0] - before[0] < 3 * 1024 and after[1] - before[1] < 3 * 1024, (before, after)
+    for who in (0, 1):  # the server, the forker
+        growth = [later[who] - earlier[who] for earlier, later in zip(seen, seen[1:])]
+        assert min(growth) < 1536 and max(growth) < 8 * 1024, seen  # 3 KiB a call would show
     assert len(os.listdir(f"/proc/{pid}/fd")) < 20
     assert len(os.listdir(f"/proc/{forker}/fd")) < 20
     assert len(Path(f"/proc/{forker}/task/{forker}/children").read_text().split()) <= 3
@@ -513,7 +518,7 @@ def test_server_exits_when_its_work_queue_worker_is_gone(node: Node, tmp_path: P
         assert pid_alive(pid)  # its worker still runs
         worker.kill()
         worker.wait(timeout=5)
-        assert wait_for(lambda: not pid_alive(pid), 3)
+        assert wait_for(lambda: not pid_alive(pid), 20)
         assert "every Work Queue worker it served is gone" in node.log()
     finally:
         worker.kill()
@@ -526,7 +531,7 @@ def test_request_for_another_users_process_is_refused(node: Node) -> None:
     try:
         with open(node.server_dir / "requests", "w") as fifo:
             fifo.write(f"{other.pid}\n")
-        assert wait_for(lambda: f"process {other.pid} belongs to another user" in node.log(), 3)
+        assert wait_for(lambda: f"process {other.pid} belongs to another user" in node.log(), 20)
     finally:
         other.kill()
         other.wait()
@@ -571,11 +576,11 @@ def leave_a_process_behind(seconds):
 
 @pytest.mark.parametrize("calls", [1, 3], ids=["first-call", "later-calls"])
 def test_processes_a_call_leaves_behind_do_not_hold_up_its_task(node: Node, calls: int) -> None:
-    node.write_call(leave_a_process_behind, 8)
+    node.write_call(leave_a_process_behind, 60)
     for _ in range(calls):  # each call runs in its own spare, forked ahead of time
         started = time.monotonic()
-        proc = node.run(timeout=30)
+        proc = node.run(timeout=50)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 30  # held up, it would take the leftovers' 60 s
         assert node.result()["value"] == "done"
     assert "regular mode" not in proc.stderr

@@ -88,7 +88,7 @@ def test_code_layer_is_small_fast_importable_and_cached(code, tmp_path: Path):
     layers = CodeLayers(tmp_path / "cache")
     start = time.perf_counter()
     layer = layers.get(code, "3.11")
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2  # ~0.05 s quiet; the margin is for a loaded CI
     assert layers.builds == 1 and layer.names == ("helper", "mypkg")
     assert layer.tarball.name == f"code-{layer.key}.tar.gz" and layer.size < 4096
     with tarfile.open(layer.tarball) as tar:

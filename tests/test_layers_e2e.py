@@ -33,6 +33,7 @@ def _can_hide_dirs() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # above the script's own timeout, so its output is kept
 @pytest.mark.skipif(not Path("/root/.pyenv").is_dir(), reason="needs the pyenv host Python")
 @pytest.mark.parametrize("mode", ["regular", "serverless"])
 def test_editing_a_helper_ships_only_a_new_code_layer(tmp_path: Path, mode: str) -> None:

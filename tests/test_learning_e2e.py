@@ -32,12 +32,13 @@ def _run(tmp_path: Path, name: str, cache: Path) -> tuple[dict, str]:
            "WORKER": str(HIDDEN_WORKER), "N": "2",
            "PARSL_PONCHO_WORKER_CACHE": str(tmp_path / f"wcache-{name}")}
     proc = subprocess.run([sys.executable, str(SCENARIO / "script.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1500)
+                          capture_output=True, text=True, timeout=850)  # run twice
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), (run_dir / "user.log").read_text()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # above the script's own timeout, so its output is kept
 @pytest.mark.skipif(not Path("/root/.pyenv").is_dir(), reason="needs the pyenv host Python")
 def test_apps_learn_what_they_missed_and_remember_it(tmp_path: Path) -> None:
     require(can_hide_host_python(), "unshare --mount with tmpfs needs root")

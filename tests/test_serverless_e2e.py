@@ -23,6 +23,7 @@ HIDDEN_WORKER = Path(__file__).parent / "e2e" / "three_apps" / "hidden_worker.sh
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # above the script's own timeout, so its output is kept
 @pytest.mark.skipif(not Path("/root/.pyenv").is_dir(), reason="needs the pyenv host Python")
 def test_serverless_and_regular_apps_in_one_workflow(tmp_path: Path) -> None:
     require(can_hide_host_python(), "unshare --mount with tmpfs needs root")

@@ -219,7 +219,7 @@ def test_an_app_without_a_spec_is_right_sized(mode, env_cache, tmp_path, caplog)
         requested = ex._sizer.requested("hold")
         assert 300 < peak < requested <= peak * 1.25 + 1
 
-        pair = [hold(300, 3) for _ in range(2)]
+        pair = [hold(300, 8) for _ in range(2)]  # 8 s each: they overlap even if one starts late
         (s1, e1, m1), (s2, e2, m2) = (fu.result(timeout=300) for fu in pair)
         assert m1 == m2 == str(requested)  # the worker ran them in what the category asks
         for fu in pair:  # as Work Queue reports it allocated them

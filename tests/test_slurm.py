@@ -88,7 +88,8 @@ def test_example_config_runs_tasks_in_slurm_jobs(slurm: SlurmCluster, tmp_path: 
     )
     executor = config.executors[0]
     with parsl.load(config):
-        results = [f.result(timeout=90) for f in [where_am_i(i) for i in range(4)]]
+        # a cold build, then a block (another if the first fails: Parsl polls every 60 s)
+        results = [f.result(timeout=600) for f in [where_am_i(i) for i in range(4)]]
         submitted = set(executor.provider.resources)
 
     assert [r[0] for r in results] == [0, 1, 4, 9]
@@ -125,7 +126,7 @@ def _report(job: dict[str, str], tmp_path: Path) -> str:
     return f"{job}\n{printed}"
 
 
-def _queue_after_drain(slurm: SlurmCluster, timeout: float = 20.0) -> list[str]:
+def _queue_after_drain(slurm: SlurmCluster, timeout: float = 60.0) -> list[str]:
     """squeue once the cancelled jobs left the completing state (or the timeout passed)."""
     deadline = time.monotonic() + timeout
     while (queue := slurm.queue()) and time.monotonic() < deadline:

@@ -519,7 +519,7 @@ def test_real_build_then_hit(tmp_path: Path, build_options: Any) -> None:
         started = time.monotonic()
         again = store.get(spec)
         assert again.done() and again.result() == env
-        assert time.monotonic() - started < min(1.0, built / 10)
+        assert time.monotonic() - started < built / 5  # a hit checks the tarball, never builds
     assert env.size == env.tarball.stat().st_size > 1_000_000
     assert env.manifest["hash"] == env.hash
     assert any(p["name"] == "python" for p in env.manifest["lock"]["conda"])

@@ -464,10 +464,10 @@ def test_only_workers_with_the_password_run_tasks(tmp_path: Path, seeded_channel
         workers.start(port, 1)
         workers.start(port, 1, "--password", str(wrong))
         deadline = time.monotonic() + 600
-        while not executor._store.entries():  # the env is built: the task can be dispatched
-            assert time.monotonic() < deadline, "the env was never built"
-            time.sleep(0.5)
-        time.sleep(12)  # verification, dispatch, and time for a wrong worker to take the task
+        while not executor._sent:  # built and verified: the task is in Work Queue's queue
+            assert time.monotonic() < deadline, "the task was never sent to Work Queue"
+            time.sleep(0.2)
+        time.sleep(8)  # time for a worker with the wrong password to take the task
         assert not future.done(), "a worker without the right password ran a task"
         workers.start(port, 1, "--password", str(password))
         assert future.result(timeout=600) == 42
