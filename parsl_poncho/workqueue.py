@@ -34,6 +34,8 @@ LEGACY_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 
 #: Resource names Parsl's resource specification and Work Queue share.
 RESOURCE_NAMES = ("cores", "memory", "disk", "gpus", "priority", "running_time_min")
+#: What Work Queue allocates a task and a worker offers (memory and disk in MB).
+BOX = ("cores", "memory", "disk")
 
 #: Exit statuses of worker_shim/poncho_run and worker_shim/run_function.py (see their headers).
 SHIM_EXIT_MEANINGS: Mapping[int, str] = {
@@ -295,7 +297,7 @@ def allocation_of(t: Any) -> dict[str, float]:
     try:
         box = t.resources_allocated
         box = box() if callable(box) else box
-        got = {name: float(getattr(box, name)) for name in ("cores", "memory", "disk")}
+        got = {name: float(getattr(box, name)) for name in BOX}
     except Exception:  # noqa: BLE001 - bindings differ; the allocation is informative only
         return {}
     return {name: value for name, value in got.items() if value >= 0}
@@ -337,7 +339,7 @@ class _StallWatch:
             s = self.q.stats
             stalled = s.tasks_waiting > 0 and s.tasks_on_workers == 0 and s.workers_connected > 0
             workers = int(s.workers_connected)
-            largest = {name: int(getattr(s, f"max_{name}")) for name in ("cores", "memory", "disk")}
+            largest = {name: int(getattr(s, f"max_{name}")) for name in BOX}
         except Exception:  # noqa: BLE001 - a diagnosis, never fatal to the loop
             return
         if not stalled:
@@ -355,11 +357,11 @@ def stall_message(tasks: int, workers: int, waited: float, largest: Mapping[str,
     """Why ``tasks`` may have waited ``waited`` s with ``workers`` connected and none running:
     the largest worker's offer against the smallest request, naming what does not fit."""
     asked = {name: min((float(r[name]) for r in requests if r.get(name) is not None),
-                       default=None) for name in ("cores", "memory", "disk")}
+                       default=None) for name in BOX}
     text = (f"{tasks} task(s) have waited {waited:.0f} s while {workers} connected Work Queue "
             f"worker(s) run none. The largest worker offers {_box(largest)} (MB); the "
             f"smallest request is {_box(asked)}.")
-    too_big = [name for name in ("cores", "memory", "disk")
+    too_big = [name for name in BOX
                if asked[name] is not None and asked[name] > largest[name]]
     if too_big:
         text += (f" No worker has enough {' or '.join(too_big)}: start bigger workers "
@@ -374,7 +376,7 @@ def stall_message(tasks: int, workers: int, waited: float, largest: Mapping[str,
 
 def _box(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{name} unset" if values[name] is None else f"{name} {values[name]:g}"
-                     for name in ("cores", "memory", "disk"))
+                     for name in BOX)
 
 
 def _report(t: Any, names: Mapping[int, str], pending: dict, out: Any,
