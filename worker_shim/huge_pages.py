@@ -55,16 +55,15 @@ def reserve_arenas(count: int = RESERVED_ARENAS) -> list[bytes]:
     return pins
 
 
-def collapse_to_huge_pages() -> tuple[bool, int, int]:
-    """MADV_HUGEPAGE then MADV_COLLAPSE each 2 MiB-aligned, mostly resident stretch of this
-    process's private anonymous memory, if the kernel can collapse at all; (whether it can,
-    MiB now on huge pages, MiB anonymous) from /proc/self/smaps_rollup."""
+def collapsible_stretches() -> list[int]:
+    """Start addresses of the 2 MiB-aligned stretches of this process's private anonymous
+    memory (mappings and [heap]) that are mostly in memory: what collapsing would act on."""
     page = os.sysconf("SC_PAGE_SIZE")
     resident = ctypes.create_string_buffer(HUGE_PAGE // page)
     with open("/proc/self/maps") as f:
         maps = f.read().splitlines()
-    collapsing = can_collapse()
-    for line in maps if collapsing else []:
+    starts = []
+    for line in maps:
         fields = line.split()
         if "rw" not in fields[1] or (len(fields) > 5 and fields[5] != "[heap]"):
             continue  # file mappings, stacks and the like stay as they are
@@ -72,9 +71,19 @@ def collapse_to_huge_pages() -> tuple[bool, int, int]:
         for start in range(-(-low // HUGE_PAGE) * HUGE_PAGE, high - HUGE_PAGE + 1, HUGE_PAGE):
             if _libc.mincore(start, HUGE_PAGE, resident) != 0:
                 continue
-            in_memory = sum(b & 1 for b in resident.raw) / len(resident.raw)
-            if in_memory >= MOSTLY_RESIDENT and _libc.madvise(start, HUGE_PAGE, MADV_HUGEPAGE) == 0:
-                _libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE)
+            if sum(b & 1 for b in resident.raw) / len(resident.raw) >= MOSTLY_RESIDENT:
+                starts.append(start)
+    return starts
+
+
+def collapse_to_huge_pages() -> tuple[bool, int, int]:
+    """MADV_HUGEPAGE then MADV_COLLAPSE each of :func:`collapsible_stretches`, if the kernel
+    can collapse at all; (whether it can, MiB now on huge pages, MiB anonymous) from
+    /proc/self/smaps_rollup."""
+    collapsing = can_collapse()
+    for start in collapsible_stretches() if collapsing else []:
+        if _libc.madvise(start, HUGE_PAGE, MADV_HUGEPAGE) == 0:
+            _libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE)
     sizes = {}
     with open("/proc/self/smaps_rollup") as f:
         for line in f:
