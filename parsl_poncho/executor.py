@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import queue
 import shutil
 import socket
 import threading
@@ -30,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
-from parsl.multiprocessing import SpawnContext, SpawnProcess
 from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
@@ -46,6 +44,7 @@ from parsl_poncho.exec_modes import (
     without_exec_mode,
 )
 from parsl_poncho.learning import Learner, importable_here, misses_of
+from parsl_poncho.manager import ManagerProcess
 from parsl_poncho.monitor import Monitor, disk_for, thread_env
 from parsl_poncho.sizing import Sizer
 from parsl_poncho.tasks import (
@@ -63,7 +62,6 @@ from parsl_poncho.workqueue import (
     TaskToWq,
     WqToTask,
     explain_result,
-    run_manager,
 )
 
 if TYPE_CHECKING:
@@ -254,13 +252,10 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
         self._ids = itertools.count()
         self._tasks_lock = threading.Lock()
-        self._wq_lock = threading.Lock()  # the manager's queues, and what was sent through them
-        self._sent: dict[str, TaskToWq | CategoryToWq] = {}
         self._prepared: dict[str, _Prepared] = {}
-        self._manager_restarts = 0
         self._started = False
         self._stopping = threading.Event()
-        self._chosen_port: int | None = None
+        self._manager: ManagerProcess | None = None
         self.worker_command = ""
 
     # -- Parsl executor interface -----------------------------------------------------------
@@ -282,16 +277,16 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                                 enabled=self.learn_missing)
         self._envs = self._make_ready_envs()
         self._monitor, self._sizer = Monitor(self.label), Sizer(self.right_size, self._send)
-        self._should_stop = SpawnContext.Event()
-        self._start_manager(self.port)
+        self._manager = self._make_manager()
+        self._manager.start()
         self._collector = threading.Thread(
             target=self._collect_results, name=f"{self.label}-collector", daemon=True
         )
         self._collector.start()
-        self.worker_command = self._worker_command()
+        self.worker_command = self._worker_command(self._manager.port)
         self._started = True
         logger.info("%s listening on port %s; worker command: %s", self.label,
-                    self._chosen_port, self.worker_command)
+                    self._manager.port, self.worker_command)
 
     def submit(self, func: Callable, resource_specification: dict, *args: Any,
                **kwargs: Any) -> Future:
@@ -347,20 +342,13 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             return
         self._started = False
         self._stopping.set()
-        self._should_stop.set()
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            logger.warning("%s: manager process did not stop; terminating it", self.label)
-            self._process.terminate()
-            self._process.join(timeout=10)
+        self._manager.stop()
         self._collector.join(timeout=10)
         self._envs.close()
         self._cancel_blocks()
         self._fail_outstanding(ExecutorError(f"{self.label} was shut down before the task ran"))
         self._monitor.log_summary()
-        for q in (self._task_queue, self._result_queue):
-            q.close()
-            q.join_thread()
+        self._manager.close()
         if self.store is None:
             self._store.close(wait=False)  # a build in flight finishes in the background
         shutil.rmtree(self._unpack_dir, ignore_errors=True)
@@ -405,61 +393,18 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         return ReadyEnvs(self._store, verify=self.verify, poncho_run=self._poncho_run_local,
                          unpack_dir=self._unpack_dir, name=self.label)
 
-    def _start_manager(self, port: int) -> None:
-        """Spawn the Work Queue manager process on ``port`` (0: any) and learn its port."""
-        self._task_queue = SpawnContext.Queue()
-        self._result_queue = SpawnContext.Queue()
-        mailbox = SpawnContext.Queue()
+    def _make_manager(self) -> ManagerProcess:
+        """The Work Queue manager process, from this executor's options (not started)."""
         settings = ManagerSettings(
-            port=port, project_name=self.project_name,
+            port=self.port, project_name=self.project_name,
             project_password_file=self.project_password_file,
             log_dir=str(self._log_dir) if self.full_debug else None,
             autolabel=self.autolabel, autolabel_window=self.autolabel_window,
         )
-        self._process = SpawnProcess(
-            target=run_manager, name=f"{self.label}-wq-manager",
-            kwargs={"settings": settings, "task_queue": self._task_queue,
-                    "result_queue": self._result_queue, "port_mailbox": mailbox,
-                    "should_stop": self._should_stop},
-        )
-        self._process.start()
-        try:
-            chosen = mailbox.get(timeout=60)
-        except queue.Empty:
-            chosen = None
-        mailbox.close()
-        if chosen is None:
-            self._process.join(timeout=5)
-            raise ExecutorError(
-                f"{self.label}: the Work Queue manager did not start (port {port} in use? "
-                f"see {self._log_dir} and the Parsl log)"
-            )
-        self._chosen_port = int(chosen)
+        return ManagerProcess(settings, self.label, self._log_dir, self.manager_restarts)
 
-    def _restart_manager(self) -> None:
-        """Replace a dead manager process: same port, so workers reconnect; resend its tasks.
-
-        Every task sent and not finished is sent to the new manager: one that was running runs
-        again, as when Work Queue retries a task after losing its worker. (Results still in the
-        dead manager's queue are not read: a message it was killed while writing could block
-        the reader for ever; those few tasks run again instead.)
-        """
-        dead = self._process
-        with self._wq_lock:
-            for q in (self._task_queue, self._result_queue):
-                q.cancel_join_thread()  # nobody reads the dead manager's queues any more
-                q.close()
-            self._manager_restarts += 1
-            logger.warning("%s: the Work Queue manager process died (exit code %s); "
-                           "restarting it on port %s (restart %d of %d) and resending %d tasks",
-                           self.label, dead.exitcode, self._chosen_port,
-                           self._manager_restarts, self.manager_restarts, len(self._sent))
-            self._start_manager(self._chosen_port)
-            for msg in self._sent.values():
-                self._task_queue.put(msg)
-
-    def _worker_command(self) -> str:
-        """The command a provider block runs to start one worker."""
+    def _worker_command(self, port: int | None) -> str:
+        """The command a provider block runs to start one worker of the manager on ``port``."""
         parts = [self.worker_executable]
         if self.project_password_file:
             parts += ["--password", self.project_password_file]
@@ -468,7 +413,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         if self.project_name:
             parts += ["-M", self.project_name]
         else:
-            parts += [self.address or socket.gethostname(), str(self._chosen_port)]
+            parts += [self.address or socket.gethostname(), str(port)]
         return " ".join(parts)
 
     # -- submission -------------------------------------------------------------------------
@@ -531,45 +476,18 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         ))
 
     def _send(self, msg: TaskToWq | CategoryToWq) -> None:
-        """Hand a message to the manager, remembering it (resent on a restart) until done."""
-        with self._wq_lock:
-            self._sent[msg.id] = msg
-            self._task_queue.put(msg)
+        """Hand a message to the manager (resent to a restarted one until done)."""
+        self._manager.send(msg)
 
     # -- results ----------------------------------------------------------------------------
     def _collect_results(self) -> None:
-        """Collector thread: turn WqToTask messages into future results; restart a dead
-        manager (up to ``manager_restarts`` times)."""
-        while not self._should_stop.is_set() or not self._result_queue.empty():
-            try:
-                msg: WqToTask = self._result_queue.get(timeout=0.5)
-            except queue.Empty:
-                if not self._process.is_alive() and not self._should_stop.is_set():
-                    if not self._recover_manager():
-                        return
-                continue
-            except (EOFError, OSError):
-                return
-            self._complete_safely(msg)
-
-    def _recover_manager(self) -> bool:
-        """The manager died: restart it if allowed, else fail everything; True if running."""
-        exitcode = self._process.exitcode
-        if self._manager_restarts < self.manager_restarts:
-            try:
-                self._restart_manager()
-                return True
-            except Exception as exc:  # noqa: BLE001 - reported to every task below
-                error = exc if isinstance(exc, ExecutorError) else ExecutorError(
-                    f"{self.label}: the Work Queue manager process died and could not be "
-                    f"restarted: {exc!r}")
-        else:
-            error = ExecutorError(
-                f"{self.label}: the Work Queue manager process died (exit code {exitcode}) "
-                f"after {self._manager_restarts} restarts (manager_restarts="
-                f"{self.manager_restarts}); see {self._log_dir}")
-        self.set_bad_state_and_fail_all(error)
-        return False
+        """Collector thread: turn WqToTask messages into future results; if the manager
+        died for good, fail everything."""
+        try:
+            for msg in self._manager.results():
+                self._complete_safely(msg)
+        except ExecutorError as exc:
+            self.set_bad_state_and_fail_all(exc)
 
     def _complete_safely(self, msg: WqToTask) -> None:
         try:
@@ -584,7 +502,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         env_hash = getattr(fu, "parsl_poncho_env_hash", "?")
         report = msg.read_result()
         if report.get("status") != "ok" and (self._retry_after_learning(msg, report, fu) or
-                                             self._sizer.retry(msg, report, self._sent)):
+                                             self._sizer.retry(msg, report, self._manager.sent)):
             return
         if msg.result_file is None:
             where = f" on {msg.host}" if msg.host else ""
@@ -618,8 +536,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         logger.warning("task %s (%s) missed %s: sending it again with env %s", msg.id,
                        task.category, ", ".join(misses), env_hash)
         fu.parsl_poncho_env_hash = env_hash  # type: ignore[attr-defined]
-        with self._wq_lock:  # a manager restart must not resend it to the old env meanwhile
-            self._sent.pop(msg.id, None)
+        self._manager.forget(msg.id)  # a manager restart must not resend it to the old env
         Path(msg.result_file or task.task_dir / "result.pkl").unlink(missing_ok=True)
         ready = self._envs.get(spec, env_hash, modules)
         ready.add_done_callback(lambda r: self._dispatch(task, fu, r))
@@ -635,8 +552,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             fu = self._tasks.pop(task_id, None)
             self._prepared.pop(task_id, None)
         self._learner.forget_task(task_id)
-        with self._wq_lock:
-            self._sent.pop(task_id, None)
+        self._manager.forget(task_id)
         if fu is None or fu.done():
             return
         if exc is not None:

@@ -142,8 +142,8 @@ def test_python_bash_and_join_apps(env_cache, tmp_path):
         assert greet("poncho", stdout=str(out)).result(timeout=600) == 0
         assert out.read_text().strip() == "hello poncho"
         assert add_three(1, 2, 3).result(timeout=120) == 6
-        port = ex._chosen_port
-        manager = ex._process
+        port = ex._manager.port
+        manager = ex._manager.process
     assert not manager.is_alive()
     with socket.socket() as s:  # the port is free again
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -242,7 +242,7 @@ def test_shutdown_leaves_nothing_and_a_second_executor_starts(env_cache, tmp_pat
         with parsl.load(_config(ex, tmp_path / f"run{round_}")):
             assert pid().result(timeout=300) > 0
             assert set(_workers_of_this_process()) - before
-            manager = ex._process
+            manager = ex._manager.process
         assert not manager.is_alive()
         deadline = time.monotonic() + 30
         while set(_workers_of_this_process()) - before:
@@ -300,7 +300,7 @@ def test_lost_worker_is_retried_then_reported(env_cache, tmp_path):
     workers = []
     with parsl.load(_config(ex, tmp_path / "runinfo")):
         fut = kill_my_worker()
-        cmd = ["work_queue_worker", "-t", "60", "localhost", str(ex._chosen_port)]
+        cmd = ["work_queue_worker", "-t", "60", "localhost", str(ex._manager.port)]
         deadline = time.monotonic() + 300
         while not fut.done() and time.monotonic() < deadline:
             if not any(w.poll() is None for w in workers):
@@ -319,10 +319,9 @@ def test_lost_worker_is_retried_then_reported(env_cache, tmp_path):
 
 def test_worker_command_uses_chosen_port_and_options():
     ex = PonchoExecutor(address="head.example", worker_options="--cores 4")
-    ex._chosen_port = 9999
-    assert ex._worker_command() == "work_queue_worker --cores 4 head.example 9999"
+    assert ex._worker_command(9999) == "work_queue_worker --cores 4 head.example 9999"
     ex = PonchoExecutor(project_name="proj")
-    assert ex._worker_command().endswith("-M proj")
+    assert ex._worker_command(9999).endswith("-M proj")
     with pytest.raises(ExecutorError, match=r"function_exec_mode is 'fast'; use one of"):
         PonchoExecutor(function_exec_mode="fast")  # type: ignore[arg-type]
 

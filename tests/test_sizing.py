@@ -210,7 +210,7 @@ def test_an_app_without_a_spec_is_right_sized(mode, env_cache, tmp_path, caplog)
                         provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0))
     config = Config(executors=[ex], run_dir=str(tmp_path / "runinfo"), strategy="none")
     caplog.set_level(logging.INFO, logger="parsl_poncho.sizing")
-    with parsl.load(config), worker(ex._chosen_port, tmp_path / "wcache", "--cores", "2",
+    with parsl.load(config), worker(ex._manager.port, tmp_path / "wcache", "--cores", "2",
                                     "--memory", "4000"):
         first = [hold(300, 0.1) for _ in range(3)]
         for fu in first:
@@ -253,7 +253,7 @@ def test_memory_error_past_the_largest_worker_says_why(env_cache, tmp_path):
     ex = PonchoExecutor(store=EnvStore(cache, build_options=options),
                         provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0))
     config = Config(executors=[ex], run_dir=str(tmp_path / "runinfo"), strategy="none")
-    with parsl.load(config), worker(ex._chosen_port, tmp_path / "wcache", "--cores", "1",
+    with parsl.load(config), worker(ex._manager.port, tmp_path / "wcache", "--cores", "1",
                                     "--memory", "1100"):
         with pytest.raises(MemoryError) as info:
             grab(1500).result(timeout=600)

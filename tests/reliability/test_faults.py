@@ -539,7 +539,7 @@ def test_download_cut_or_stalled_is_a_clear_error(mode: str, rude_server: Any,
 def _wait_for_sent_tasks(executor: Any, count: int, timeout: float = 600) -> None:
     """Until ``count`` tasks were handed to the Work Queue manager (their env is ready)."""
     deadline = time.monotonic() + timeout
-    while len(executor._sent) < count:
+    while len(executor._manager.sent) < count:
         assert time.monotonic() < deadline, "tasks were never sent to Work Queue"
         time.sleep(0.2)
 
@@ -563,20 +563,20 @@ def test_manager_process_killed_is_restarted_and_tasks_finish_right(
     executor, config = external_worker_executor(tmp_path, seeded_channel, shared_pkg_cache)
     kills = 2
     with parsl.load(config):
-        workers.start(executor._chosen_port, 2)
-        port = executor._chosen_port
+        workers.start(executor._manager.port, 2)
+        port = executor._manager.port
         futures = [slow_square(i) for i in range(6)]
         for _ in range(kills):
             _wait_for_sent_tasks(executor, 1)
             time.sleep(2)  # let Work Queue hand some of them to the worker
-            dead = executor._process
+            dead = executor._manager.process
             os.kill(dead.pid, signal.SIGKILL)
             deadline = time.monotonic() + 60
-            while executor._process is dead:
+            while executor._manager.process is dead:
                 assert time.monotonic() < deadline, "the manager was not restarted"
                 time.sleep(0.2)
         results = [f.result(timeout=600) for f in futures]
-        assert executor._chosen_port == port
+        assert executor._manager.port == port
     assert results == [i * i for i in range(6)]
     record("faults: Work Queue manager SIGKILL", injected=kills, survived=kills, tasks=6,
            right=sum(r == i * i for i, r in enumerate(results)), lost=0)
@@ -602,11 +602,11 @@ def test_manager_killed_without_restarts_left_fails_tasks_clearly(
     executor, config = external_worker_executor(tmp_path, seeded_channel, shared_pkg_cache,
                                                 manager_restarts=0)
     with parsl.load(config):
-        workers.start(executor._chosen_port, 2)
+        workers.start(executor._manager.port, 2)
         futures = [slow(i) for i in range(2)]
         _wait_for_sent_tasks(executor, 2)
         time.sleep(1)
-        os.kill(executor._process.pid, signal.SIGKILL)
+        os.kill(executor._manager.process.pid, signal.SIGKILL)
         started = time.monotonic()
         for future in futures:  # Parsl wraps our ExecutorError in its BadStateException
             with pytest.raises(BadStateException, match=r"manager process died") as info:
@@ -640,7 +640,7 @@ def test_worker_disk_full_fails_the_task_with_a_clear_error(
                                                 max_retries=1)
     try:
         with parsl.load(config):
-            pool.start(executor._chosen_port, 1)
+            pool.start(executor._manager.port, 1)
             with pytest.raises(ExecutorError, match=r"exit status 67 .*disk full") as info:
                 one().result(timeout=600)
             assert "No space left on device" in str(info.value) or "disk full" in str(info.value)
@@ -683,7 +683,7 @@ def test_function_servers_killed_mid_run_lose_no_task(
                                                 function_exec_mode="serverless")
     tasks, kills, killed = 12, 2, []
     with parsl.load(config):
-        workers.start(executor._chosen_port, 2)
+        workers.start(executor._manager.port, 2)
         futures = [slow_square(i) for i in range(tasks)]
         for _ in range(kills):
             deadline = time.monotonic() + 300

@@ -458,13 +458,13 @@ def test_only_workers_with_the_password_run_tasks(tmp_path: Path, seeded_channel
                               provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0))
     config = Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), strategy="none")
     with parsl.load(config):
-        port = executor._chosen_port
+        port = executor._manager.port
         assert executor.worker_command.startswith(f"work_queue_worker --password {password}")
         future = double(21)
         workers.start(port, 1)
         workers.start(port, 1, "--password", str(wrong))
         deadline = time.monotonic() + 600
-        while not executor._sent:  # built and verified: the task is in Work Queue's queue
+        while not executor._manager.sent:  # built and verified: the task is in Work Queue's queue
             assert time.monotonic() < deadline, "the task was never sent to Work Queue"
             time.sleep(0.2)
         time.sleep(8)  # time for a worker with the wrong password to take the task

@@ -115,7 +115,7 @@ def main() -> int:
     right = wrong = failed = 0
     hashes: set[str] = set()
     with parsl.load(config):
-        print(f"PORT {executor._chosen_port}", flush=True)
+        print(f"PORT {executor._manager.port}", flush=True)
         started = time.monotonic()
         futures = [APPS[i % 3](i, sleep=args.sleep, mark=args.marker_dir)
                    for i in range(args.tasks)]

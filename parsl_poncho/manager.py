@@ -1,0 +1,160 @@
+"""The Work Queue manager process as the executor sees it: spawned, fed, restarted, stopped.
+
+The manager loop itself (:func:`parsl_poncho.workqueue.run_manager`) runs in a spawned process,
+so a crash of Work Queue's C library cannot take the submit process with it. This module keeps
+everything the executor needs around that process: the queues to it and back, the messages
+sent and not finished (so a restarted manager gets them again), and the restart policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from typing import Any, Iterator
+
+from parsl.multiprocessing import SpawnContext, SpawnProcess
+
+from parsl_poncho.errors import ExecutorError
+from parsl_poncho.workqueue import CategoryToWq, ManagerSettings, TaskToWq, WqToTask, run_manager
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for a new manager process to say which port it listens on.
+START_TIMEOUT = 60
+
+
+class ManagerProcess:
+    """One Work Queue manager process at a time, restarted on the same port when it dies.
+
+    :param settings: how the manager opens its queue (``settings.port`` 0: any free port).
+    :param name: the executor's label, for process names and messages.
+    :param log_dir: where the manager writes its logs (named in errors).
+    :param max_restarts: times a dead manager is replaced before :meth:`results` gives up.
+    """
+
+    def __init__(self, settings: ManagerSettings, name: str, log_dir: Any,
+                 max_restarts: int) -> None:
+        self.settings = settings
+        self.name = name
+        self.log_dir = log_dir
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.port: int | None = None
+        self.process: SpawnProcess | None = None
+        #: messages handed to the manager and not finished, by id (resent after a restart)
+        self.sent: dict[str, TaskToWq | CategoryToWq] = {}
+        self._lock = threading.Lock()  # the queues, and what was sent through them
+        self._should_stop = SpawnContext.Event()
+
+    def start(self) -> int:
+        """Spawn the manager on ``settings.port`` (or the port it chose before) and return
+        the port it listens on.
+
+        :raises ExecutorError: it did not report a port within a minute.
+        """
+        port = self.port if self.port is not None else self.settings.port
+        self._tasks = SpawnContext.Queue()
+        self._results = SpawnContext.Queue()
+        mailbox = SpawnContext.Queue()
+        settings = dataclasses.replace(self.settings, port=port)
+        self.process = SpawnProcess(
+            target=run_manager, name=f"{self.name}-wq-manager",
+            kwargs={"settings": settings, "task_queue": self._tasks,
+                    "result_queue": self._results, "port_mailbox": mailbox,
+                    "should_stop": self._should_stop},
+        )
+        self.process.start()
+        try:
+            chosen = mailbox.get(timeout=START_TIMEOUT)
+        except queue.Empty:
+            chosen = None
+        mailbox.close()
+        if chosen is None:
+            self.process.join(timeout=5)
+            raise ExecutorError(
+                f"{self.name}: the Work Queue manager did not start (port {port} in use? "
+                f"see {self.log_dir} and the Parsl log)"
+            )
+        self.port = int(chosen)
+        return self.port
+
+    def send(self, msg: TaskToWq | CategoryToWq) -> None:
+        """Hand a message to the manager, remembering it (resent on a restart) until done."""
+        with self._lock:
+            self.sent[msg.id] = msg
+            self._tasks.put(msg)
+
+    def forget(self, task_id: str) -> None:
+        """The task is finished, or will be sent again another way: never resend it."""
+        with self._lock:
+            self.sent.pop(task_id, None)
+
+    def results(self) -> Iterator[WqToTask]:
+        """Finished tasks, until :meth:`stop` and the queue is drained; a dead manager is
+        restarted (up to ``max_restarts`` times) on the way.
+
+        :raises ExecutorError: the manager died and cannot be restarted; every task is lost.
+        """
+        while not self._should_stop.is_set() or not self._results.empty():
+            try:
+                yield self._results.get(timeout=0.5)
+            except queue.Empty:
+                if not self.process.is_alive() and not self._should_stop.is_set():
+                    self._restart()
+            except (EOFError, OSError):
+                return
+
+    def _restart(self) -> None:
+        """Replace a dead manager process: same port, so workers reconnect; resend its tasks.
+
+        Every task sent and not finished is sent to the new manager: one that was running runs
+        again, as when Work Queue retries a task after losing its worker. (Results still in the
+        dead manager's queue are not read: a message it was killed while writing could block
+        the reader for ever; those few tasks run again instead.)
+
+        :raises ExecutorError: no restarts are left, or the new manager did not start.
+        """
+        exitcode = self.process.exitcode
+        if self.restarts >= self.max_restarts:
+            raise ExecutorError(
+                f"{self.name}: the Work Queue manager process died (exit code {exitcode}) "
+                f"after {self.restarts} restarts (manager_restarts={self.max_restarts}); "
+                f"see {self.log_dir}")
+        with self._lock:
+            for q in (self._tasks, self._results):
+                q.cancel_join_thread()  # nobody reads the dead manager's queues any more
+                q.close()
+            self.restarts += 1
+            logger.warning("%s: the Work Queue manager process died (exit code %s); "
+                           "restarting it on port %s (restart %d of %d) and resending %d tasks",
+                           self.name, exitcode, self.port, self.restarts, self.max_restarts,
+                           len(self.sent))
+            try:
+                self.start()
+            except Exception as exc:
+                if isinstance(exc, ExecutorError):
+                    raise
+                raise ExecutorError(f"{self.name}: the Work Queue manager process died and "
+                                    f"could not be restarted: {exc!r}") from exc
+            for msg in self.sent.values():
+                self._tasks.put(msg)
+
+    def stop(self) -> None:
+        """Tell the manager to stop (it tells workers to exit and closes its port) and wait;
+        :meth:`results` ends once the queue is drained."""
+        self._should_stop.set()
+        if self.process is None:
+            return
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            logger.warning("%s: manager process did not stop; terminating it", self.name)
+            self.process.terminate()
+            self.process.join(timeout=10)
+
+    def close(self) -> None:
+        """Release the queues, after :meth:`stop` and after the last :meth:`results` read."""
+        for q in (self._tasks, self._results):
+            q.close()
+            q.join_thread()
