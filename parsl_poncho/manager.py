@@ -102,7 +102,14 @@ class ManagerProcess:
                 yield self._results.get(timeout=0.5)
             except queue.Empty:
                 if not self.process.is_alive() and not self._should_stop.is_set():
-                    self._restart()
+                    try:
+                        self._restart()
+                    except ExecutorError:
+                        raise
+                    except Exception as exc:  # every task is lost: say so, never hang them
+                        raise ExecutorError(
+                            f"{self.name}: the Work Queue manager process died and could not "
+                            f"be restarted: {exc!r}") from exc
             except (EOFError, OSError):
                 return
 
@@ -131,13 +138,7 @@ class ManagerProcess:
                            "restarting it on port %s (restart %d of %d) and resending %d tasks",
                            self.name, exitcode, self.port, self.restarts, self.max_restarts,
                            len(self.sent))
-            try:
-                self.start()
-            except Exception as exc:
-                if isinstance(exc, ExecutorError):
-                    raise
-                raise ExecutorError(f"{self.name}: the Work Queue manager process died and "
-                                    f"could not be restarted: {exc!r}") from exc
+            self.start()
             for msg in self.sent.values():
                 self._tasks.put(msg)
 

@@ -40,10 +40,13 @@ def _kill(manager: ManagerProcess) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_a_killed_manager_restarts_on_its_port_and_its_unfinished_task_runs(tmp_path):
+def test_a_killed_manager_restarts_on_its_port_and_its_unfinished_task_runs(tmp_path,
+                                                                            monkeypatch):
     require_tool("work_queue_worker")
     manager = _manager(tmp_path, max_restarts=1)
     port = manager.start()
+    # a manager asking for any port would now get another one than the port it had
+    monkeypatch.setenv("TCP_LOW_PORT", str(port + 1))
     manager.send(_task(tmp_path, "1", "echo one > out"))
     _kill(manager)  # before any worker could run it: only a resend can finish it
     worker = subprocess.Popen(["work_queue_worker", "--cores", "1", "-t", "60", "localhost",
@@ -54,6 +57,7 @@ def test_a_killed_manager_restarts_on_its_port_and_its_unfinished_task_runs(tmp_
     finally:
         manager.stop()
         manager.close()
+        worker.kill()
         worker.wait(timeout=60)
     assert manager.restarts == 1 and manager.port == port
     assert (msg.id, msg.result) == ("1", "SUCCESS")
@@ -100,3 +104,24 @@ def test_results_end_after_stop_and_the_port_closes(tmp_path):
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("", port))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_restart_that_fails_in_any_way_is_a_clear_error(tmp_path, monkeypatch):
+    require_tool("work_queue_worker")
+    manager = _manager(tmp_path, max_restarts=1)
+    manager.start()
+    _kill(manager)
+
+    def start_fails() -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(manager, "start", start_fails)
+    try:  # an error the executor would not catch would leave every future waiting
+        with pytest.raises(ExecutorError, match=r"died and could not be restarted: "
+                                                r"OSError\(24, 'Too many open files'\)"):
+            next(manager.results())
+    finally:
+        manager.stop()
+        manager.close()
