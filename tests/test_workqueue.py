@@ -45,14 +45,17 @@ def test_explain_result_keeps_only_last_lines():
 
 
 def test_load_work_queue_falls_back_to_legacy_dir(monkeypatch):
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != workqueue.LEGACY_DIST_PACKAGES])
+    before = [p for p in sys.path if p != workqueue.LEGACY_DIST_PACKAGES]
+    monkeypatch.setattr(sys, "path", list(before))
     for name in ("work_queue", "ndcctools", "ndcctools.work_queue"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     require(Path(workqueue.LEGACY_DIST_PACKAGES, "work_queue.py").exists(),
             "Debian's python3-workqueue is not installed (apt-get install python3-workqueue)")
     wq = load_work_queue()
     assert hasattr(wq, "WorkQueue")
-    assert sys.path[-1] == workqueue.LEGACY_DIST_PACKAGES
+    # appended after every entry it found, never ahead of them (importing Debian's module may
+    # append more: it imports distutils, and setuptools 84 then adds its _vendor dir)
+    assert sys.path[:len(before) + 1] == [*before, workqueue.LEGACY_DIST_PACKAGES]
 
 
 def test_load_work_queue_missing_is_clear(monkeypatch):
