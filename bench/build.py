@@ -1,6 +1,6 @@
 """Benchmark the builder on one realistic spec: cold and warm build per phase, pack vs tar czf.
 
-Usage: python bench/build.py [--repeat N] [--pip REQ ...] [--channel DIR]
+Usage: python bench/build.py [--repeat N] [--pip REQ ...] [--channel DIR] [--no-torch]
 
 - cold: empty rattler/uv caches (fresh cache dir), channel already seeded (seeding is timed
   separately, into a fresh directory, unless --skip-seed).
@@ -8,6 +8,10 @@ Usage: python bench/build.py [--repeat N] [--pip REQ ...] [--channel DIR]
 - pack: conda-pack of one env directory (what build_env does) against `tar czf` of the same
   directory (GNU tar + gzip -6, the floor for a tar.gz) and `tar -c | gzip -4` (same level as
   conda-pack's default); median of N runs each, interleaved, in the same process run.
+- torch: what a first run with a big framework costs: an env with PyTorch's CPU build
+  (``--torch-req``, default torch==2.13.0+cpu) from where this host's pip configuration finds
+  it, cold caches: solve, install, pip, pack and unpack (tar xzf + conda-unpack) seconds, the
+  tarball and unpacked sizes, and the rates of gzip -4 (pack) and gunzip (unpack) per MB of env.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parsl_poncho.build import BuildOptions, build_env, seed_channel  # noqa: E402
 from parsl_poncho.build.pack import pack_env  # noqa: E402
+from parsl_poncho.pip_sources import PipSources  # noqa: E402
 from parsl_poncho.spec import Spec  # noqa: E402
 
 PHASES = ("solve", "install", "pip", "data", "code", "pack")
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pip", nargs="*", default=["numpy==2.4.6", "cloudpickle==3.1.2"])
     parser.add_argument("--channel", type=Path, help="an already seeded channel to use")
     parser.add_argument("--skip-seed", action="store_true", help="do not time a fresh seed")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch env row")
+    parser.add_argument("--torch-req", default="torch==2.13.0+cpu")
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="pp-bench-"))
@@ -146,7 +153,41 @@ def run(args: argparse.Namespace, root: Path) -> int:
     print(f"{'tar | gzip -4':<28}{tar4_s:>9.2f}{tar4.stat().st_size / 1e6:>8.1f}"
           f"{tar4_s / pack_s:>8.2f}")
     print("ratio = method seconds / conda-pack seconds (below 1: faster than conda-pack)")
+    if not args.no_torch:
+        torch_row(args.torch_req, channel, root)
     return 0
+
+
+def torch_row(requirement: str, channel: Path, root: Path) -> None:
+    """Build, pack and unpack a PyTorch env from the host's pip configuration, cold caches."""
+    sources = PipSources().resolve()
+    spec = sources.apply_to(realistic_spec([requirement, "cloudpickle==3.1.3"]))
+    options = BuildOptions(channels=(str(channel),), cache_dir=root / "torch-cache",
+                           workdir=root / "torch-work", pip_sources=sources, keep_workdir=True)
+    tarball = root / "torch.tar.gz"
+    total, manifest = timed(build_env, spec, tarball, options=options, progress=lambda _: None)
+    env_dir = next((root / "torch-work").glob("build-*/env"))
+    env_mb = sum(p.stat().st_size for p in env_dir.rglob("*") if p.is_file()) / 1e6
+    files = sum(1 for p in env_dir.rglob("*") if p.is_file())
+    shutil.rmtree(root / "torch-work")
+    target = root / "torch-unpacked"
+    target.mkdir()
+    untar_s, _ = timed(subprocess.run, ["tar", "-xzf", str(tarball), "-C", str(target)],
+                       check=True)
+    fix_s, _ = timed(subprocess.run, [str(target / "bin" / "python"),
+                                      str(target / "bin" / "conda-unpack")], check=True)
+    phases = manifest.phases
+    print(f"\nPyTorch env ({requirement}, from {', '.join(spec.pip_options.find_links) or '-'}"
+          f" + indexes {', '.join(spec.pip_options.extra_index_urls) or 'PyPI'}), cold caches")
+    print(f"{'solve':>7}{'install':>9}{'pip':>7}{'pack':>7}{'untar':>7}{'unpack':>8}"
+          f"{'total':>8}{'tar MB':>8}{'env MB':>8}{'files':>7}")
+    print(f"{phases.get('solve', 0):>7.2f}{phases.get('install', 0):>9.2f}"
+          f"{phases.get('pip', 0):>7.2f}{phases.get('pack', 0):>7.2f}{untar_s:>7.2f}"
+          f"{fix_s:>8.2f}{total + untar_s + fix_s:>8.2f}{manifest.size / 1e6:>8.0f}"
+          f"{env_mb:>8.0f}{files:>7}")
+    print(f"gzip -4 packs {env_mb / phases.get('pack', 1):.0f} MB of env per s; tar xzf unpacks "
+          f"{env_mb / untar_s:.0f} MB of env per s ({phases.get('pack', 0) / untar_s:.1f}x "
+          "slower to pack than to unpack); unpack = conda-unpack's prefix rewrite")
 
 
 if __name__ == "__main__":

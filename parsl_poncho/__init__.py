@@ -4,6 +4,7 @@ Public API (imported lazily, so ``import parsl_poncho`` stays cheap and does not
 
     from parsl_poncho import PonchoExecutor, env_hash_of, Analyzer, EnvStore, Env, Spec
     from parsl_poncho import resources_of, TaskResources   # what a finished task used
+    from parsl_poncho import PipSources    # where the pip part installs from (default: as pip)
     from parsl_poncho.analyze import analyze   # the function; ``parsl_poncho.analyze`` is
                                                # the subpackage, so it cannot be re-exported
 """
@@ -24,6 +25,7 @@ _EXPORTS = {
     "EnvStore": "parsl_poncho.store",
     "Env": "parsl_poncho.store",
     "Spec": "parsl_poncho.spec",
+    "PipSources": "parsl_poncho.pip_sources",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -16,7 +16,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from parsl_poncho.errors import ExecutorError
 from parsl_poncho.layers import (
@@ -30,6 +30,9 @@ from parsl_poncho.layers import (
 )
 from parsl_poncho.spec import Spec
 from parsl_poncho.store import Env, EnvStore
+
+if TYPE_CHECKING:
+    from parsl_poncho.pip_sources import ResolvedSources
 
 logger = logging.getLogger(__name__)
 
@@ -244,26 +247,33 @@ class SeededBuilder:
         return build_env(spec, output, options=options, progress=progress)
 
 
-class DataSections:
-    """The executor's ``data=`` (git/http sections) added to every analysed spec.
+class SpecAdditions:
+    """What the executor adds to every analysed spec: its ``data=`` (git/http sections) and
+    where the pip part installs from (:class:`~parsl_poncho.pip_sources.ResolvedSources`).
 
     :raises SpecError: ``data`` is not valid spec sections, naming each problem, e.g.
         ``http.DB.sha256``.
     """
 
-    def __init__(self, data: Mapping[str, Any] | None) -> None:
+    def __init__(self, data: Mapping[str, Any] | None,
+                 sources: ResolvedSources | None = None) -> None:
         self._data = _data_spec(data) if data else None
-        self._with_data: dict[int, tuple[Spec, Spec]] = {}
+        self.sources = sources
+        self._added: dict[int, tuple[Spec, Spec]] = {}
 
     def add(self, spec: Spec) -> Spec:
-        """``spec`` with the data added (memoised per analysed spec object)."""
-        if self._data is None:
+        """``spec`` with the data and pip sources added (memoised per analysed spec object)."""
+        if self._data is None and self.sources is None:
             return spec
-        hit = self._with_data.get(id(spec))
+        hit = self._added.get(id(spec))
         if hit is None or hit[0] is not spec:
-            merged = dataclasses.replace(spec, git={**spec.git, **self._data.git},
-                                         http={**spec.http, **self._data.http})
-            hit = self._with_data[id(spec)] = (spec, merged)  # holding spec keeps id unique
+            merged = spec
+            if self._data is not None:
+                merged = dataclasses.replace(spec, git={**spec.git, **self._data.git},
+                                             http={**spec.http, **self._data.http})
+            if self.sources is not None:
+                merged = self.sources.apply_to(merged)
+            hit = self._added[id(spec)] = (spec, merged)  # holding spec keeps id unique
         return hit[1]
 
 

@@ -17,7 +17,11 @@ class SpecError(PonchoError, ValueError):
 
 
 class BuildError(PonchoError):
-    """Building an environment failed: ``step``, ``package`` say where; ``log_tail`` says why."""
+    """Building an environment failed: ``step``, ``package`` say where; ``log_tail`` says why.
+
+    ``log`` is the failing tool's whole output when there is one; ``log_path`` where the
+    store kept it (failed builds' logs live in the cache, see EnvStore).
+    """
 
     def __init__(
         self,
@@ -26,10 +30,14 @@ class BuildError(PonchoError):
         step: str | None = None,
         package: str | None = None,
         log_tail: str = "",
+        log: str = "",
+        log_path: str | None = None,
     ):
         self.step = step
         self.package = package
         self.log_tail = log_tail
+        self.log = log
+        self.log_path = log_path
         super().__init__(msg)
 
 

@@ -16,11 +16,11 @@ The environment hash each task runs with is logged and kept on the executor futu
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
 import shutil
-import socket
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from parsl.jobs.states import TERMINAL_STATES
 from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
-from parsl_poncho.envs import DataSections
+from parsl_poncho.envs import SpecAdditions
 from parsl_poncho.errors import ExecutorError, MissingModuleError, UnresolvedImportError
 from parsl_poncho.exec_modes import (
     ExecMode,
@@ -46,6 +46,7 @@ from parsl_poncho.exec_modes import (
 from parsl_poncho.learning import Learner, importable_here, misses_of
 from parsl_poncho.manager import ManagerProcess
 from parsl_poncho.monitor import Monitor, disk_for, thread_env
+from parsl_poncho.pip_sources import sources_for
 from parsl_poncho.sizing import Sizer
 from parsl_poncho.tasks import (
     app_name,
@@ -62,12 +63,14 @@ from parsl_poncho.workqueue import (
     TaskToWq,
     WqToTask,
     explain_result,
+    worker_command,
 )
 
 if TYPE_CHECKING:
     from parsl_poncho.analyze import Analyzer
     from parsl_poncho.build import BuildOptions
     from parsl_poncho.envs import ReadyEnvs
+    from parsl_poncho.pip_sources import PipSources
     from parsl_poncho.spec import Spec
     from parsl_poncho.store import EnvStore
 
@@ -113,7 +116,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     :param pkg_mapping: import name -> distribution overrides for the analysis.
     :param extra_pkgs: distributions added to every env. :param ignore: modules never shipped.
     :param pin_transitive: pin dependencies of included distributions to the host's versions.
-    :param pip_index_url, pip_extra_index_urls, pip_find_links: where pip installs from.
+    :param pip_sources: where the pip part installs from, a ``PipSources`` (default: this
+      host's pip and uv configuration; ``PipSources.hermetic()`` ignores it).
+    :param pip_index_url, pip_extra_index_urls, pip_find_links: indexes added to pip_sources.
     :param build_options: a ``BuildOptions`` for the builder (solver, workdir, ...).
     :param data: ``{"git": {VAR: {...}}, "http": {VAR: {...}}}`` in the PONCHO spec format,
       added to every env: each VAR points at that data inside the env on the workers.
@@ -170,6 +175,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         pip_index_url: str | None = None,
         pip_extra_index_urls: Sequence[str] = (),
         pip_find_links: Sequence[str] = (),
+        pip_sources: PipSources | None = None,
         build_options: BuildOptions | None = None,
         seed_channel: bool = True,
         data: Mapping[str, Any] | None = None,
@@ -224,13 +230,13 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.extra_pkgs = list(extra_pkgs)
         self.ignore = list(ignore)
         self.pin_transitive = pin_transitive
-        self.pip_index_url = pip_index_url
-        self.pip_extra_index_urls = list(pip_extra_index_urls)
-        self.pip_find_links = list(pip_find_links)
+        self.pip_index_url, self.pip_sources = pip_index_url, pip_sources
+        self.pip_extra_index_urls, self.pip_find_links = list(pip_extra_index_urls), list(
+            pip_find_links)
         self.build_options = build_options
         self.seed_channel = seed_channel
         self.data = dict(data or {})
-        self._data = DataSections(self.data)
+        self._data = SpecAdditions(self.data)  # pip sources are added at start()
         self.default_disk = default_disk
         self.verify = verify
         self.unpack_timeout = unpack_timeout
@@ -272,6 +278,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._poncho_run_local = Path(staged["poncho_run"].local)
         self._commands = WorkerCommands(staged, self.unpack_timeout, self.worker_cache_dir,
                                         self.init_command, self.server_idle_timeout)
+        self._data.sources = sources_for(self)
         self._store = self.store if self.store is not None else self._make_store()
         self._learner = Learner(self._make_analyzer, self._store.cache_dir,
                                 enabled=self.learn_missing)
@@ -376,15 +383,12 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         return EnvStore(cache, build_options=self._make_build_options(), builder=builder)
 
     def _make_build_options(self) -> BuildOptions:
-        """BuildOptions from the pip options, unless build_options was given."""
-        if self.build_options is not None:
-            return self.build_options
+        """BuildOptions with the pip sources' credentials, from build_options if given."""
         from parsl_poncho.build import BuildOptions
 
-        return BuildOptions(index_url=self.pip_index_url or None,
-                            extra_index_urls=tuple(self.pip_extra_index_urls),
-                            find_links=tuple(self.pip_find_links),
-                            channels=tuple(self.channels) if self.channels else None)
+        options = self.build_options or BuildOptions(
+            channels=tuple(self.channels) if self.channels else None)
+        return dataclasses.replace(options, pip_sources=self._data.sources)
 
     def _make_ready_envs(self) -> ReadyEnvs:
         """Builds through the store, then checks each new env before its tasks are sent."""
@@ -405,16 +409,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def _worker_command(self, port: int | None) -> str:
         """The command a provider block runs to start one worker of the manager on ``port``."""
-        parts = [self.worker_executable]
-        if self.project_password_file:
-            parts += ["--password", self.project_password_file]
-        if self.worker_options:
-            parts.append(self.worker_options)
-        if self.project_name:
-            parts += ["-M", self.project_name]
-        else:
-            parts += [self.address or socket.gethostname(), str(port)]
-        return " ".join(parts)
+        return worker_command(self.worker_executable, self.worker_options, port,
+                              address=self.address, project_name=self.project_name,
+                              password_file=self.project_password_file)
 
     # -- submission -------------------------------------------------------------------------
     def _analyse(self, func: Callable, args: tuple, kwargs: dict

@@ -89,10 +89,11 @@ class PipOptions:
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
+    trusted_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "extra_index_urls", tuple(self.extra_index_urls))
-        object.__setattr__(self, "find_links", tuple(self.find_links))
+        for name in ("extra_index_urls", "find_links", "trusted_hosts"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def is_default(self) -> bool:
         """True when no option is set (the pip part uses the installer's defaults)."""
@@ -259,13 +260,15 @@ class Spec:
                 pip_options["extra_index_urls"] = list(opts.extra_index_urls)
             if opts.find_links:
                 pip_options["find_links"] = list(opts.find_links)
+            if opts.trusted_hosts:
+                pip_options["trusted_hosts"] = list(opts.trusted_hosts)
             ext["pip_options"] = pip_options
         return ext
 
     def canonical_dict(self) -> dict[str, Any]:
         """The normalised content that identifies the environment (see module docstring)."""
         opts = self.pip_options
-        return {
+        canonical = {
             "channels": _unique(c.rstrip("/") for c in self.channels),
             "conda": sorted(set(_canonical_match_spec(s) for s in self.conda)),
             "pip": sorted(set(_canonical_requirement(s) for s in self.pip)),
@@ -286,6 +289,9 @@ class Spec:
             },
             "local": {c.name: c.sha256.lower() for c in self.local},
         }
+        if opts.trusted_hosts:  # only when set, so the hashes of existing specs stay as they were
+            canonical["pip_options"]["trusted_hosts"] = sorted(set(opts.trusted_hosts))
+        return canonical
 
     def canonical_json(self) -> str:
         """Sorted, normalised JSON: equal for specs that differ only in order or spelling.
@@ -391,6 +397,7 @@ def _pip_options_from(opts: Mapping[str, Any]) -> PipOptions:
         index_url=opts.get("index_url"),
         extra_index_urls=tuple(_unique(opts.get("extra_index_urls", ()))),
         find_links=tuple(_unique(opts.get("find_links", ()))),
+        trusted_hosts=tuple(_unique(opts.get("trusted_hosts", ()))),
     )
 
 

@@ -41,12 +41,12 @@ import shutil
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from parsl_poncho.build_logs import as_build_error, prune_failed_logs, with_build_log
 from parsl_poncho.errors import BuildError, PonchoError, StoreError
 from parsl_poncho.filelocks import flock, fsync_path, try_flock, write_json
 from parsl_poncho.paths import default_cache_dir
@@ -264,7 +264,8 @@ class EnvStore:
         except BaseException as exc:  # delivered to every waiter; the pool thread survives
             with self._mutex:
                 self._inflight.pop(env_hash, None)
-            shared.set_exception(_as_build_error(exc, env_hash))
+            shared.set_exception(with_build_log(as_build_error(exc, env_hash), self.cache_dir,
+                                                env_hash))
             return
         with self._mutex:
             self._inflight.pop(env_hash, None)
@@ -395,6 +396,7 @@ class EnvStore:
         Also removes staging directories left by dead builders. Returns the evicted hashes.
         """
         self.clean_staging()
+        prune_failed_logs(self.cache_dir)
         sizes = {p.name: _tree_size(p) for p in self._entry_dirs()}
         total = sum(sizes.values())
         evicted: list[str] = []
@@ -491,19 +493,6 @@ def _follow(shared: concurrent.futures.Future[Env]) -> concurrent.futures.Future
 
     shared.add_done_callback(copy)
     return mine
-
-
-def _as_build_error(exc: BaseException, env_hash: str) -> BaseException:
-    if isinstance(exc, PonchoError):
-        return exc
-    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
-    error = BuildError(
-        f"building environment {env_hash} failed: {type(exc).__name__}: {exc}",
-        step="store",
-        log_tail=tail,
-    )
-    error.__cause__ = exc
-    return error
 
 
 def _log_progress(env_hash: str) -> Progress:

@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -187,6 +188,23 @@ _RESULT_WORDS: Mapping[str, str] = {
     "DISK_ALLOC_FULL": "the task's sandbox ran out of disk (raise disk in its resource spec)",
     "RMONITOR_ERROR": "the resource monitor failed",
 }
+
+
+def worker_command(executable: str, options: str, port: int | None, *,
+                   address: str | None = None, project_name: str | None = None,
+                   password_file: str | None = None) -> str:
+    """The shell command that starts one worker of the manager on ``port`` (or, with
+    ``project_name``, of the manager of that name in the catalog)."""
+    parts = [executable]
+    if password_file:
+        parts += ["--password", password_file]
+    if options:
+        parts.append(options)
+    if project_name:
+        parts += ["-M", project_name]
+    else:
+        parts += [address or socket.gethostname(), str(port)]
+    return " ".join(parts)
 
 
 def explain_result(result: str, return_status: int, output: str = "") -> str:

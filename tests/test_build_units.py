@@ -268,8 +268,9 @@ def test_uv_command(tmp_path):
     cmd = pip.pip_command("uv", "/bin/uv", request, tmp_path / "c.txt")
     assert cmd[:4] == ["/bin/uv", "pip", "install", "--no-config"]
     assert cmd[cmd.index("--python") + 1] == str(tmp_path / "env" / "bin" / "python")
-    assert cmd[cmd.index("--index-url") + 1] == "https://pypi.example/simple"
-    assert cmd[cmd.index("--extra-index-url") + 1] == "https://extra/simple"
+    assert pip.index_env("uv", request) == {"UV_DEFAULT_INDEX": "https://pypi.example/simple",
+                                            "UV_INDEX": "https://extra/simple"}
+    assert cmd[cmd.index("--index-strategy") + 1] == "unsafe-best-match"  # pip's merge
     assert cmd[cmd.index("--find-links") + 1] == "/wheels"
     assert cmd[cmd.index("--constraint") + 1] == str(tmp_path / "c.txt")
     assert cmd[cmd.index("--cache-dir") + 1] == str(tmp_path / "cache" / "uv")
@@ -280,12 +281,17 @@ def test_uv_command(tmp_path):
     assert "--no-compile" in pip.pip_command("pip", None, request, None)
 
 
-def test_pip_command_is_isolated_and_keeps_tls(tmp_path):
-    request = pip.PipRequest(prefix=tmp_path / "env", requirements=["six"])
+def test_pip_command_is_hermetic_and_keeps_tls(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "https://host.example/simple")
+    request = pip.PipRequest(prefix=tmp_path / "env", requirements=["six"],
+                             index_url="https://u:s3cret@idx.example/simple")
     cmd = pip.pip_command("pip", None, request, None)
     assert cmd[:4] == [str(tmp_path / "env" / "bin" / "python"), "-m", "pip", "install"]
-    assert "--isolated" in cmd
     assert cmd[-2:] == ["--", "six"]
+    assert not any("s3cret" in part for part in cmd)  # indexes go by environment, not argv
+    env = _util.hermetic_env(pip.index_env("pip", request))
+    assert env["PIP_CONFIG_FILE"] == os.devnull  # no config file is read
+    assert env["PIP_INDEX_URL"] == "https://u:s3cret@idx.example/simple"  # not the host's
     if _util.ca_bundle():
         assert cmd[cmd.index("--cert") + 1] == _util.ca_bundle()
 

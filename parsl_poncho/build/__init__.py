@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from parsl_poncho.build.channel import current_subdir, seed_channel
 from parsl_poncho.build.code import add_local_code
@@ -32,6 +32,10 @@ from parsl_poncho.build.progress import Progress, ProgressCallback
 from parsl_poncho.build.scratch import scratch_dir
 from parsl_poncho.errors import BuildError
 from parsl_poncho.paths import default_cache_dir
+from parsl_poncho.pip_sources import strip_credentials, with_credentials
+
+if TYPE_CHECKING:
+    from parsl_poncho.pip_sources import ResolvedSources
 
 __all__ = [
     "BuildOptions",
@@ -69,6 +73,9 @@ class BuildOptions:
         import without compiling; off saves build time (numpy: ~1.2 s).
     :param timeout: seconds allowed to each subprocess (solver executable, pip, git, download).
     :param keep_workdir: keep the scratch dir after the build (debugging).
+    :param pip_sources: the resolved pip sources the spec's pip options came from: their
+        credentials (which specs never hold) and whether the build is hermetic. Not part of
+        the options' equality or repr.
     """
 
     solver: Solver = "rattler"
@@ -87,6 +94,7 @@ class BuildOptions:
     compile_bytecode: bool = True
     timeout: float | None = 1800.0
     keep_workdir: bool = False
+    pip_sources: ResolvedSources | None = field(default=None, compare=False, repr=False)
 
 
 def conda_specs_for(spec: Any, needs_pip: bool) -> list[str]:
@@ -225,12 +233,22 @@ def _conda_phase(backend: Any, request: CondaRequest, report: Progress) -> None:
 
 def _pip_request(spec: Any, options: BuildOptions, prefix: Path, cache_dir: Path) -> PipRequest:
     pip_options = spec.pip_options
+    credentials = dict(options.pip_sources.credentials) if options.pip_sources else {}
+    index = options.index_url or pip_options.index_url
+    for url in (index or "", *options.extra_index_urls, *options.find_links):
+        if strip_credentials(url) != url:  # given in options: scrub its secret from output too
+            credentials[strip_credentials(url)] = url
     return PipRequest(
         prefix=prefix,
         requirements=[str(r) for r in spec.pip],
-        index_url=options.index_url or pip_options.index_url,
-        extra_index_urls=[*pip_options.extra_index_urls, *options.extra_index_urls],
-        find_links=[*pip_options.find_links, *options.find_links],
+        index_url=with_credentials(index, credentials) if index else None,
+        extra_index_urls=[with_credentials(u, credentials) for u in
+                          (*pip_options.extra_index_urls, *options.extra_index_urls)],
+        find_links=[with_credentials(u, credentials) for u in
+                    (*pip_options.find_links, *options.find_links)],
+        trusted_hosts=list(pip_options.trusted_hosts),
+        credentials=credentials,
+        hermetic=bool(options.pip_sources and options.pip_sources.hermetic),
         cache_dir=cache_dir,
         timeout=options.timeout,
         compile_bytecode=options.compile_bytecode,

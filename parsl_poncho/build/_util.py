@@ -92,6 +92,7 @@ def run_step(
             step=step,
             package=package,
             log_tail=tail(out or ""),
+            log=out or "",
         ) from exc
     if proc.returncode != 0:
         raise BuildError(
@@ -99,6 +100,7 @@ def run_step(
             step=step,
             package=package,
             log_tail=tail(proc.stdout),
+            log=proc.stdout,
         )
     return proc.stdout
 

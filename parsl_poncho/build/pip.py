@@ -1,7 +1,10 @@
 """The pip part of a build: install PEP 508 requirements into the env with uv (else pip).
 
 Hermetic: the host's pip/uv configuration (config files, PIP_*/UV_* variables, user site) is
-ignored, but the system CA bundle is kept so TLS works behind an intercepting proxy. Packages
+ignored, but the system CA bundle is kept so TLS works behind an intercepting proxy. Where to
+install from comes only from the request, which carries the user's configuration when they
+want it (see parsl_poncho.pip_sources). Index URLs reach pip/uv through environment variables,
+never the command line, so a credential in one is not visible in the process list. Packages
 that conda installed are pinned with a constraints file so pip never replaces conda-managed files
 (conda-pack refuses to pack an env where that happened). uv hard-links files from its cache (the
 build dir is only read, then deleted, so nothing edits them in place).
@@ -15,10 +18,12 @@ import sys
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from parsl_poncho.build._util import ca_bundle, hermetic_env, run_step, site_packages
+from parsl_poncho.build.diagnose import cause_of, free_space, local_label_hint, local_labels
 from parsl_poncho.errors import BuildError
+from parsl_poncho.pip_sources import scrub, strip_credentials
 
 Installer = Literal["auto", "uv", "pip"]
 
@@ -38,9 +43,14 @@ class PipRequest:
     index_url: str | None = None
     extra_index_urls: list[str] = field(default_factory=list)
     find_links: list[str] = field(default_factory=list)
+    trusted_hosts: list[str] = field(default_factory=list)
     cache_dir: Path | None = None
     timeout: float | None = None
     compile_bytecode: bool = True
+    #: URL without credentials -> as configured; scrubbed from any output we keep
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: the host's pip/uv configuration was ignored (error messages say so)
+    hermetic: bool = False
 
 
 def find_uv() -> str | None:
@@ -110,7 +120,7 @@ def pip_command(
         if request.cache_dir is not None:
             cmd += ["--cache-dir", str(request.cache_dir / "uv")]
     else:
-        cmd = [python, "-m", "pip", "install", "--isolated", "--no-input",
+        cmd = [python, "-m", "pip", "install", "--no-input",
                "--disable-pip-version-check", "--no-warn-script-location"]
         if not request.compile_bytecode:
             cmd.append("--no-compile")
@@ -119,17 +129,31 @@ def pip_command(
         bundle = ca_bundle()
         if bundle:
             cmd += ["--cert", bundle]
-    if request.index_url:
-        cmd += ["--index-url", request.index_url]
-    for url in request.extra_index_urls:
-        cmd += ["--extra-index-url", url]
     for link in request.find_links:
         cmd += ["--find-links", link]
+    for host in request.trusted_hosts:
+        cmd += ["--allow-insecure-host" if installer == "uv" else "--trusted-host", host]
+    if installer == "uv" and request.extra_index_urls:
+        # pip merges the versions of every index; uv by default takes a package from the first
+        # index that has it. Builds follow the user's pip configuration, so they merge as pip.
+        cmd += ["--index-strategy", "unsafe-best-match"]
     if constraints is not None:
         cmd += ["--constraint", str(constraints)]
     return cmd + ["--", *request.requirements] if installer == "pip" else cmd + list(
         request.requirements
     )
+
+
+def index_env(installer: str, request: PipRequest) -> dict[str, str]:
+    """The variables that give pip/uv the request's indexes (credentials stay off argv)."""
+    env: dict[str, str] = {}
+    primary, extra = ("UV_DEFAULT_INDEX", "UV_INDEX") if installer == "uv" else (
+        "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
+    if request.index_url:
+        env[primary] = request.index_url
+    if request.extra_index_urls:
+        env[extra] = " ".join(request.extra_index_urls)
+    return env
 
 
 def install_pip(
@@ -161,8 +185,8 @@ def install_pip(
         constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(managed.items())))
     cmd = pip_command(tool, uv, request, constraints)
     try:
-        run_step(cmd, step="pip", env=hermetic_env(), timeout=request.timeout,
-                 what=f"{tool} install")
+        run_step(cmd, step="pip", env=hermetic_env(index_env(tool, request)),
+                 timeout=request.timeout, what=f"{tool} install")
     except BuildError as exc:
         raise pip_error(exc, tool, request, managed) from exc
     return tool
@@ -171,32 +195,54 @@ def install_pip(
 def pip_error(
     exc: BuildError, tool: str, request: PipRequest, managed: dict[str, str]
 ) -> BuildError:
-    """A BuildError naming the requirement pip/uv could not install, when it can be found."""
-    log = exc.log_tail
-    package = None
+    """A BuildError that names the cause pip/uv reported and the requirement it concerns."""
+    log = scrub(exc.log, request.credentials) if exc.log else ""
+    tail_text = scrub(exc.log_tail, request.credentials)
+    package = _failed_package(tail_text, request)
+    cause = cause_of(tail_text)
+    what = f" {package!r}" if package else ""
+    if cause == "disk_full":
+        hint = (f"the disk is full ({free_space([request.prefix, request.cache_dir or '/'])}): "
+                "free space there, or set cache_dir / $PARSL_PONCHO_CACHE to a larger disk")
+        message = f"pip: {tool} ran out of disk space while installing{what}: {hint}"
+    elif cause == "network":
+        message = (f"pip: {tool} could not reach the package index ({_sources(request)}) while "
+                   f"installing{what}: check the network, the proxy (HTTPS_PROXY) and the URL")
+    elif cause == "permission":
+        message = (f"pip: {tool} was refused access while installing{what} (permission denied "
+                   "or HTTP 401/403): check the index's credentials (in the URL or ~/.netrc) "
+                   f"and that {request.cache_dir or request.prefix} is writable")
+    else:
+        message = f"pip: {tool} could not install{what}: " + _not_found_hint(
+            package, request, managed)
+    return BuildError(f"{message}; see the log tail", step="pip", package=package,
+                      log_tail=tail_text, log=log)
+
+
+def _failed_package(log: str, request: PipRequest) -> str | None:
     for pattern in (_PIP_NOT_FOUND, _UV_NOT_FOUND, _UV_NO_VERSION, _UV_NOT_FOUND_ANY):
         match = pattern.search(log)
         if match:
-            package = match.group(1).rstrip(".,")
-            break
-    if package is None:
-        names = [_requirement_name(r) for r in request.requirements]
-        package = next((n for n in names if n and n in log), None)
-    hint = "Check the name and version on the index"
+            return match.group(1).rstrip(".,")
+    names = [_requirement_name(r) for r in request.requirements]
+    return next((n for n in names if n and n in log), None)
+
+
+def _not_found_hint(package: str | None, request: PipRequest, managed: dict[str, str]) -> str:
     if package and normalize(package) in managed:
-        hint = (f"{package} is installed by conda ({managed[normalize(package)]}): pin that "
+        return (f"{package} is installed by conda ({managed[normalize(package)]}): pin that "
                 "version or move it to the conda part; pip never replaces conda-managed files")
-    elif request.index_url or request.find_links:
-        hint += " (index/find-links in use: " + ", ".join(
-            [u for u in [request.index_url, *request.find_links] if u]
-        ) + ")"
-    what = f" {package!r}" if package else ""
-    return BuildError(
-        f"pip: {tool} could not install{what}: {hint}; see the log tail",
-        step="pip",
-        package=package,
-        log_tail=log,
-    )
+    for requirement, label in local_labels(request.requirements).items():
+        if package is None or _requirement_name(requirement) == normalize(package):
+            return local_label_hint(requirement, label, hermetic=request.hermetic) + (
+                f" (looked in: {_sources(request)})")
+    return f"check the name and version, or the index (looked in: {_sources(request)})"
+
+
+def _sources(request: PipRequest) -> str:
+    """The indexes and find-links of a request, without credentials."""
+    urls = [request.index_url or "PyPI", *request.extra_index_urls, *request.find_links]
+    return ", ".join(strip_credentials(u) for u in urls)
 
 
 def _requirement_name(requirement: str) -> str | None:

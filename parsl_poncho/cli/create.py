@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="conda backend (default: rattler, or the --conda-executable kind)")
     parser.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto",
                         help="pip part installer (default: uv when installed, else pip)")
+    parser.add_argument("--hermetic", action="store_true",
+                        help="ignore this host's pip and uv configuration (by default the pip "
+                        "part also looks where `pip install` looks here: index URLs, "
+                        "find-links, trusted hosts)")
     parser.add_argument("--index-url", help="pip index URL (overrides the spec's)")
     parser.add_argument("--extra-index-url", action="append", default=[], metavar="URL")
     parser.add_argument("--find-links", action="append", default=[], metavar="DIR_OR_URL")
@@ -119,9 +123,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      ignore_editable_packages=args.ignore_editable_packages)
     else:
         from parsl_poncho.build import build_env
+        from parsl_poncho.pip_sources import PipSources
 
-        spec = _load_spec(args.spec)
-        manifest = build_env(spec, output, options=_options(args), progress=progress)
+        sources = PipSources(host_config=not args.hermetic).resolve()
+        spec = sources.apply_to(_load_spec(args.spec))
+        manifest = build_env(spec, output, options=_options(args, sources), progress=progress)
     write_manifest(manifest, args.manifest or manifest_path_for(output))
     return manifest.to_dict()
 
@@ -130,7 +136,7 @@ def _stderr_progress(line: str) -> None:
     print(f"poncho_package_create: {line}", file=sys.stderr, flush=True)
 
 
-def _options(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace, sources: Any = None) -> Any:
     from parsl_poncho.build import BuildOptions, seed_channel
 
     solver = args.solver
@@ -156,6 +162,7 @@ def _options(args: argparse.Namespace) -> Any:
         find_links=tuple(args.find_links),
         cache_dir=args.cache_dir,
         compress_level=args.compress_level,
+        pip_sources=sources,
     )
 
 
