@@ -15,6 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
+from parsl_poncho.build.diagnose import DISK_FULL, cause_of, free_space
 from parsl_poncho.errors import BuildError, PonchoError
 
 #: Failed-build logs kept; older ones are removed when a new one is written.
@@ -44,6 +45,11 @@ def with_build_log(exc: BaseException, cache_dir: Path, env_hash: str) -> BaseEx
         with contextlib.suppress(OSError):
             path = _write_log(failed_dir(cache_dir), env_hash, exc, text)
     message = str(exc)
+    if cause_of(f"{message}\n{exc.log_tail}") == "disk_full" and DISK_FULL not in message:
+        message = (f"{exc.step or 'build'}: {DISK_FULL} while building env {env_hash[:12]} "
+                   f"({free_space([cache_dir])} once its files were removed): free space "
+                   "there, or set cache_dir / $PARSL_PONCHO_CACHE to a larger disk. The tool "
+                   f"said: {message}")
     shown = exc.log_tail.rstrip().splitlines()[-SHOWN_LINES:]
     if shown:
         step = exc.step or "build"

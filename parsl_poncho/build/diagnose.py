@@ -14,6 +14,9 @@ from typing import Literal, Sequence
 
 Cause = Literal["disk_full", "network", "permission", "not_found"]
 
+#: The words every out-of-space build error uses.
+DISK_FULL = "ran out of disk space"
+
 # What pip, uv, rattler, tar and Python print for each cause (checked in this order: a full
 # disk often ends in a confusing "not found" later in the log).
 _PATTERNS: tuple[tuple[Cause, re.Pattern[str]], ...] = (

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from parsl_poncho.build._util import ca_bundle, hermetic_env, run_step, site_packages
-from parsl_poncho.build.diagnose import cause_of, free_space, local_label_hint, local_labels
+from parsl_poncho.build.diagnose import (
+    DISK_FULL,
+    cause_of,
+    free_space,
+    local_label_hint,
+    local_labels,
+)
 from parsl_poncho.errors import BuildError
 from parsl_poncho.pip_sources import scrub, strip_credentials
 
@@ -204,7 +210,7 @@ def pip_error(
     if cause == "disk_full":
         hint = (f"the disk is full ({free_space([request.prefix, request.cache_dir or '/'])}): "
                 "free space there, or set cache_dir / $PARSL_PONCHO_CACHE to a larger disk")
-        message = f"pip: {tool} ran out of disk space while installing{what}: {hint}"
+        message = f"pip: {tool} {DISK_FULL} while installing{what}: {hint}"
     elif cause == "network":
         message = (f"pip: {tool} could not reach the package index ({_sources(request)}) while "
                    f"installing{what}: check the network, the proxy (HTTPS_PROXY) and the URL")
