@@ -98,3 +98,26 @@ def test_usage_error_exit_code(capsys):
                                             ("e.bin", "e.bin.json")])
 def test_manifest_path_for(tmp_path, name, expected):
     assert manifest_path_for(tmp_path / name) == tmp_path / expected
+
+
+@pytest.mark.slow
+def test_create_follows_pip_config_unless_hermetic(tmp_path, seeded_channel, build_cache_dir,
+                                                   capsys, monkeypatch):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))  # read by `pip config list`
+    spec = _spec_file(tmp_path, [f"python={PYVER}", "pip", {"pip": ["six==1.17.0"]}])
+    common = ["--channel", str(seeded_channel), "--override-channels",
+              "--cache-dir", str(build_cache_dir), "-q"]
+    out = tmp_path / "env.tar.gz"
+    assert main([str(spec), str(out), *common]) == 0, capsys.readouterr().err
+    options = json.loads(manifest_path_for(out).read_text())["spec"]
+    assert str(wheels) in json.dumps(options)  # the configuration is in the spec (and hash)
+
+    labelled = _spec_file(tmp_path, [f"python={PYVER}", "pip", {"pip": ["six==1.17.0+cpu"]}])
+    rc = main([str(labelled), str(tmp_path / "x.tar.gz"), *common, "--hermetic"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "local version label +cpu" in err and "--extra-index-url URL" in err
+    assert "this build is: PipSources.hermetic() or --hermetic" in err
+    assert str(wheels) not in err  # hermetic: the configuration was not looked at
