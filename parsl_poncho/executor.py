@@ -46,7 +46,7 @@ from parsl_poncho.exec_modes import (
 from parsl_poncho.learning import Learner, importable_here, misses_of
 from parsl_poncho.manager import ManagerProcess
 from parsl_poncho.monitor import Monitor, disk_for, thread_env
-from parsl_poncho.pip_sources import sources_for
+from parsl_poncho.pip_sources import PipSources, redacted, strip_credentials
 from parsl_poncho.sizing import Sizer
 from parsl_poncho.tasks import (
     app_name,
@@ -70,7 +70,6 @@ if TYPE_CHECKING:
     from parsl_poncho.analyze import Analyzer
     from parsl_poncho.build import BuildOptions
     from parsl_poncho.envs import ReadyEnvs
-    from parsl_poncho.pip_sources import PipSources
     from parsl_poncho.spec import Spec
     from parsl_poncho.store import EnvStore
 
@@ -230,9 +229,12 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.extra_pkgs = list(extra_pkgs)
         self.ignore = list(ignore)
         self.pin_transitive = pin_transitive
-        self.pip_index_url, self.pip_sources = pip_index_url, pip_sources
-        self.pip_extra_index_urls, self.pip_find_links = list(pip_extra_index_urls), list(
-            pip_find_links)
+        self.pip_sources = (pip_sources or PipSources()).adding(
+            pip_index_url, pip_extra_index_urls, pip_find_links)
+        # kept for the config's repr, without passwords (pip_sources has them)
+        self.pip_index_url = strip_credentials(pip_index_url) if pip_index_url else None
+        self.pip_extra_index_urls = redacted(pip_extra_index_urls)
+        self.pip_find_links = redacted(pip_find_links)
         self.build_options = build_options
         self.seed_channel = seed_channel
         self.data = dict(data or {})
@@ -278,8 +280,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._poncho_run_local = Path(staged["poncho_run"].local)
         self._commands = WorkerCommands(staged, self.unpack_timeout, self.worker_cache_dir,
                                         self.init_command, self.server_idle_timeout)
-        self._data.sources = sources_for(self)
+        self._data.sources = self.pip_sources.resolve()
         self._store = self.store if self.store is not None else self._make_store()
+        self._store.build_options = self._make_build_options(self._store.build_options)
         self._learner = Learner(self._make_analyzer, self._store.cache_dir,
                                 enabled=self.learn_missing)
         self._envs = self._make_ready_envs()
@@ -380,14 +383,13 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
         cache = Path(self.cache_dir).expanduser() if self.cache_dir else None
         builder = SeededBuilder() if self.seed_channel else None
-        return EnvStore(cache, build_options=self._make_build_options(), builder=builder)
+        return EnvStore(cache, build_options=self.build_options, builder=builder)
 
-    def _make_build_options(self) -> BuildOptions:
-        """BuildOptions with the pip sources' credentials, from build_options if given."""
+    def _make_build_options(self, options: BuildOptions | None) -> BuildOptions:
+        """``options`` (default: from ``channels``) with the pip sources' credentials."""
         from parsl_poncho.build import BuildOptions
 
-        options = self.build_options or BuildOptions(
-            channels=tuple(self.channels) if self.channels else None)
+        options = options or BuildOptions(channels=tuple(self.channels) if self.channels else None)
         return dataclasses.replace(options, pip_sources=self._data.sources)
 
     def _make_ready_envs(self) -> ReadyEnvs:

@@ -20,13 +20,14 @@ only the spec's own options and the ones given explicitly count.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ _PIP_KEYS = {"index-url": False, "extra-index-url": True, "find-links": True,
              "trusted-host": True}
 #: Sections of ``pip config list`` by increasing precedence for ``pip install``.
 _SECTIONS = ("global", "install", ":env:")
-_LINE = re.compile(r"^(?P<section>[^.\s]+|:env:)\.(?P<key>[a-z-]+)='(?P<value>.*)'$")
+# pip prints each value with %r: quoted, a multi-line pip.conf value with \n escapes
+_LINE = re.compile(r"^(?P<section>[^.\s]+|:env:)\.(?P<key>[a-z-]+)=(?P<value>.*)$")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,25 @@ class PipSources:
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
 
+    def __repr__(self) -> str:  # configs get printed and logged: never show a password
+        shown = [f"host_config={self.host_config!r}"]
+        if self.index_url:
+            shown.append(f"index_url={strip_credentials(self.index_url)!r}")
+        for name in ("extra_index_urls", "find_links"):
+            if getattr(self, name):
+                urls = tuple(strip_credentials(u) for u in getattr(self, name))
+                shown.append(f"{name}={urls!r}")
+        if self.trusted_hosts:
+            shown.append(f"trusted_hosts={self.trusted_hosts!r}")
+        return f"PipSources({', '.join(shown)})"
+
+    def adding(self, index_url: str | None = None, extra_index_urls: Sequence[str] = (),
+               find_links: Sequence[str] = ()) -> PipSources:
+        """These sources with more indexes (an index URL here wins over ``index_url``)."""
+        return replace(self, index_url=self.index_url or index_url,
+                       extra_index_urls=(*self.extra_index_urls, *extra_index_urls),
+                       find_links=(*self.find_links, *find_links))
+
     @classmethod
     def hermetic(cls, **explicit: object) -> PipSources:
         """Sources that ignore the host's pip and uv configuration."""
@@ -85,6 +106,9 @@ class PipSources:
                                 self.trusted_hosts)]
         if self.host_config and host is not None:
             merged.append(host)
+        # local find-links as the user means them: the build runs elsewhere
+        merged = [replace(c, find_links=tuple(_absolute_link(u) for u in c.find_links))
+                  for c in merged]
         return ResolvedSources.from_configs(merged, hermetic=not self.host_config)
 
 
@@ -103,7 +127,9 @@ class ResolvedSources:
     """Index options without credentials (for specs), and the credentials kept aside.
 
     :param credentials: URL without credentials -> the URL as configured. Never persisted,
-        never logged (excluded from repr).
+        never logged (excluded from repr). Shared by everything that holds these sources (the
+        executor's spec additions and its builds); :meth:`apply_to` adds the credentials of
+        specs' own URLs to it.
     :param hermetic: the host configuration was ignored (error messages say so).
     """
 
@@ -111,7 +137,7 @@ class ResolvedSources:
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
     trusted_hosts: tuple[str, ...] = ()
-    credentials: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    credentials: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     hermetic: bool = False
 
     @classmethod
@@ -134,7 +160,7 @@ class ResolvedSources:
         return cls(
             index_url=clean([index])[0] if index else None,
             extra_index_urls=clean(u for c in configs for u in c.extra_index_urls),
-            find_links=clean(_absolute_link(u) for c in configs for u in c.find_links),
+            find_links=clean(u for c in configs for u in c.find_links),
             trusted_hosts=tuple(dict.fromkeys(h for c in configs for h in c.trusted_hosts)),
             credentials=credentials,
             hermetic=hermetic,
@@ -155,7 +181,7 @@ class ResolvedSources:
         theirs = HostPipConfig(self.index_url, self.extra_index_urls, self.find_links,
                                self.trusted_hosts)
         merged = ResolvedSources.from_configs([mine, theirs])
-        self.credentials.update(merged.credentials)  # type: ignore[attr-defined]
+        self.credentials.update(merged.credentials)
         return replace(spec, pip_options=merged.pip_options())
 
     def pip_options(self) -> PipOptions:
@@ -217,14 +243,19 @@ def parse_pip_config_list(output: str) -> HostPipConfig:
     for line in output.splitlines():
         match = _LINE.match(line.strip())
         if match and match["key"] in _PIP_KEYS and match["section"] in _SECTIONS:
-            found.setdefault(match["key"], {})[match["section"]] = match["value"]
+            try:
+                value = ast.literal_eval(match["value"])
+            except (ValueError, SyntaxError):
+                continue
+            found.setdefault(match["key"], {})[match["section"]] = str(value)
     values = {key: next((by[s] for s in reversed(_SECTIONS) if s in by), None)
               for key, by in found.items()}
 
     def words(key: str) -> tuple[str, ...]:
-        return tuple((values.get(key) or "").split())
+        return tuple((values.get(key) or "").split())  # as pip splits list options
 
-    return HostPipConfig(index_url=values.get("index-url") or None,
+    index = (values.get("index-url") or "").strip()
+    return HostPipConfig(index_url=index or None,
                          extra_index_urls=words("extra-index-url"),
                          find_links=words("find-links"), trusted_hosts=words("trusted-host"))
 
@@ -237,8 +268,9 @@ def _pip_config(python: str, environ: Mapping[str, str]) -> HostPipConfig:
         logger.info("could not read pip's configuration (%s): builds use none of it", exc)
         return HostPipConfig()
     if proc.returncode != 0:
-        logger.info("`pip config list` failed (%s): builds use none of pip's configuration",
-                    proc.stderr.strip()[-300:])
+        logger.warning("`%s -m pip config list` failed (%s): builds use none of pip's "
+                       "configuration; install pip there, or give PipSources(...) explicitly",
+                       python, proc.stderr.strip()[-300:])
         return HostPipConfig()
     return parse_pip_config_list(proc.stdout)
 
@@ -264,16 +296,11 @@ _NAMED_INDEX = re.compile(r"^[A-Za-z0-9_.-]+=[a-z][a-z0-9+.-]*://")
 
 def _absolute_link(link: str) -> str:
     """A local find-links path made absolute (the build does not run in the user's cwd)."""
-    if "://" in link:
+    if urlsplit(link).scheme:  # https://..., file:/..., file:///...
         return link
     return os.path.abspath(os.path.expanduser(link))
 
 
-def sources_for(executor: Any) -> ResolvedSources:
-    """The resolved sources of a PonchoExecutor: its ``pip_sources`` (default: the host's
-    configuration) plus its older flat ``pip_index_url`` / ``pip_extra_index_urls`` /
-    ``pip_find_links`` options."""
-    base = executor.pip_sources or PipSources()
-    return replace(base, index_url=base.index_url or executor.pip_index_url,
-                   extra_index_urls=(*base.extra_index_urls, *executor.pip_extra_index_urls),
-                   find_links=(*base.find_links, *executor.pip_find_links)).resolve()
+def redacted(urls: Sequence[str]) -> list[str]:
+    """``urls`` without credentials (for attributes that get printed)."""
+    return [strip_credentials(u) for u in urls]

@@ -269,9 +269,9 @@ def test_uv_command(tmp_path):
     assert cmd[:4] == ["/bin/uv", "pip", "install", "--no-config"]
     assert cmd[cmd.index("--python") + 1] == str(tmp_path / "env" / "bin" / "python")
     assert pip.index_env("uv", request) == {"UV_DEFAULT_INDEX": "https://pypi.example/simple",
-                                            "UV_INDEX": "https://extra/simple"}
+                                            "UV_INDEX": "https://extra/simple",
+                                            "UV_FIND_LINKS": "/wheels"}
     assert cmd[cmd.index("--index-strategy") + 1] == "unsafe-best-match"  # pip's merge
-    assert cmd[cmd.index("--find-links") + 1] == "/wheels"
     assert cmd[cmd.index("--constraint") + 1] == str(tmp_path / "c.txt")
     assert cmd[cmd.index("--cache-dir") + 1] == str(tmp_path / "cache" / "uv")
     assert cmd[-2:] == ["six==1.17.0", "idna"]

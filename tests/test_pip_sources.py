@@ -52,6 +52,19 @@ def test_pip_config_list_sections_follow_pips_precedence() -> None:
     )
 
 
+def test_real_pip_config_file_with_multi_line_values_and_quotes(tmp_path: Path) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://u:p'q@idx.example/simple\n"
+                    "extra-index-url =\n    https://a.example/simple\n"
+                    "    https://b.example/simple\n"
+                    "find-links = file:/opt/w\n")
+    environ = hermetic_environ(tmp_path, PIP_CONFIG_FILE=str(conf))
+    config = read_host_config(sys.executable, environ)
+    assert config.index_url == "https://u:p'q@idx.example/simple"
+    assert config.extra_index_urls == ("https://a.example/simple", "https://b.example/simple")
+    assert PipSources().resolve(config).find_links == ("file:/opt/w",)  # a URL, kept as is
+
+
 def test_host_config_is_read_with_pip_and_uvs_variables(tmp_path: Path) -> None:
     environ = hermetic_environ(
         tmp_path, PIP_FIND_LINKS=str(tmp_path / "wheels"),
@@ -99,6 +112,33 @@ def test_explicit_sources_come_before_the_hosts() -> None:
     assert resolved.find_links == (os.path.abspath("wheels"), "/opt/wheels")
 
 
+def test_reprs_never_show_a_password() -> None:
+    from parsl_poncho import PonchoExecutor
+
+    sources = PipSources(extra_index_urls=("https://u:PSsecret@h2/simple",))
+    executor = PonchoExecutor(pip_index_url="https://u:IDXsecret@h/simple", pip_sources=sources,
+                              pip_find_links=["https://t:FLsecret@h3/links/"])
+    for text in (repr(sources), repr(executor)):
+        assert "secret" not in text and "h2/simple" in text, text
+    assert executor.pip_sources.index_url == "https://u:IDXsecret@h/simple"  # kept for builds
+
+
+def test_indexes_and_find_links_stay_off_the_command_line(tmp_path: Path) -> None:
+    from parsl_poncho.build import pip
+
+    request = pip.PipRequest(prefix=tmp_path, requirements=["six"],
+                             index_url="https://u:IDXsecret@h/simple",
+                             extra_index_urls=["https://u:EXsecret@h2/simple"],
+                             find_links=["https://t:FLsecret@h3/links/", "/opt/wheels"])
+    for tool in ("pip", "uv"):
+        cmd = pip.pip_command(tool, "/bin/uv", request, None)
+        assert not [part for part in cmd if "secret" in part], cmd
+    assert pip.index_env("uv", request)["UV_FIND_LINKS"] == (
+        "https://t:FLsecret@h3/links/,/opt/wheels")  # uv splits on commas, pip on spaces
+    assert pip.index_env("pip", request)["PIP_FIND_LINKS"] == (
+        "https://t:FLsecret@h3/links/ /opt/wheels")
+
+
 def test_strip_and_scrub_credentials() -> None:
     assert strip_credentials("https://u:p@h.example:8443/simple") == "https://h.example:8443/simple"
     assert strip_credentials("https://token@h.example/simple") == "https://h.example/simple"
@@ -119,6 +159,12 @@ def test_strip_and_scrub_credentials() -> None:
      "refused", "network"),
     ("ERROR: No matching distribution found for torch==2.13.0+cpu", "not_found"),
     ("Downloading numpy (401 kB)", None),
+    ("WARNING: Retrying (Retry(total=4)) after ReadTimeoutError: Read timed out.\n"
+     "ERROR: No matching distribution found for torch==2.13.0+cpu", "not_found"),
+    ("WARNING: HTTP error 403 while getting https://h/whl/cpu/nosuchpkg/\n"
+     "ERROR: No matching distribution found for nosuchpkg", "not_found"),
+    ("[Errno 130] interrupted; (os error 1228)", None),
+    ("error: No space left on device (os error 28)\nno version of numpy found", "disk_full"),
 ])
 def test_cause_of_a_tools_output(log: str, cause: str | None) -> None:
     assert cause_of(log) == cause
@@ -150,7 +196,7 @@ def test_build_error_gets_its_tail_and_a_kept_log(tmp_path: Path) -> None:
 def test_failed_logs_are_pruned(tmp_path: Path) -> None:
     for i in range(KEEP + 3):
         exc = BuildError("boom", step="pip", log_tail="x", log="x")
-        with_build_log(exc, tmp_path, f"{i:064x}")
-    assert len(list((tmp_path / "failed").glob("*.log"))) <= KEEP
+        with_build_log(exc, tmp_path, f"{i:016x}" + "0" * 48)
+    assert len(list((tmp_path / "failed").glob("*.log"))) == KEEP
     assert prune_failed_logs(tmp_path, keep=0)
     assert list((tmp_path / "failed").glob("*.log")) == []

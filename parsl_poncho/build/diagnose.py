@@ -17,12 +17,13 @@ Cause = Literal["disk_full", "network", "permission", "not_found"]
 #: The words every out-of-space build error uses.
 DISK_FULL = "ran out of disk space"
 
-# What pip, uv, rattler, tar and Python print for each cause (checked in this order: a full
-# disk often ends in a confusing "not found" later in the log).
+# What pip, uv, rattler, tar and Python print for each cause. A full disk wins wherever it
+# shows (what follows it is a consequence); otherwise the cause named last wins: pip and uv
+# warn about retries and timeouts on the way, then end with the error that stopped them.
 _PATTERNS: tuple[tuple[Cause, re.Pattern[str]], ...] = (
-    ("disk_full", re.compile(r"No space left on device|os error 28|Errno 28|Disk quota exceeded"
-                             r"|os error 122|Errno 122", re.I)),
-    ("permission", re.compile(r"Permission denied|os error 13|Errno 13|401 Unauthorized"
+    ("disk_full", re.compile(r"No space left on device|os error 28\b|Errno 28\b"
+                             r"|Disk quota exceeded|os error 122\b|Errno 122\b", re.I)),
+    ("permission", re.compile(r"Permission denied|os error 13\b|Errno 13\b|401 Unauthorized"
                               r"|403 Forbidden|(?:HTTP error|status code:?|Client Error:?) 40[13]",
                               re.I)),
     ("network", re.compile(
@@ -42,11 +43,15 @@ _PYTORCH_LABEL = re.compile(r"^(cpu|cu\d+|rocm[\d.]+|xpu)$")
 
 
 def cause_of(log: str) -> Cause | None:
-    """The first cause whose message appears in ``log``, or None."""
+    """Why a tool failed, from its output ``log``: disk full if it says so anywhere, else the
+    cause whose message comes last; None if it names none."""
+    last: dict[Cause, int] = {}
     for cause, pattern in _PATTERNS:
-        if pattern.search(log):
-            return cause
-    return None
+        for match in pattern.finditer(log):
+            last[cause] = match.start()
+    if "disk_full" in last:
+        return "disk_full"
+    return max(last, key=last.__getitem__) if last else None
 
 
 def free_space(paths: Sequence[Path | str]) -> str:

@@ -135,8 +135,6 @@ def pip_command(
         bundle = ca_bundle()
         if bundle:
             cmd += ["--cert", bundle]
-    for link in request.find_links:
-        cmd += ["--find-links", link]
     for host in request.trusted_hosts:
         cmd += ["--allow-insecure-host" if installer == "uv" else "--trusted-host", host]
     if installer == "uv" and request.extra_index_urls:
@@ -151,14 +149,20 @@ def pip_command(
 
 
 def index_env(installer: str, request: PipRequest) -> dict[str, str]:
-    """The variables that give pip/uv the request's indexes (credentials stay off argv)."""
+    """The variables that give pip/uv the request's indexes and find-links (credentials in
+    them stay off the command line)."""
     env: dict[str, str] = {}
-    primary, extra = ("UV_DEFAULT_INDEX", "UV_INDEX") if installer == "uv" else (
-        "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
+    if installer == "uv":  # uv splits UV_FIND_LINKS on commas, the index lists on spaces
+        primary, extra, links, links_sep = "UV_DEFAULT_INDEX", "UV_INDEX", "UV_FIND_LINKS", ","
+    else:
+        primary, extra, links, links_sep = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
+                                            "PIP_FIND_LINKS", " ")
     if request.index_url:
         env[primary] = request.index_url
     if request.extra_index_urls:
         env[extra] = " ".join(request.extra_index_urls)
+    if request.find_links:
+        env[links] = links_sep.join(request.find_links)
     return env
 
 
@@ -194,7 +198,8 @@ def install_pip(
         run_step(cmd, step="pip", env=hermetic_env(index_env(tool, request)),
                  timeout=request.timeout, what=f"{tool} install")
     except BuildError as exc:
-        raise pip_error(exc, tool, request, managed) from exc
+        # chained to the subprocess error, not to exc: exc holds the output before scrubbing
+        raise pip_error(exc, tool, request, managed) from exc.__cause__
     return tool
 
 
@@ -242,7 +247,10 @@ def _not_found_hint(package: str | None, request: PipRequest, managed: dict[str,
         if package is None or _requirement_name(requirement) == normalize(package):
             return local_label_hint(requirement, label, hermetic=request.hermetic) + (
                 f" (looked in: {_sources(request)})")
-    return f"check the name and version, or the index (looked in: {_sources(request)})"
+    hint = "check the name and version, or the index"
+    if request.credentials:  # a refused password often reads as "not found" too
+        hint += " and its credentials"
+    return f"{hint} (looked in: {_sources(request)})"
 
 
 def _sources(request: PipRequest) -> str:
