@@ -1,0 +1,193 @@
+"""The joblib backend ``"poncho"``: ``joblib.Parallel`` (scikit-learn's ``n_jobs``) on the cluster.
+
+Usage::
+
+    import joblib
+    import parsl_poncho.joblib  # registers the backend (or call parsl_poncho.joblib.register())
+
+    with joblib.parallel_config(backend="poncho"):
+        search = GridSearchCV(SVC(), grid, cv=3, n_jobs=-1).fit(X, y)
+
+A thin adapter over :class:`parsl_poncho.multiprocessing.Pool`, through joblib's public
+custom-backend API (``ParallelBackendBase``, ``register_parallel_backend``); nothing in joblib
+is patched:
+
+* ``n_jobs=-1`` is the cluster's cores (``parsl_poncho.multiprocessing.cpu_count()``), and the
+  pool of that size is kept for later ``Parallel`` calls (as loky keeps its executor), so its
+  function servers and their imports stay warm;
+* each joblib batch (auto-sized, as for loky) is one ``apply_async`` of the pool, so one Work
+  Queue task, run in a fork of the pool's function server;
+* numpy arrays and pandas objects of at least ``max_nbytes`` (joblib's parameter, default 1 MB)
+  passed as top-level arguments are sent once per node as cached, content-addressed input files
+  and memory-mapped there (``mmap_mode``, default ``"r"``, read-only as with loky): see
+  :mod:`parsl_poncho.shipped`;
+* a ``Parallel`` run inside a task runs sequentially there;
+* ``n_jobs=1`` runs sequentially here, as joblib's process backends do.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import cloudpickle
+import joblib
+from joblib.parallel import (
+    AutoBatchingMixin,
+    FallbackToBackend,
+    ParallelBackendBase,
+    SequentialBackend,
+)
+
+from parsl_poncho import _joblib_remote
+from parsl_poncho.errors import PonchoError
+from parsl_poncho.shipped import DEFAULT_MAX_NBYTES, ArgumentShipper, ShippedFile
+
+__all__ = ["BACKEND_NAME", "JoblibBackendError", "PonchoBackend", "close_pools", "register"]
+
+#: The name to give ``joblib.parallel_config(backend=...)``.
+BACKEND_NAME = "poncho"
+
+
+class JoblibBackendError(PonchoError, ValueError):
+    """A joblib Parallel call asked the poncho backend for something it cannot do."""
+
+
+def register() -> None:
+    """Make ``joblib.parallel_config(backend="poncho")`` available (done on import; cheap and
+    idempotent)."""
+    cloudpickle.register_pickle_by_value(_joblib_remote)
+    joblib.register_parallel_backend(BACKEND_NAME, PonchoBackend)
+
+
+class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's ParallelBackendBase over a :class:`parsl_poncho.multiprocessing.Pool`.
+
+    :param mp_context: where pools come from: anything with ``Pool(processes)`` and
+        ``cpu_count()``; default ``parsl_poncho.multiprocessing``.
+    :param data_dir: where large arguments are written before they are sent (see
+        :class:`~parsl_poncho.shipped.ArgumentShipper`).
+    """
+
+    default_n_jobs = -1
+    supports_retrieve_callback = True
+    supports_return_generator = True
+    supports_timeout = True
+    supports_sharedmem = False  # require="sharedmem" falls back to threads, here
+    uses_threads = False
+
+    def __init__(self, nesting_level: int | None = None,
+                 inner_max_num_threads: int | None = None, *, mp_context: Any = None,
+                 data_dir: str | None = None, **backend_kwargs: Any) -> None:
+        super().__init__(nesting_level=nesting_level,
+                         inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
+        self._context = mp_context
+        self._data_dir = data_dir
+        self._pool: Any = None
+        self._shipper = ArgumentShipper(data_dir=data_dir)
+
+    # -- sizing ---------------------------------------------------------------------------------
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """``n_jobs`` as joblib counts it, against the cluster's cores: -1 is all of them,
+        -2 all but one, None the backend's default (-1).
+
+        :raises JoblibBackendError: ``n_jobs == 0``.
+        """
+        if n_jobs == 0:
+            raise JoblibBackendError("n_jobs == 0 in Parallel has no meaning: use -1 for the "
+                                     "cluster's cores, or a positive number of tasks in flight")
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs < 0:
+            return max(_context_of(self._context).cpu_count() + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
+                  require: str | None = None, max_nbytes: int | None = DEFAULT_MAX_NBYTES,
+                  mmap_mode: str | None = "r", **backend_kwargs: Any) -> int:
+        """Size the pool for a ``Parallel`` call; ``max_nbytes`` and ``mmap_mode`` are
+        joblib's ``Parallel`` parameters (see :class:`~parsl_poncho.shipped.ArgumentShipper`)."""
+        self.parallel = parallel
+        n = self.effective_n_jobs(n_jobs)
+        if n == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self._pool = shared_pool(n, self._context)
+        if not takes_cached_inputs(self._pool):
+            max_nbytes = None  # a pool without cached inputs (the standard library's) gets all
+        self._shipper = ArgumentShipper(max_nbytes, mmap_mode, self._data_dir)
+        return n
+
+    # -- running batches ------------------------------------------------------------------------
+    def submit(self, func: Any, callback: Callable[[Any], Any] | None = None) -> Any:
+        """One joblib batch -> one pool task, its large arguments shipped as cached files."""
+        calls, files = self._shipper.ship_calls(func.items)
+        return submit_with_files(self._pool, _joblib_remote.run_batch, (calls,), files,
+                                 callback)
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """The pool hands over a batch's list of results, or the exception it raised."""
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
+        """A ``Parallel`` started from inside a batch (on a worker) runs sequentially."""
+        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+    def stop_call(self) -> None:
+        self._shipper.forget()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """joblib drops the results of batches still running after an error; the pool is shared
+        with later calls, so it is kept (their tasks finish on the workers)."""
+
+
+# -- the pools, shared between Parallel calls --------------------------------------------------
+
+_pools: dict[tuple[int, int], Any] = {}
+_pools_lock = threading.Lock()
+
+
+def shared_pool(processes: int, mp_context: Any = None) -> Any:
+    """The pool of ``processes`` of ``mp_context``, created on first use and kept (its function
+    servers stay warm for the next ``Parallel`` call)."""
+    context = _context_of(mp_context)
+    key = (id(context), processes)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None or getattr(pool, "_state", "RUN") != "RUN":
+            pool = context.Pool(processes)
+            _pools[key] = pool
+        return pool
+
+
+def close_pools() -> None:
+    """Close and join the pools the backend keeps (the next ``Parallel`` call starts anew)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.close()
+        pool.join()
+
+
+def takes_cached_inputs(pool: Any) -> bool:
+    """Whether ``pool`` can send files along with a task (a PonchoExecutor pool can)."""
+    return False
+
+
+def submit_with_files(pool: Any, fn: Callable[..., Any], args: tuple,
+                      files: list[ShippedFile], callback: Callable[[Any], Any] | None) -> Any:
+    """``pool.apply_async(fn, args)`` with ``files`` sent along as cached inputs."""
+    return pool.apply_async(fn, args, callback=callback, error_callback=callback)
+
+
+def _context_of(mp_context: Any) -> Any:
+    if mp_context is not None:
+        return mp_context
+    import parsl_poncho.multiprocessing as mp
+
+    return mp
+
+
+register()

@@ -1,0 +1,174 @@
+"""The joblib backend "poncho" (parsl_poncho.joblib), on the standard library's fork pool.
+
+The backend takes its pool from ``mp_context`` (a backend parameter of ``parallel_config``);
+here the standard library's fork context stands in for the cluster, so these tests check the
+adapter: joblib's API, n_jobs, batching, errors, nesting, and scikit-learn's results against
+loky's. tests/test_joblib_e2e.py runs it on Work Queue workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+from joblib.parallel import get_active_backend
+
+import parsl_poncho.joblib as pj
+from parsl_poncho.errors import PonchoError
+
+FORK = multiprocessing.get_context("fork")
+
+
+class TwoCores:
+    """A context whose cluster has 2 cores; counts the pools it makes."""
+
+    def __init__(self) -> None:
+        self.pools: list[int] = []
+
+    def Pool(self, processes: int) -> Any:  # noqa: N802 - the multiprocessing API's name
+        self.pools.append(processes)
+        return FORK.Pool(processes)
+
+    def cpu_count(self) -> int:
+        return 2
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_pools():
+    yield
+    pj.close_pools()
+
+
+def poncho(**kw: Any) -> Any:
+    return joblib.parallel_config(backend="poncho", mp_context=kw.pop("mp_context", FORK), **kw)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def inner_backend(_: int) -> tuple[str, int]:
+    """Which backend a Parallel inside a task gets, and how many pids run its calls."""
+    backend, n_jobs = get_active_backend()
+    pids = joblib.Parallel(n_jobs=-1)(joblib.delayed(os.getpid)() for _ in range(4))
+    return type(backend).__name__, len(set(pids))
+
+
+def fail_on(x: int) -> int:
+    if x == 5:
+        raise KeyError(f"item {x}")
+    return x
+
+
+def test_import_registers_the_backend() -> None:
+    assert "poncho" in joblib.parallel.BACKENDS
+    with poncho():
+        backend, n_jobs = get_active_backend()
+    assert isinstance(backend, pj.PonchoBackend)
+
+
+def test_parallel_results_in_order() -> None:
+    with poncho():
+        out = joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(50))
+    assert out == [i * i for i in range(50)]
+
+
+def test_return_as_generator_unordered() -> None:
+    with poncho():
+        out = joblib.Parallel(n_jobs=2, return_as="generator_unordered")(
+            joblib.delayed(square)(i) for i in range(20))
+        assert sorted(out) == [i * i for i in range(20)]
+
+
+def test_n_jobs_minus_one_is_the_clusters_cores() -> None:
+    context = TwoCores()
+    backend = pj.PonchoBackend(mp_context=context)
+    assert backend.effective_n_jobs(-1) == 2
+    assert backend.effective_n_jobs(-2) == 1
+    assert backend.effective_n_jobs(-5) == 1
+    assert backend.effective_n_jobs(None) == 2  # joblib's default for this backend: all cores
+    assert backend.effective_n_jobs(7) == 7
+    with pytest.raises(PonchoError, match="n_jobs == 0 in Parallel has no meaning"):
+        backend.effective_n_jobs(0)
+    with poncho(mp_context=context):
+        joblib.Parallel(n_jobs=-1)(joblib.delayed(square)(i) for i in range(4))
+        joblib.Parallel(n_jobs=-1)(joblib.delayed(square)(i) for i in range(4))
+    assert context.pools == [2]  # one pool of the cluster's size, kept between calls
+
+
+def test_n_jobs_one_runs_here_sequentially() -> None:
+    context = TwoCores()
+    with poncho(mp_context=context):
+        out = joblib.Parallel(n_jobs=1)(joblib.delayed(os.getpid)() for _ in range(3))
+    assert out == [os.getpid()] * 3 and context.pools == []
+
+
+def test_nested_parallel_runs_sequentially_in_the_task() -> None:
+    with poncho():
+        out = joblib.Parallel(n_jobs=2)(joblib.delayed(inner_backend)(i) for i in range(2))
+    assert out == [("SequentialBackend", 1)] * 2
+
+
+def test_remote_exception_keeps_its_type() -> None:
+    with poncho(), pytest.raises(KeyError, match="item 5"):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(fail_on)(i) for i in range(10))
+
+
+def test_timeout_raises_joblibs_timeout_error() -> None:
+    """joblib raises multiprocessing.TimeoutError, whatever the backend."""
+    with poncho(), pytest.raises(multiprocessing.TimeoutError, match="^$"):
+        joblib.Parallel(n_jobs=2, timeout=0.3)(joblib.delayed(time.sleep)(2) for _ in range(2))
+
+
+def test_batches_grow_for_fast_calls() -> None:
+    """joblib's auto-batching applies: many tiny calls travel in few tasks."""
+    submitted: list[int] = []
+
+    class Counting(pj.PonchoBackend):
+        def submit(self, func: Any, callback: Any = None) -> Any:
+            submitted.append(len(func.items))
+            return super().submit(func, callback)
+
+    joblib.register_parallel_backend("poncho-counting", Counting)
+    with joblib.parallel_config(backend="poncho-counting", mp_context=FORK):
+        out = joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(3000))
+    assert out == [i * i for i in range(3000)]
+    assert sum(submitted) == 3000 and max(submitted) > 1 and len(submitted) < 1500
+
+
+def test_sharedmem_requirement_falls_back_to_threads() -> None:
+    with poncho():
+        out = joblib.Parallel(n_jobs=2, require="sharedmem")(
+            joblib.delayed(os.getpid)() for _ in range(4))
+    assert out == [os.getpid()] * 4
+
+
+@pytest.mark.slow
+def test_sklearn_estimators_give_lokys_results() -> None:
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.svm import SVC
+
+    X, y = load_digits(return_X_y=True)
+
+    def run() -> tuple:
+        search = GridSearchCV(SVC(), {"C": [1, 10], "gamma": [0.001, 0.01]}, cv=3,
+                              n_jobs=-1).fit(X, y)
+        forest = RandomForestClassifier(n_estimators=12, random_state=0, n_jobs=-1)
+        scores = cross_val_score(forest, X, y, cv=3, n_jobs=-1)
+        proba = forest.fit(X, y).predict_proba(X[:50])
+        return (search.cv_results_["mean_test_score"].tolist(), search.best_params_,
+                scores.tolist(), proba.tolist())
+
+    with poncho():
+        ours = run()
+    with joblib.parallel_config(backend="loky"):
+        lokys = run()
+    assert ours == lokys
+    assert np.isclose(ours[0][2], 0.976, atol=0.01)  # a real fit, not an empty result
