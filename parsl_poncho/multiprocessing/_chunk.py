@@ -1,0 +1,39 @@
+"""What a chunk ships to the worker: a trampoline into worker_shim/pool_init.py, and a reference
+to the pool's initializer file.
+
+cloudpickle pickles this module BY VALUE (``link.py`` registers it), so the environment on the
+worker needs neither parsl nor parsl_poncho: only the standard library and the pool_init.py
+that serverless tasks carry. Keep it free of imports from the package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Sequence
+
+#: The worker-side module (worker_shim/pool_init.py, in the task sandbox and beside the server);
+#: named through a variable so the dependency analysis does not look for it on this host.
+_WORKER_MODULE = "pool_init"
+
+
+class InitRef:
+    """The pool's initializer, as a chunk carries it: only the file name crosses to the worker.
+
+    The initializer and its arguments stay on the object on this side so that the analysis of
+    each chunk (which walks its arguments) puts what the initializer needs in the environment.
+    """
+
+    def __init__(self, name: str, initializer: Callable | None = None,
+                 initargs: tuple = ()) -> None:
+        self.name = name
+        self.initializer = initializer
+        self.initargs = initargs
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (InitRef, (self.name,))
+
+
+def run_chunk(kind: int, func: Callable, items: Sequence[Any], init: InitRef | None) -> list:
+    """On the worker: run one chunk's calls, one after another (see pool_init.run_chunk)."""
+    worker = importlib.import_module(_WORKER_MODULE)
+    return worker.run_chunk(kind, func, items, init.name if init is not None else None)
