@@ -10,9 +10,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 
-def run_batch(calls: list[tuple[Callable[..., Any], tuple, dict]]) -> list[Any]:
+def run_batch(calls: list[tuple[Callable[..., Any], tuple, dict]], needs: tuple = ()
+              ) -> list[Any]:
     """Run a joblib batch's calls one after another; a ``Parallel`` inside them runs
-    sequentially here (a worker's cores are already the cluster's)."""
+    sequentially here (a worker's cores are already the cluster's).
+
+    ``needs`` is not used here: it holds classes the calls carry where the dependency analysis
+    does not look (see ``parsl_poncho.joblib.hidden_classes``), so that the environment has
+    their modules.
+    """
     from joblib import parallel_config
 
     with parallel_config(backend="sequential"):

@@ -27,6 +27,7 @@ is patched:
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Callable
 
@@ -121,8 +122,8 @@ class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
     def submit(self, func: Any, callback: Callable[[Any], Any] | None = None) -> Any:
         """One joblib batch -> one pool task, its large arguments shipped as cached files."""
         calls, files = self._shipper.ship_calls(func.items)
-        return submit_with_files(self._pool, _joblib_remote.run_batch, (calls,), files,
-                                 callback)
+        return submit_with_files(self._pool, _joblib_remote.run_batch,
+                                 (calls, hidden_classes(calls)), files, callback)
 
     def retrieve_result_callback(self, out: Any) -> Any:
         """The pool hands over a batch's list of results, or the exception it raised."""
@@ -172,14 +173,41 @@ def close_pools() -> None:
 
 
 def takes_cached_inputs(pool: Any) -> bool:
-    """Whether ``pool`` can send files along with a task (a PonchoExecutor pool can)."""
-    return False
+    """Whether ``pool`` can send files with a task: a parsl_poncho.multiprocessing pool can
+    (its ``apply_async(..., cached_inputs=)``), the standard library's cannot."""
+    module = sys.modules.get("parsl_poncho.multiprocessing.pool")
+    return module is not None and isinstance(pool, module.Pool)
 
 
 def submit_with_files(pool: Any, fn: Callable[..., Any], args: tuple,
                       files: list[ShippedFile], callback: Callable[[Any], Any] | None) -> Any:
-    """``pool.apply_async(fn, args)`` with ``files`` sent along as cached inputs."""
-    return pool.apply_async(fn, args, callback=callback, error_callback=callback)
+    """``pool.apply_async(fn, args)``, with ``files`` as cached inputs of its task."""
+    if not files:
+        return pool.apply_async(fn, args, callback=callback, error_callback=callback)
+    from parsl_poncho.workqueue import FileToWq
+
+    inputs = [FileToWq(f.path, f.name, cache=True) for f in files]
+    return pool.apply_async(fn, args, callback=callback, error_callback=callback,
+                            cached_inputs=inputs)
+
+
+def hidden_classes(calls: list[tuple[Callable, tuple, dict]]) -> tuple[type, ...]:
+    """Classes that a batch's calls pickle inside objects the analysis treats as opaque.
+
+    scikit-learn's ``delayed`` wraps each function with the caller's ``warnings.filters``,
+    whose categories may come from any module loaded here (Parsl loads ``requests``, which
+    brings ``urllib3.exceptions.DependencyWarning``): unpickling the call on a worker imports
+    them. The wrapper is scikit-learn's, so the analysis does not open it; naming the classes
+    beside the calls puts their modules in the environment at once, instead of after a failed
+    task (runtime learning would get there too, one rebuild per missing module).
+    """
+    found: dict[type, None] = {}
+    for func, _, _ in calls:
+        for entry in getattr(func, "warning_filters", None) or ():
+            category = entry[2] if isinstance(entry, tuple) and len(entry) > 2 else None
+            if isinstance(category, type) and category.__module__ != "builtins":
+                found[category] = None
+    return tuple(found)
 
 
 def _context_of(mp_context: Any) -> Any:

@@ -172,3 +172,31 @@ def test_sklearn_estimators_give_lokys_results() -> None:
         lokys = run()
     assert ours == lokys
     assert np.isclose(ours[0][2], 0.976, atol=0.01)  # a real fit, not an empty result
+
+
+class AppWarning(UserWarning):
+    pass
+
+
+def test_warning_categories_inside_sklearn_wrappers_are_named_for_the_analysis() -> None:
+    """scikit-learn's delayed carries warnings.filters, which the analysis cannot open."""
+    import warnings
+
+    from sklearn.utils.parallel import delayed as sk_delayed
+
+    seen: list[tuple] = []
+
+    class Recording(pj.PonchoBackend):
+        def submit(self, func: Any, callback: Any = None) -> Any:
+            seen.append(pj.hidden_classes(func.items))
+            return super().submit(func, callback)
+
+    joblib.register_parallel_backend("poncho-recording", Recording)
+    from sklearn.utils.parallel import Parallel as SkParallel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AppWarning)
+        with joblib.parallel_config(backend="poncho-recording", mp_context=FORK):
+            assert SkParallel(n_jobs=2)(sk_delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    assert seen and all(AppWarning in classes for classes in seen)
+    assert all(c.__module__ != "builtins" for classes in seen for c in classes)
