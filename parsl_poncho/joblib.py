@@ -151,15 +151,32 @@ _pools_lock = threading.Lock()
 
 def shared_pool(processes: int, mp_context: Any = None) -> Any:
     """The pool of ``processes`` of ``mp_context``, created on first use and kept (its function
-    servers stay warm for the next ``Parallel`` call)."""
+    servers stay warm for the next ``Parallel`` call); replaced when it was closed, or when the
+    executor it sends to is no longer the current one (another Parsl config was loaded)."""
     context = _context_of(mp_context)
     key = (id(context), processes)
     with _pools_lock:
         pool = _pools.get(key)
-        if pool is None or getattr(pool, "_state", "RUN") != "RUN":
+        if pool is not None and not _usable(pool):
+            _pools.pop(key)
+            pool.terminate()
+            pool = None
+        if pool is None:
             pool = context.Pool(processes)
             _pools[key] = pool
         return pool
+
+
+def _usable(pool: Any) -> bool:
+    """Whether a kept pool still runs, and on the executor a new pool would use."""
+    if getattr(pool, "_state", "RUN") != "RUN":
+        return False
+    link = getattr(pool, "_link", None)  # a parsl_poncho.multiprocessing pool's executor link
+    if link is None:
+        return True
+    from parsl_poncho.multiprocessing.link import current_executor
+
+    return link.executor is current_executor()
 
 
 def close_pools() -> None:

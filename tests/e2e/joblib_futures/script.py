@@ -1,0 +1,75 @@
+"""A user's script using the joblib backend and PonchoPoolExecutor, as the README shows them.
+
+No Parsl config is loaded, so the pools start the embedded default executor; its local worker
+is WORKER (a wrapper hiding the host's Python), logging to WORKER_LOG. Environment: PONCHO_CACHE,
+WORKER, WORKER_LOG, BIG_MB (size of the array shipped to every task).
+Prints one JSON line with every result; the test compares them with loky's and the builtins'.
+"""
+
+import json
+import os
+import sys
+
+import joblib
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV
+from sklearn.svm import SVC
+
+import parsl_poncho.joblib  # noqa: F401 - registers the "poncho" backend
+import parsl_poncho.multiprocessing as mp
+from parsl_poncho.futures import PonchoPoolExecutor
+
+CHECKOUT = os.path.dirname(os.path.dirname(parsl_poncho.joblib.__file__))
+GRID = {"C": [1, 10], "gamma": [0.001, 0.01]}
+
+
+def where(checkout):
+    """Where a task runs: its interpreter, and whether it sees the host's Python or checkout."""
+    return {"prefix": sys.prefix, "pyenv": os.listdir("/root/.pyenv"),
+            "saw_checkout": os.path.exists(os.path.join(checkout, "parsl_poncho"))}
+
+
+def checksum(a, i):
+    """What a task did with the big array, and how it got it."""
+    return float(a[i].sum()), type(a).__name__, bool(a.flags.writeable)
+
+
+def cube(x, y=0):
+    return x ** 3 + y
+
+
+def search(backend):
+    X, y = load_digits(return_X_y=True)
+    with joblib.parallel_config(backend=backend):
+        gs = GridSearchCV(SVC(), GRID, cv=3, n_jobs=-1).fit(X, y)
+    keys = ["params", "mean_test_score", "rank_test_score"] + [
+        f"split{i}_test_score" for i in range(3)]
+    out = {k: [p if k == "params" else float(p) for p in gs.cv_results_[k]] for k in keys}
+    out["best_params"] = gs.best_params_
+    return out
+
+
+def main():
+    mp.embedded.configure(cores=2, cache_dir=os.environ["PONCHO_CACHE"],
+                          worker_executable=os.environ["WORKER"],
+                          worker_options=f"-d all -o {os.environ['WORKER_LOG']}")
+    report = {"poncho": search("poncho"), "loky": search("loky")}
+    with joblib.parallel_config(backend="poncho"):
+        report["where"] = joblib.Parallel(n_jobs=-1)(
+            joblib.delayed(where)(CHECKOUT) for _ in range(2))
+        big = np.random.default_rng(0).random((int(os.environ["BIG_MB"]) * 2 ** 17 // 16, 16))
+        report["big"] = {"rows": big.shape[0], "nbytes": big.nbytes,
+                         "expected": [float(big[i].sum()) for i in range(16)]}
+        report["checksums"] = joblib.Parallel(n_jobs=-1, batch_size=1)(
+            joblib.delayed(checksum)(big, i) for i in range(16))
+    with PonchoPoolExecutor() as ex:
+        report["futures_map"] = list(ex.map(cube, range(40), range(40), chunksize=7))
+        report["futures_submit"] = ex.submit(cube, 3, y=1).result()
+        report["max_workers"] = ex._max_workers
+    report["cpu_count"] = mp.cpu_count()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
