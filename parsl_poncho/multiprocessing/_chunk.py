@@ -16,21 +16,24 @@ from typing import Any, Callable, Sequence
 _WORKER_MODULE = "pool_init"
 
 
-class InitRef:
-    """The pool's initializer, as a chunk carries it: only the file name crosses to the worker.
+class InitRef(tuple):
+    """The pool's initializer, as a chunk carries it: ``(file name, initializer, initargs)``
+    here, only the file name on the worker (the server ran the file already).
 
-    The initializer and its arguments stay on the object on this side so that the analysis of
-    each chunk (which walks its arguments) puts what the initializer needs in the environment.
+    A tuple so that the analysis of each chunk, which walks the items of its tuple arguments
+    whatever their class, puts what the initializer needs in the environment.
     """
 
-    def __init__(self, name: str, initializer: Callable | None = None,
-                 initargs: tuple = ()) -> None:
-        self.name = name
-        self.initializer = initializer
-        self.initargs = initargs
+    def __new__(cls, name: str, initializer: Callable | None = None,
+                initargs: tuple = ()) -> InitRef:
+        return super().__new__(cls, (name, initializer, tuple(initargs)))
+
+    @property
+    def name(self) -> str:
+        return str(self[0])
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (InitRef, (self.name,))
+        return (InitRef, (self[0],))
 
 
 def run_chunk(kind: int, func: Callable, items: Sequence[Any], init: InitRef | None) -> list:

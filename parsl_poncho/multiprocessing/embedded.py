@@ -70,6 +70,13 @@ def embedded_cores(executor: Any) -> int:
 
 
 def _start() -> None:
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        raise EmbeddedExecutorError(
+            "a pool was made while a spawned child process imported the main module (the "
+            "executor's Work Queue manager runs in such a process): put the code that makes "
+            "pools under `if __name__ == \"__main__\":`, as the standard library asks")
     from parsl.providers import LocalProvider
 
     from parsl_poncho.executor import PonchoExecutor

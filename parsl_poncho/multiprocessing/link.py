@@ -108,14 +108,16 @@ def _ask_manager_for_cores(worker_command: str) -> int:
 
 
 def cores_in_status(text: str) -> int:
-    """The sum of the CORES column of ``work_queue_status -W`` output (0 if there is none)."""
+    """The sum of the cores column (CORE_A: all of a worker's; older: CORES) of
+    ``work_queue_status -W`` output; 0 if there is none."""
     lines = [line.split() for line in text.splitlines() if line.strip()]
-    if not lines or "CORES" not in [w.upper() for w in lines[0]]:
+    header = [w.upper() for w in lines[0]] if lines else []
+    column = next((header.index(n) for n in ("CORE_A", "CORES") if n in header), None)
+    if column is None:
         return 0
-    column = [w.upper() for w in lines[0]].index("CORES")
     total = 0
     for row in lines[1:]:
-        value = row[column].split("/")[-1] if len(row) > column else ""
+        value = row[column] if len(row) > column else ""
         total += int(value) if value.isdigit() else 0
     return total
 
