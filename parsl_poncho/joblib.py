@@ -12,9 +12,10 @@ A thin adapter over :class:`parsl_poncho.multiprocessing.Pool`, through joblib's
 custom-backend API (``ParallelBackendBase``, ``register_parallel_backend``); nothing in joblib
 is patched:
 
-* ``n_jobs=-1`` is the cluster's cores (``parsl_poncho.multiprocessing.cpu_count()``), and the
-  pool of that size is kept for later ``Parallel`` calls (as loky keeps its executor), so its
-  function servers and their imports stay warm;
+* ``n_jobs=-1`` is the cluster's cores (``parsl_poncho.multiprocessing.cpu_count()``); the pool
+  is kept for later ``Parallel`` calls (as loky keeps its executor), so its function servers
+  and their imports stay warm; when a call uses every core, twice as many batches as cores are
+  handed to Work Queue, which starts the next one as soon as a core frees;
 * each joblib batch (auto-sized, as for loky) is one ``apply_async`` of the pool, so one Work
   Queue task, run in a fork of the pool's function server;
 * numpy arrays and pandas objects of at least ``max_nbytes`` (joblib's parameter, default 1 MB)
@@ -48,6 +49,8 @@ __all__ = ["BACKEND_NAME", "JoblibBackendError", "PonchoBackend", "close_pools",
 
 #: The name to give ``joblib.parallel_config(backend=...)``.
 BACKEND_NAME = "poncho"
+#: Batches in flight per core when a Parallel call uses all the cluster's cores.
+QUEUED_PER_CORE = 2
 
 
 class JoblibBackendError(PonchoError, ValueError):
@@ -68,6 +71,9 @@ class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
         ``cpu_count()``; default ``parsl_poncho.multiprocessing``.
     :param data_dir: where large arguments are written before they are sent (see
         :class:`~parsl_poncho.shipped.ArgumentShipper`).
+    :param queue_ahead: let Work Queue hold a batch per core beyond those running (default:
+        for parsl_poncho.multiprocessing pools, whose tasks Work Queue schedules on cores; a
+        standard library pool would run them all at once).
     """
 
     default_n_jobs = -1
@@ -79,11 +85,13 @@ class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def __init__(self, nesting_level: int | None = None,
                  inner_max_num_threads: int | None = None, *, mp_context: Any = None,
-                 data_dir: str | None = None, **backend_kwargs: Any) -> None:
+                 data_dir: str | None = None, queue_ahead: bool | None = None,
+                 **backend_kwargs: Any) -> None:
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
         self._context = mp_context
         self._data_dir = data_dir
+        self._queue_ahead = mp_context is None if queue_ahead is None else queue_ahead
         self._pool: Any = None
         self._shipper = ArgumentShipper(data_dir=data_dir)
 
@@ -112,11 +120,21 @@ class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
         n = self.effective_n_jobs(n_jobs)
         if n == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
-        self._pool = shared_pool(n, self._context)
+        self._pool = shared_pool(self._in_flight(n), self._context)
         if not takes_cached_inputs(self._pool):
             max_nbytes = None  # a pool without cached inputs (the standard library's) gets all
         self._shipper = ArgumentShipper(max_nbytes, mmap_mode, self._data_dir)
         return n
+
+    def _in_flight(self, n_jobs: int) -> int:
+        """Batches handed to the pool at once: ``n_jobs``, or with ``queue_ahead`` and when
+        ``n_jobs`` takes every core of the cluster, twice that: Work Queue then holds the next
+        batch and starts it the moment a core frees (as loky's executor queues calls ahead of
+        its workers), and still runs no more batches at once than there are cores."""
+        if not self._queue_ahead:
+            return n_jobs
+        cores = _context_of(self._context).cpu_count()
+        return QUEUED_PER_CORE * n_jobs if n_jobs >= cores else n_jobs
 
     # -- running batches ------------------------------------------------------------------------
     def submit(self, func: Any, callback: Callable[[Any], Any] | None = None) -> Any:

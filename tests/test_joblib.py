@@ -101,6 +101,21 @@ def test_n_jobs_minus_one_is_the_clusters_cores() -> None:
     assert context.pools == [2]  # one pool of the cluster's size, kept between calls
 
 
+def test_work_queue_holds_a_batch_per_core_ahead_when_all_cores_are_used() -> None:
+    context = TwoCores()
+    with poncho(mp_context=context, queue_ahead=True):
+        joblib.Parallel(n_jobs=-1)(joblib.delayed(square)(i) for i in range(4))
+        joblib.Parallel(n_jobs=1)(joblib.delayed(square)(i) for i in range(4))  # sequential
+        joblib.Parallel(n_jobs=3)(joblib.delayed(square)(i) for i in range(4))
+    assert context.pools == [4, 6]
+    pj.close_pools()
+    smaller = TwoCores()
+    smaller.cpu_count = lambda: 8  # type: ignore[method-assign]
+    with poncho(mp_context=smaller, queue_ahead=True):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(4))
+    assert smaller.pools == [2]  # fewer jobs than cores: exactly n_jobs in flight
+
+
 def test_n_jobs_one_runs_here_sequentially() -> None:
     context = TwoCores()
     with poncho(mp_context=context):
