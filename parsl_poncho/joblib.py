@@ -59,9 +59,22 @@ class JoblibBackendError(PonchoError, ValueError):
 
 def register() -> None:
     """Make ``joblib.parallel_config(backend="poncho")`` available (done on import; cheap and
-    idempotent)."""
+    idempotent).
+
+    :raises JoblibBackendError: joblib is older than 1.5 (the backend API with ``submit``).
+    """
+    check_joblib_version(joblib.__version__)
     cloudpickle.register_pickle_by_value(_joblib_remote)
     joblib.register_parallel_backend(BACKEND_NAME, PonchoBackend)
+
+
+def check_joblib_version(version: str) -> None:
+    """:raises JoblibBackendError: ``version`` is below 1.5, whose backends have ``submit``."""
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
+    if tuple(parts + [0] * (2 - len(parts))) < (1, 5):
+        raise JoblibBackendError(
+            f"joblib {version} is too old for the poncho backend, which needs joblib >= 1.5 "
+            "(its backend API with submit): pip install -U 'joblib>=1.5'")
 
 
 class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):

@@ -72,6 +72,14 @@ def test_import_registers_the_backend() -> None:
     assert isinstance(backend, pj.PonchoBackend)
 
 
+def test_joblib_older_than_1_5_is_refused_with_the_fix() -> None:
+    pj.check_joblib_version("1.5.0")
+    pj.check_joblib_version("1.6.0.dev0")
+    pj.check_joblib_version("2.0")
+    with pytest.raises(PonchoError, match=r"joblib 1.4.2 is too old .* pip install -U"):
+        pj.check_joblib_version("1.4.2")
+
+
 def test_parallel_results_in_order() -> None:
     with poncho():
         out = joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(50))
