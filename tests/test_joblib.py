@@ -223,3 +223,57 @@ def test_warning_categories_inside_sklearn_wrappers_are_named_for_the_analysis()
             assert SkParallel(n_jobs=2)(sk_delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
     assert seen and all(AppWarning in classes for classes in seen)
     assert all(c.__module__ != "builtins" for classes in seen for c in classes)
+
+
+def test_a_kept_pool_that_was_closed_is_replaced() -> None:
+    pool = pj.shared_pool(2, FORK)
+    assert pj.shared_pool(2, FORK) is pool
+    pool.close()
+    pool.join()
+    assert pj.shared_pool(2, FORK) is not pool
+
+
+def checksum(a: np.ndarray, i: int) -> float:
+    return float(a[i].sum())
+
+
+def test_large_arguments_go_to_a_poncho_pool_as_cached_inputs(tmp_path: Any,
+                                                              monkeypatch: Any) -> None:
+    """With a parsl_poncho pool, a batch's big array becomes a cached input of its task."""
+    from parsl_poncho.multiprocessing.pool import Pool as PonchoPool
+
+    sent: list[tuple] = []
+    monkeypatch.chdir(tmp_path)  # the forked pool runs in the data dir, as tasks in a sandbox
+    inner = FORK.Pool(2)
+
+    class RecordingPool(PonchoPool):
+        def __init__(self, processes: int) -> None:  # no executor: record, run on ``inner``
+            self._state = "RUN"
+
+        def apply_async(self, func: Any, args: Any = (), kwds: Any = None, callback: Any = None,
+                        error_callback: Any = None, *, cached_inputs: Any = ()) -> Any:
+            sent.append((func, args, tuple(cached_inputs)))
+            return inner.apply_async(func, args, kwds or {}, callback, error_callback)
+
+        def close(self) -> None:
+            self._state = "CLOSE"
+
+        def join(self) -> None:
+            inner.terminate()
+
+    class Context(TwoCores):
+        def Pool(self, processes: int) -> Any:  # noqa: N802
+            return RecordingPool(processes)
+
+    big = np.random.default_rng(1).random((2000, 100))  # 1.6 MB
+    with poncho(mp_context=Context(), data_dir=str(tmp_path)):
+        out = joblib.Parallel(n_jobs=2, batch_size=1)(
+            joblib.delayed(checksum)(big, i) for i in range(6))
+    assert out == [checksum(big, i) for i in range(6)]
+    assert len(sent) == 6
+    names = {f.remote for _, _, files in sent for f in files}
+    assert len(names) == 1 and all(f.cache for _, _, files in sent for f in files)
+    (name,) = names
+    assert name.startswith("poncho-data-") and (tmp_path / name).exists()
+    calls, needs = sent[0][1]
+    assert type(calls[0][1][0]).__name__ == "ShippedArg"  # the array itself stays here
