@@ -43,9 +43,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500),
                                  reason="needs the pyenv host Python")]
 
 
-def test_gridsearchcv_gives_lokys_results(run: tuple[dict, str, Path]) -> None:
+def test_sklearn_gives_lokys_results(run: tuple[dict, str, Path]) -> None:
+    """GridSearchCV(SVC(), grid, cv=3, n_jobs=-1), cross_val_score of a
+    RandomForestClassifier(n_jobs=-1) (nested: its trees are built sequentially in each task)
+    and the forest's own fit (one task per batch of trees)."""
     report, _, _ = run
     assert report["poncho"] == report["loky"]
+    assert min(report["poncho"]["cross_val_score"]) > 0.8
     assert report["poncho"]["best_params"] == {"C": 10, "gamma": 0.001}
     assert min(report["poncho"]["mean_test_score"]) > 0.6  # real fits
 

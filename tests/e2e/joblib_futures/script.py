@@ -8,12 +8,14 @@ Prints one JSON line with every result; the test compares them with loky's and t
 
 import json
 import os
+import secrets
 import sys
 
 import joblib
 import numpy as np
 from sklearn.datasets import load_digits
-from sklearn.model_selection import GridSearchCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.svm import SVC
 
 import parsl_poncho.joblib  # noqa: F401 - registers the "poncho" backend
@@ -47,13 +49,20 @@ def search(backend):
         f"split{i}_test_score" for i in range(3)]
     out = {k: [p if k == "params" else float(p) for p in gs.cv_results_[k]] for k in keys}
     out["best_params"] = gs.best_params_
+    with joblib.parallel_config(backend=backend):
+        forest = RandomForestClassifier(n_estimators=16, random_state=0, n_jobs=-1)
+        out["cross_val_score"] = cross_val_score(forest, X, y, cv=3, n_jobs=-1).tolist()
+        out["forest_proba"] = forest.fit(X, y).predict_proba(X[:40]).tolist()
     return out
 
 
 def main():
+    with open("password", "w") as f:  # only our worker may connect (the log counts its files)
+        f.write(secrets.token_hex(16))
     mp.embedded.configure(cores=2, cache_dir=os.environ["PONCHO_CACHE"],
                           worker_executable=os.environ["WORKER"],
-                          worker_options=f"-d all -o {os.environ['WORKER_LOG']}")
+                          worker_options=f"-d all -o {os.environ['WORKER_LOG']}",
+                          project_password_file="password")
     report = {"poncho": search("poncho"), "loky": search("loky")}
     with joblib.parallel_config(backend="poncho"):
         report["where"] = joblib.Parallel(n_jobs=-1)(
