@@ -11,9 +11,11 @@ for :class:`concurrent.futures.ProcessPoolExecutor` (same constructor, ``submit`
 
 How it maps onto the pool: ``submit`` is one ``apply_async``; each ``map`` chunk of
 ``chunksize`` items is one ``starmap_async`` call of that many items, so one Work Queue task.
-Like ProcessPoolExecutor, which marks a future running when it enters the call queue, at most
-``max_workers`` calls or chunks are handed to the pool at a time; the others wait here, pending,
-and ``Future.cancel()`` on them succeeds (the pool never sees them).
+As ProcessPoolExecutor marks a future running when it enters its call queue (``max_workers``
++ 1 places), ``max_workers`` + 1 calls or chunks are handed to the pool at a time, marked
+running; the others wait here, pending, and ``Future.cancel()`` on them succeeds (the pool
+never sees them). With the cluster's pool and ``max_workers`` covering its cores, the extra one
+waits in Work Queue, which starts it the moment a core frees.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from typing import Any, Callable, Iterable, Iterator
 from parsl_poncho.errors import PonchoError
 
 __all__ = ["ExecutorShutdownError", "PonchoPoolExecutor"]
+
+#: Calls started beyond ``max_workers`` (ProcessPoolExecutor's call queue holds as many).
+EXTRA_QUEUED_CALLS = 1
 
 
 class ExecutorShutdownError(PonchoError, RuntimeError):
@@ -46,7 +51,7 @@ _Work = tuple[concurrent.futures.Future, Callable[..., Any], Any, bool]
 class PonchoPoolExecutor(concurrent.futures.Executor):
     """An Executor running calls on PonchoExecutor workers, through one pool.
 
-    :param max_workers: calls or chunks in flight at once (default: the cluster's cores,
+    :param max_workers: calls or chunks running at once (default: the cluster's cores,
         ``mp_context.cpu_count()``).
     :param mp_context: where the pool comes from: anything with ``Pool(processes, initializer,
         initargs, maxtasksperchild)`` and ``cpu_count()``; default ``parsl_poncho.multiprocessing``
@@ -153,15 +158,21 @@ class PonchoPoolExecutor(concurrent.futures.Executor):
         context = self._context
         if context is None:
             import parsl_poncho.multiprocessing as context
+        cores = max(1, int(context.cpu_count()))
         if self._max_workers is None:
-            self._max_workers = max(1, int(context.cpu_count()))
+            self._max_workers = cores
+        processes = self._max_workers
+        if schedules_per_core(context) and processes >= cores:
+            # Work Queue runs one task per core: the queued call waits there, not here, and
+            # starts as soon as a core frees
+            processes += EXTRA_QUEUED_CALLS
         initializer, initargs, max_tasks = self._pool_args
-        self._pool = context.Pool(self._max_workers, initializer, initargs, max_tasks)
+        self._pool = context.Pool(processes, initializer, initargs, max_tasks)
 
     def _take_ready(self) -> list[_Work]:
         """Under the lock: the pending work that may start now, marked running."""
         ready = []
-        while self._pending and self._in_flight < (self._max_workers or 1):
+        while self._pending and self._in_flight < (self._max_workers or 1) + EXTRA_QUEUED_CALLS:
             work = self._pending.popleft()
             if work[0].set_running_or_notify_cancel():
                 self._in_flight += 1
@@ -192,6 +203,14 @@ class PonchoPoolExecutor(concurrent.futures.Executor):
         self._dispatch(ready)
         if close:
             pool.close()  # never join here: this may be the pool's own result thread
+
+
+def schedules_per_core(context: Any) -> bool:
+    """Whether pools of ``context`` run one task per core whatever their size (the cluster's,
+    through Work Queue), so a place beyond the cores only queues."""
+    name = getattr(context, "__name__", None) or type(context).__module__
+    return name == "parsl_poncho.multiprocessing" or name.startswith(
+        "parsl_poncho.multiprocessing.")
 
 
 class _Completion:

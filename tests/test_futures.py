@@ -244,10 +244,44 @@ def test_no_pool_until_the_first_submit() -> None:
     ex.shutdown()
 
 
-def test_at_most_max_workers_in_flight() -> None:
-    """Work beyond max_workers waits in the executor, pending (so it can be cancelled)."""
-    with _ours(max_workers=2) as ex:
-        futures = [ex.submit(slow_square, i, 0.3) for i in range(5)]
-        states = [f.running() for f in futures]
-        assert states == [True, True, False, False, False]
+@BOTH
+def test_max_workers_plus_one_are_running(make: Callable[..., Any]) -> None:
+    """Ours marks exactly max_workers + 1 futures running (ProcessPoolExecutor's call queue
+    size) and leaves the rest pending, so they can be cancelled; the standard library marks
+    at least as many (its queue thread refills the call queue as workers take calls)."""
+    with make(max_workers=2) as ex:
+        futures = [ex.submit(slow_square, i, 0.6) for i in range(5)]
+        time.sleep(0.2)  # the standard library's queue thread moves calls asynchronously
+        running = [f.running() for f in futures]
+        if make is _ours:
+            assert running == [True, True, True, False, False]
+        else:
+            assert running[:3] == [True, True, True]
         assert [f.result() for f in futures] == [0, 1, 4, 9, 16]
+
+
+def test_the_cluster_pool_takes_one_call_ahead_of_its_cores(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """With the default context, Work Queue schedules per core: the pool gets max_workers + 1
+    places when max_workers covers the cores, exactly max_workers otherwise."""
+    made: list[int] = []
+
+    class Cluster:
+        def Pool(self, processes: int, *args: Any) -> Any:  # noqa: N802
+            made.append(processes)
+            return FORK.Pool(1)
+
+        def cpu_count(self) -> int:
+            return 4
+
+    import parsl_poncho.futures
+    import parsl_poncho.multiprocessing
+
+    assert parsl_poncho.futures.schedules_per_core(parsl_poncho.multiprocessing)
+    assert parsl_poncho.futures.schedules_per_core(parsl_poncho.multiprocessing.get_context())
+    assert not parsl_poncho.futures.schedules_per_core(FORK)
+    monkeypatch.setattr(parsl_poncho.futures, "schedules_per_core", lambda context: True)
+    for max_workers in (None, 4, 2):
+        with PonchoPoolExecutor(max_workers, Cluster()) as ex:
+            assert ex.submit(square, 2).result() == 4
+    assert made == [5, 5, 2]
