@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import cloudpickle
@@ -45,12 +46,15 @@ from parsl_poncho import _joblib_remote
 from parsl_poncho.errors import PonchoError
 from parsl_poncho.shipped import DEFAULT_MAX_NBYTES, ArgumentShipper, ShippedFile
 
-__all__ = ["BACKEND_NAME", "JoblibBackendError", "PonchoBackend", "close_pools", "register"]
+__all__ = ["BACKEND_NAME", "JoblibBackendError", "PonchoBackend", "check_joblib_version",
+           "close_pools", "hidden_classes", "register", "shared_pool"]
 
 #: The name to give ``joblib.parallel_config(backend=...)``.
 BACKEND_NAME = "poncho"
 #: Batches in flight per core when a Parallel call uses all the cluster's cores.
 QUEUED_PER_CORE = 2
+#: Seconds a backend trusts the number of cores it last asked for.
+CORES_TTL = 10.0
 
 
 class JoblibBackendError(PonchoError, ValueError):
@@ -107,6 +111,7 @@ class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
         self._queue_ahead = mp_context is None if queue_ahead is None else queue_ahead
         self._pool: Any = None
         self._shipper = ArgumentShipper(data_dir=data_dir)
+        self._cores_known: tuple[float, int] | None = None
 
     # -- sizing ---------------------------------------------------------------------------------
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -121,8 +126,16 @@ class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
         if n_jobs is None:
             n_jobs = self.default_n_jobs
         if n_jobs < 0:
-            return max(_context_of(self._context).cpu_count() + 1 + n_jobs, 1)
+            return max(self._cores() + 1 + n_jobs, 1)
         return n_jobs
+
+    def _cores(self) -> int:
+        """The cluster's cores, asked at most every :data:`CORES_TTL` seconds (with a loaded
+        Parsl config, asking runs ``work_queue_status``)."""
+        now = time.monotonic()
+        if self._cores_known is None or now - self._cores_known[0] > CORES_TTL:
+            self._cores_known = (now, int(_context_of(self._context).cpu_count()))
+        return self._cores_known[1]
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
                   require: str | None = None, max_nbytes: int | None = DEFAULT_MAX_NBYTES,
@@ -134,7 +147,7 @@ class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
         if n == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self._pool = shared_pool(self._in_flight(n), self._context)
-        if not takes_cached_inputs(self._pool):
+        if not _takes_cached_inputs(self._pool):
             max_nbytes = None  # a pool without cached inputs (the standard library's) gets all
         self._shipper = ArgumentShipper(max_nbytes, mmap_mode, self._data_dir)
         return n
@@ -146,15 +159,14 @@ class PonchoBackend(AutoBatchingMixin, ParallelBackendBase):
         its workers), and still runs no more batches at once than there are cores."""
         if not self._queue_ahead:
             return n_jobs
-        cores = _context_of(self._context).cpu_count()
-        return QUEUED_PER_CORE * n_jobs if n_jobs >= cores else n_jobs
+        return QUEUED_PER_CORE * n_jobs if n_jobs >= self._cores() else n_jobs
 
     # -- running batches ------------------------------------------------------------------------
     def submit(self, func: Any, callback: Callable[[Any], Any] | None = None) -> Any:
         """One joblib batch -> one pool task, its large arguments shipped as cached files."""
         calls, files = self._shipper.ship_calls(func.items)
-        return submit_with_files(self._pool, _joblib_remote.run_batch,
-                                 (calls, hidden_classes(calls)), files, callback)
+        return _submit_with_files(self._pool, _joblib_remote.run_batch,
+                                  (calls, hidden_classes(calls)), files, callback)
 
     def retrieve_result_callback(self, out: Any) -> Any:
         """The pool hands over a batch's list of results, or the exception it raised."""
@@ -220,14 +232,14 @@ def close_pools() -> None:
         pool.join()
 
 
-def takes_cached_inputs(pool: Any) -> bool:
+def _takes_cached_inputs(pool: Any) -> bool:
     """Whether ``pool`` can send files with a task: a parsl_poncho.multiprocessing pool can
     (its ``apply_async(..., cached_inputs=)``), the standard library's cannot."""
     module = sys.modules.get("parsl_poncho.multiprocessing.pool")
     return module is not None and isinstance(pool, module.Pool)
 
 
-def submit_with_files(pool: Any, fn: Callable[..., Any], args: tuple,
+def _submit_with_files(pool: Any, fn: Callable[..., Any], args: tuple,
                       files: list[ShippedFile], callback: Callable[[Any], Any] | None) -> Any:
     """``pool.apply_async(fn, args)``, with ``files`` as cached inputs of its task."""
     if not files:
