@@ -1,7 +1,8 @@
 """Large arguments sent once per node: content-addressed files stand in for them in calls.
 
-A numpy array or a pandas DataFrame/Series above a size threshold, passed as a top-level
-argument, is written once to ``poncho-data-<sha256>.npy`` (or ``.pkl``) and replaced in the
+A numpy array or a pandas DataFrame/Series above a size threshold, passed as an argument (or
+in a list, tuple or dict argument: :data:`MAX_DEPTH` levels, :data:`MAX_ITEMS` items at most),
+is written once to ``poncho-data-<sha256>.npy`` (or ``.pkl``) and replaced in the
 call by a :class:`~parsl_poncho._joblib_remote.ShippedArg`, which unpickles on the worker as
 ``numpy.load(name, mmap_mode)`` (``pandas.read_pickle(name)``). The caller sends the file as a
 *cached* Work Queue input, so a worker receives it once, whatever the number of tasks using it;
@@ -9,8 +10,8 @@ the name is the content's hash, so equal arrays share a file and a changed array
 This is what joblib's loky backend does with ``max_nbytes`` and ``mmap_mode`` on one host.
 
 Only exact ``numpy.ndarray``/``numpy.memmap`` arrays without Python objects, and pandas
-DataFrames and Series, are shipped; anything else (scipy sparse matrices, arrays nested in
-lists or attributes) is pickled with the call as usual.
+DataFrames and Series, are shipped; anything else (scipy sparse matrices, arrays held in
+objects' attributes or deeper in containers) is pickled with the call as usual.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ __all__ = ["DEFAULT_MAX_NBYTES", "ArgumentShipper", "ShippedFile", "ShippingErro
 #: Arguments at least this large are shipped as files: joblib's ``max_nbytes`` default, "1M".
 DEFAULT_MAX_NBYTES = 1024 * 1024
 PREFIX = "poncho-data-"
+#: Lists, tuples and dicts among the arguments are looked into this deep, when this small.
+MAX_DEPTH, MAX_ITEMS = 2, 64
+_CONTAINERS = (list, tuple, dict)
 _MMAP_MODES = (None, "r", "c")
 
 
@@ -99,11 +103,13 @@ class ArgumentShipper:
             self._known.clear()
 
     # -- one argument ---------------------------------------------------------------------------
-    def _replace(self, value: Any, files: dict[str, ShippedFile]) -> Any:
+    def _replace(self, value: Any, files: dict[str, ShippedFile], depth: int = 0) -> Any:
         if self.max_nbytes is None:
             return value
         writer = _writer_for(value, self.max_nbytes)
         if writer is None:
+            if depth < MAX_DEPTH and type(value) in _CONTAINERS and len(value) <= MAX_ITEMS:
+                return self._replace_inside(value, files, depth + 1)
             return value
         with self._lock:
             known = self._known.get(id(value))
@@ -117,6 +123,17 @@ class ArgumentShipper:
                                 ref, shipped)
         files[shipped.name] = shipped
         return ref
+
+    def _replace_inside(self, value: Any, files: dict[str, ShippedFile], depth: int) -> Any:
+        """A list, tuple or dict with its large items replaced (the same object if none is)."""
+        if type(value) is dict:
+            new = {k: self._replace(v, files, depth) for k, v in value.items()}
+            changed = any(new[k] is not v for k, v in value.items())
+        else:
+            items = [self._replace(v, files, depth) for v in value]
+            changed = any(a is not b for a, b in zip(items, value))
+            new = type(value)(items)
+        return new if changed else value
 
     def _array(self, array: Any) -> tuple[ShippedArg, ShippedFile]:
         import numpy as np

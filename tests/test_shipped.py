@@ -103,13 +103,28 @@ def test_the_same_argument_in_many_calls_is_one_file_hashed_once(tmp_path: Path,
     assert len(hashed) == 2
 
 
+def test_arrays_in_lists_tuples_and_dicts_are_shipped(tmp_path: Path) -> None:
+    shipper = ArgumentShipper(data_dir=tmp_path)
+    big = np.ones(MB)
+    small = [1, 2]
+    calls, files = shipper.ship_calls([(len, ([big, 3], small), {"fit_params": {"w": (big,)}})])
+    (_, (in_list, same), kwargs), = calls
+    assert same is small  # nothing to replace: the very object
+    assert isinstance(in_list, list) and in_list[1] == 3
+    assert in_list[0] is kwargs["fit_params"]["w"][0]  # one stand-in for one array
+    assert isinstance(in_list[0], _joblib_remote.ShippedArg) and len(files) == 1
+    too_deep = [[[big]]]
+    assert shipper.ship_calls([(len, (too_deep,), {})])[0][0][1][0] is too_deep
+
+
 def test_what_is_not_shipped(tmp_path: Path) -> None:
     shipper = ArgumentShipper(data_dir=tmp_path)
     objects = np.empty(MB, dtype=object)
-    nested = [np.ones(MB)]
+    long_list = [np.ones(MB)] + [0] * 100
     subclass = np.ma.masked_array(np.ones(MB))
-    calls, files = shipper.ship_calls([(len, (objects, nested, subclass, b"x" * 2 * MB), {})])
-    assert files == [] and calls[0][1][0] is objects and calls[0][1][1] is nested
+    calls, files = shipper.ship_calls([(len, (objects, long_list, subclass, b"x" * 2 * MB),
+                                        {})])
+    assert files == [] and calls[0][1][0] is objects and calls[0][1][1] is long_list
     off = ArgumentShipper(max_nbytes=None, data_dir=tmp_path)
     assert off.ship_calls([(len, (np.ones(MB),), {})])[1] == []
 
