@@ -6,10 +6,11 @@ Usage (started detached by poncho_serve with the environment's python; not run b
 
 DIR is PREFIX.server-v1 (0700) beside the unpacked environment PREFIX in the node cache (with a
 code layer, PREFIX.server-v1-<layer>: the layer $PARSL_PONCHO_CODE_LAYER is on its sys.path);
-poncho_serve copies this file, call_process.py, huge_pages.py and run_function.py into it. The
-server imports cloudpickle, run_function (its own copy) and each --preload module (a failing one
-is logged and skipped), gc.freeze()s the heap so forked children share it copy-on-write, puts
-it on huge pages when it preloaded anything (huge_pages.py), then writes DIR/ready.
+poncho_serve copies this file, call_process.py, huge_pages.py, run_function.py and pool_init.py
+into it. The server imports cloudpickle, run_function, pool_init (its own copies) and each
+--preload module (a failing one is logged and skipped), gc.freeze()s the heap so forked
+children share it copy-on-write, puts it on huge pages when it preloaded anything
+(huge_pages.py), then writes DIR/ready.
 A multiprocessing.Pool's server (DIR ends in -pool-<name>, see poncho_serve --pool) also runs
 the pool's initializer FILE after the preload and before the freeze (pool_init.py: once per
 server, so its globals reach every call), and with --max-calls N exits after handing out N calls
@@ -447,8 +448,9 @@ class Server:
 
 
 def preload(modules: list[str]) -> None:
-    """Import cloudpickle, run_function and ``modules``; a failing one is logged and skipped."""
-    for name in ["cloudpickle", "run_function", *modules]:
+    """Import cloudpickle, run_function, pool_init (a pool chunk's runner) and ``modules``; a
+    failing one is logged and skipped."""
+    for name in ["cloudpickle", "run_function", "pool_init", *modules]:
         start = time.perf_counter()
         try:
             importlib.import_module(name)
@@ -456,17 +458,6 @@ def preload(modules: list[str]) -> None:
             log(f"preload {name}: failed ({type(exc).__name__}: {exc}); skipped")
         else:
             log(f"preload {name}: ok ({time.perf_counter() - start:.3f}s)")
-
-
-def run_pool_initializer(path: str) -> None:
-    """Run a pool's initializer here, before any fork (a failure is kept for its calls)."""
-    start = time.perf_counter()
-    import pool_init
-
-    error = pool_init.run_initializer(path)
-    outcome = "ok" if error is None else f"raised {type(error).__name__}: {error}"
-    log(f"pool initializer {os.path.basename(path)}: {outcome} "
-        f"({time.perf_counter() - start:.3f}s)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -500,8 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     modules = [m.strip() for m in args.preload.split(",") if m.strip()]
     pins = reserve_arenas() if modules or args.init else []  # a preload worth a cheaper fork
     preload(modules)
-    if args.init:
-        run_pool_initializer(args.init)
+    if args.init:  # a pool's: once, before any fork, so its globals reach every call
+        log(importlib.import_module("pool_init").initialize_server(args.init))
     del pins
     gc.collect()
     gc.freeze()
