@@ -4,7 +4,8 @@ Prints, from one run on this machine (one local worker offering its cores), medi
   * ``Pool.map`` of --items no-op items with the default chunksize, in items/s;
   * --round-trips serial ``Pool.apply`` round trips of a no-op, in ms;
   * ``GridSearchCV(SVC(), 3x3 grid, cv=3, n_jobs=-1)`` on ``load_digits``, in s: under joblib's
-    loky backend (the standard library's row), Ray's joblib backend and ours ("poncho");
+    loky backend (the standard library's row), Ray's joblib backend and ours ("poncho"); loky
+    and ours take turns, round after round, in the same phase;
 for ``multiprocessing.get_context("fork").Pool(2)``, ``ray.util.multiprocessing.Pool()`` (a
 local Ray with this host's cores) and ``parsl_poncho.multiprocessing.Pool()`` (the embedded
 default executor: one local worker with this host's cores; serverless). Beside them, a
@@ -83,23 +84,28 @@ def measure_pool(pool: Any, args: argparse.Namespace) -> dict[str, float]:
     return {"map": statistics.median(rates), "apply": statistics.median(trips)}
 
 
-def gridsearch_seconds(backend: str, rounds: int) -> tuple[float, list[float]]:
-    """Median wall time of the GridSearchCV run under a joblib backend (one untimed run
-    first), and its mean test scores (compared with loky's)."""
+def gridsearch_seconds(backends: tuple[str, ...], rounds: int
+                       ) -> dict[str, tuple[float, list[float]]]:
+    """Per joblib backend, the median wall time of the GridSearchCV run and its mean test
+    scores. The backends take turns, round after round (order rotating; one untimed round
+    first), so machine noise falls on all of them alike."""
     import joblib
     from sklearn.datasets import load_digits
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
 
     X, y = load_digits(return_X_y=True)
-    times = []
+    times: dict[str, list[float]] = {b: [] for b in backends}
+    scores: dict[str, list[float]] = {}
     for r in range(rounds + 1):
-        t0 = time.perf_counter()
-        with joblib.parallel_config(backend=backend):
-            search = GridSearchCV(SVC(), GRID, cv=3, n_jobs=-1).fit(X, y)
-        if r:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), [float(v) for v in search.cv_results_["mean_test_score"]]
+        for backend in backends[r % len(backends):] + backends[:r % len(backends)]:
+            t0 = time.perf_counter()
+            with joblib.parallel_config(backend=backend):
+                search = GridSearchCV(SVC(), GRID, cv=3, n_jobs=-1).fit(X, y)
+            if r:
+                times[backend].append(time.perf_counter() - t0)
+            scores[backend] = [float(v) for v in search.cv_results_["mean_test_score"]]
+    return {b: (statistics.median(times[b]), scores[b]) for b in backends}
 
 
 def _try(name: str, measure: Callable[[], Any], fallback: Any) -> Any:
@@ -111,7 +117,7 @@ def _try(name: str, measure: Callable[[], Any], fallback: Any) -> Any:
 
 
 NAN = {"map": float("nan"), "apply": float("nan")}
-NO_SEARCH = (float("nan"), [])
+NO_SEARCH = {"loky": (float("nan"), []), "poncho": (float("nan"), [])}
 
 
 # -- the rows ------------------------------------------------------------------------------------
@@ -120,15 +126,16 @@ def run_stdlib(args: argparse.Namespace) -> dict[str, Any]:
 
     with multiprocessing.get_context("fork").Pool(2) as pool:
         row = _try("stdlib pool", lambda: measure_pool(pool, args), dict(NAN))
-    row["gridsearch"], row["scores"] = _try(
-        "loky gridsearch", lambda: gridsearch_seconds("loky", args.rounds), NO_SEARCH)
+    row.update(gridsearch=float("nan"), scores=[])  # loky's: measured beside ours
     return row
 
 
-def run_poncho(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
-    """Our row. The GridSearchCV case gets an embedded executor of its own: all pool chunks
-    share one Work Queue category (``run_chunk``), so memory sized on the no-op chunks before
-    would starve scikit-learn's fits (MemoryError, which GridSearchCV turns into NaN scores)."""
+def run_poncho(args: argparse.Namespace, cache: Path, stdlib: dict[str, Any]) -> dict[str, Any]:
+    """Our row, and loky's GridSearchCV figures into ``stdlib`` (loky and ours take turns).
+
+    The GridSearchCV case gets an embedded executor of its own: all pool chunks share one Work
+    Queue category (``run_chunk``), so memory sized on the no-op chunks before would starve
+    scikit-learn's fits (MemoryError, which GridSearchCV turns into NaN scores)."""
     import parsl_poncho.joblib
     import parsl_poncho.multiprocessing as pmp
 
@@ -141,8 +148,10 @@ def run_poncho(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         pmp.embedded.shutdown()
     pmp.embedded.configure(**options)
     try:
-        row["gridsearch"], row["scores"] = _try(
-            "poncho gridsearch", lambda: gridsearch_seconds("poncho", args.rounds), NO_SEARCH)
+        searches = _try("gridsearch", lambda: gridsearch_seconds(("loky", "poncho"),
+                                                                 args.rounds), NO_SEARCH)
+        row["gridsearch"], row["scores"] = searches["poncho"]
+        stdlib["gridsearch"], stdlib["scores"] = searches["loky"]
     finally:
         parsl_poncho.joblib.close_pools()
         pmp.embedded.shutdown()
@@ -161,7 +170,7 @@ def run_ray_child(args: argparse.Namespace) -> int:
         register_ray()
         with Pool() as pool:
             row = measure_pool(pool, args)
-        row["gridsearch"], row["scores"] = gridsearch_seconds("ray", args.rounds)
+        row["gridsearch"], row["scores"] = gridsearch_seconds(("ray",), args.rounds)["ray"]
     finally:
         ray.shutdown()
     print(json.dumps(row))
@@ -287,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows["stdlib Pool(2) / loky"] = run_stdlib(args)
         print("stdlib done", file=sys.stderr)
-        rows["parsl_poncho Pool() / poncho"] = run_poncho(args, cache)
+        rows["parsl_poncho Pool() / poncho"] = run_poncho(args, cache,
+                                                          rows["stdlib Pool(2) / loky"])
         print("poncho done", file=sys.stderr)
         rows["ray Pool() / ray"] = run_ray(args)
         print("ray done", file=sys.stderr)
