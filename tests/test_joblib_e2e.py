@@ -62,6 +62,13 @@ def test_tasks_ran_in_the_shipped_env_without_the_hosts_python(run: tuple[dict, 
         assert task["pyenv"] == [] and task["saw_checkout"] is False
 
 
+def test_parallel_inside_a_task_runs_sequentially_there(run: tuple[dict, str, Path]) -> None:
+    report, _, _ = run
+    for task in report["where"]:
+        assert task["nested_backend"] == "SequentialBackend"
+        assert task["nested_pids"] == 1 and task["pid"] is True  # in the task's own process
+
+
 def test_ponchopoolexecutor_map_and_submit(run: tuple[dict, str, Path]) -> None:
     report, _, _ = run
     assert report["futures_map"] == list(map(lambda x, y: x ** 3 + y, range(40), range(40)))

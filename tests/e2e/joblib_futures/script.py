@@ -27,9 +27,13 @@ GRID = {"C": [1, 10], "gamma": [0.001, 0.01]}
 
 
 def where(checkout):
-    """Where a task runs: its interpreter, and whether it sees the host's Python or checkout."""
+    """Where a task runs: its interpreter, whether it sees the host's Python or checkout, and
+    what a Parallel inside it gets."""
+    nested = joblib.Parallel(n_jobs=-1)(joblib.delayed(os.getpid)() for _ in range(4))
     return {"prefix": sys.prefix, "pyenv": os.listdir("/root/.pyenv"),
-            "saw_checkout": os.path.exists(os.path.join(checkout, "parsl_poncho"))}
+            "saw_checkout": os.path.exists(os.path.join(checkout, "parsl_poncho")),
+            "nested_backend": type(joblib.parallel.get_active_backend()[0]).__name__,
+            "nested_pids": len(set(nested)), "pid": os.getpid() == nested[0]}
 
 
 def checksum(a, i):
