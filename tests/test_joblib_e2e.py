@@ -74,6 +74,7 @@ def test_ponchopoolexecutor_map_and_submit(run: tuple[dict, str, Path]) -> None:
     assert report["futures_map"] == list(map(lambda x, y: x ** 3 + y, range(40), range(40)))
     assert report["futures_submit"] == 28
     assert report["max_workers"] == report["cpu_count"] == 2  # the embedded workers' cores
+    assert report["initialized_map"] == [1000 + x for x in range(10)]  # initializer, initargs
 
 
 def test_large_array_is_sent_once_per_worker(run: tuple[dict, str, Path]) -> None:

@@ -45,6 +45,19 @@ def cube(x, y=0):
     return x ** 3 + y
 
 
+OFFSET = None
+
+
+def set_offset(value):
+    """An executor's initializer: sets a module global once per node."""
+    global OFFSET
+    OFFSET = value
+
+
+def add_offset(x):
+    return x + OFFSET
+
+
 def search(backend):
     X, y = load_digits(return_X_y=True)
     with joblib.parallel_config(backend=backend):
@@ -80,6 +93,8 @@ def main():
         report["futures_map"] = list(ex.map(cube, range(40), range(40), chunksize=7))
         report["futures_submit"] = ex.submit(cube, 3, y=1).result()
         report["max_workers"] = ex._max_workers
+    with PonchoPoolExecutor(initializer=set_offset, initargs=(1000,)) as ex:
+        report["initialized_map"] = list(ex.map(add_offset, range(10), chunksize=3))
     report["cpu_count"] = mp.cpu_count()
     print(json.dumps(report))
 
