@@ -73,6 +73,8 @@ def test_ponchopoolexecutor_map_and_submit(run: tuple[dict, str, Path]) -> None:
     report, _, _ = run
     assert report["futures_map"] == list(map(lambda x, y: x ** 3 + y, range(40), range(40)))
     assert report["futures_submit"] == 28
+    pids = report["chunk_pids"]  # a chunk of 7 calls = one task = one fork of the server
+    assert [len(set(pids[i:i + 7])) for i in (0, 7, 14)] == [1, 1, 1] and len(set(pids)) == 3
     assert report["max_workers"] == report["cpu_count"] == 2  # the embedded workers' cores
     assert report["initialized_map"] == [1000 + x for x in range(10)]  # initializer, initargs
 

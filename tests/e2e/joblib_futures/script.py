@@ -45,6 +45,10 @@ def cube(x, y=0):
     return x ** 3 + y
 
 
+def pid_of(_x):
+    return os.getpid()
+
+
 OFFSET = None
 
 
@@ -92,6 +96,7 @@ def main():
     with PonchoPoolExecutor() as ex:
         report["futures_map"] = list(ex.map(cube, range(40), range(40), chunksize=7))
         report["futures_submit"] = ex.submit(cube, 3, y=1).result()
+        report["chunk_pids"] = list(ex.map(pid_of, range(21), chunksize=7))
         report["max_workers"] = ex._max_workers
     with PonchoPoolExecutor(initializer=set_offset, initargs=(1000,)) as ex:
         report["initialized_map"] = list(ex.map(add_offset, range(10), chunksize=3))
