@@ -34,17 +34,22 @@ import time
 from typing import Any, Callable
 
 import cloudpickle
-import joblib
-from joblib.parallel import (
-    AutoBatchingMixin,
-    FallbackToBackend,
-    ParallelBackendBase,
-    SequentialBackend,
-)
 
 from parsl_poncho import _joblib_remote
 from parsl_poncho.errors import PonchoError
 from parsl_poncho.shipped import DEFAULT_MAX_NBYTES, ArgumentShipper, ShippedFile
+
+try:
+    import joblib
+    from joblib.parallel import (
+        AutoBatchingMixin,
+        FallbackToBackend,
+        ParallelBackendBase,
+        SequentialBackend,
+    )
+except ImportError as exc:  # the extra is optional: say how to get it
+    raise PonchoError(f"parsl_poncho.joblib needs joblib >= 1.5 ({exc}): pip install "
+                      "'parsl-poncho[joblib]'") from exc
 
 __all__ = ["BACKEND_NAME", "JoblibBackendError", "PonchoBackend", "check_joblib_version",
            "close_pools", "hidden_classes", "register", "shared_pool"]

@@ -277,3 +277,19 @@ def test_large_arguments_go_to_a_poncho_pool_as_cached_inputs(tmp_path: Any,
     assert name.startswith("poncho-data-") and (tmp_path / name).exists()
     calls, needs = sent[0][1]
     assert type(calls[0][1][0]).__name__ == "ShippedArg"  # the array itself stays here
+
+
+def test_without_joblib_the_import_names_the_extra() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'joblib':\n"
+            "            raise ImportError('No module named joblib')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import parsl_poncho.joblib\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "pip install 'parsl-poncho[joblib]'" in proc.stderr.splitlines()[-1]
