@@ -70,6 +70,13 @@ def mark_then_nap(args):
     return i
 
 
+def yaml_at_run_time(x):
+    import importlib
+
+    name = "".join(["ya", "ml"])  # a name the analysis cannot see
+    return importlib.import_module(name).safe_load(f"[{x}]")
+
+
 def items_then_raise():
     yield 1
     yield 2
@@ -286,3 +293,33 @@ def test_worker_files_are_cleaned_after_a_closed_pool(embedded):
         assert pool.apply(square, (3,)) == 9
         assert any(local.iterdir())  # the initializer's file
     assert not local.exists()
+
+
+def test_what_a_pool_function_misses_at_run_time_is_learnt_for_that_function(embedded,
+                                                                            request):
+    from parsl_poncho.learning import list_learnt
+
+    learnt = Path(request.config.cache.mkdir("parsl-poncho-mp-envs")) / "learnt"
+    for record in learnt.glob("*yaml_at_run_time*.json"):
+        record.unlink()  # learnt by an earlier run: learn it again
+    with poncho_mp.Pool(1) as pool:
+        assert pool.apply(yaml_at_run_time, (5,)) == [5]
+        assert pool.apply(square, (3,)) == 9
+    records = {r["app"]: r for r in list_learnt(learnt.parent)}
+    (app,) = [name for name in records if "yaml_at_run_time" in name]
+    assert "yaml" in str(records[app]), records[app]
+    assert not [name for name in records if "square" in name]  # per function, not per pool
+
+
+def test_imap_reads_its_input_as_slots_free_up(embedded):
+    taken: list = []
+
+    def numbers():
+        for i in range(50):
+            taken.append(i)
+            yield 0.3
+
+    with poncho_mp.Pool(2) as pool:
+        it = pool.imap(nap_then, numbers())
+        assert it.next(timeout=120) == 0.3
+        assert len(taken) <= 4, taken  # two in flight, one next to send (the stdlib reads all)

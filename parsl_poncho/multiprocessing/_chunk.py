@@ -9,6 +9,7 @@ that serverless tasks carry. Keep it free of imports from the package.
 from __future__ import annotations
 
 import importlib
+import types
 from typing import Any, Callable, Sequence
 
 #: The worker-side module (worker_shim/pool_init.py, in the task sandbox and beside the server);
@@ -40,3 +41,18 @@ def run_chunk(kind: int, func: Callable, items: Sequence[Any], init: InitRef | N
     """On the worker: run one chunk's calls, one after another (see pool_init.run_chunk)."""
     worker = importlib.import_module(_WORKER_MODULE)
     return worker.run_chunk(kind, func, items, init.name if init is not None else None)
+
+
+def runner_for(func: Callable) -> Callable:
+    """A copy of :func:`run_chunk` named after ``func``: the executor then files the chunks of
+    each pool function under its own name (Work Queue category, sizing, logs) and learns what
+    each one misses at run time apart from the others."""
+    name = getattr(func, "__name__", None) or type(func).__name__
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or name
+    runner = types.FunctionType(run_chunk.__code__, run_chunk.__globals__, str(name),
+                                run_chunk.__defaults__, run_chunk.__closure__)
+    runner.__qualname__ = f"run_chunk[{module}.{qualname}]"
+    runner.__module__ = run_chunk.__module__
+    runner.__doc__ = run_chunk.__doc__
+    return runner

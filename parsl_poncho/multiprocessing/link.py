@@ -151,7 +151,7 @@ class PoolLink:
         if scope is not None:
             self._spec[SERVER_KEY] = scope
         self._inputs = inputs
-        self._run_chunk = _chunk.run_chunk
+        self._runners: dict[Any, Callable] = {}  # pool function -> its named chunk runner
 
     def _write_initializer(self, initializer: Callable, initargs: tuple) -> FileToWq:
         """The initializer's file, named by its content (workers cache it).
@@ -182,7 +182,21 @@ class PoolLink:
         inputs = (*self._inputs, *cached_inputs)
         if inputs:
             spec[CACHED_INPUTS_KEY] = inputs
-        return self.executor.submit(self._run_chunk, spec, kind, func, list(items), self._init)
+        return self.executor.submit(self._runner(func), spec, kind, func, list(items),
+                                    self._init)
+
+    def _runner(self, func: Callable) -> Callable:
+        from parsl_poncho.multiprocessing import _chunk
+
+        try:
+            runner = self._runners.get(func)
+        except TypeError:  # an unhashable callable: the shared runner
+            return _chunk.run_chunk
+        if runner is None:
+            if len(self._runners) > 1000:  # a pool given endless new lambdas
+                self._runners.clear()
+            runner = self._runners[func] = _chunk.runner_for(func)
+        return runner
 
     def close(self) -> None:
         """Remove the pool's local files (the workers keep their cached copies)."""
