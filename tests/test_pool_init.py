@@ -134,3 +134,14 @@ def test_poncho_serve_refuses_bad_pool_options(tmp_path, options, message):
     proc = node.run(*options)
     assert proc.returncode == 20
     assert message in proc.stderr
+
+
+def test_an_idle_pool_server_removes_its_directory(tmp_path):
+    node = Node(tmp_path)
+    init = write_init(node, build_table, 5, str(tmp_path / "init.log"))
+    chunk(node, MAP, look_up, [1], init)
+    proc = node.run("--pool", "p4", "--init", init, "--idle", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    server = Path(f"{node.env}.server-v1-pool-p4")
+    assert server.is_dir()
+    assert wait_for(lambda: not server.exists(), 15)

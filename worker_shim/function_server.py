@@ -15,6 +15,7 @@ A multiprocessing.Pool's server (DIR ends in -pool-<name>, see poncho_serve --po
 the pool's initializer FILE after the preload and before the freeze (pool_init.py: once per
 server, so its globals reach every call), and with --max-calls N exits after handing out N calls
 (maxtasksperchild; the next call starts a new server, which runs the initializer again).
+A pool's server removes its DIR when it exits for another reason (idle, workers gone).
 
 Protocol (all on Linux /proc). A client's subshell, whose fd 0 is the server's alive FIFO (opened
 as /proc/<server>/fd/<N>, N from DIR/ready) and whose fd 5 is the pipe its parent reads the reply
@@ -115,6 +116,8 @@ class Server:
         self.idle = idle
         self.max_calls = max_calls  # 0: no limit
         self.calls = 0
+        self.pool = "-pool-" in os.path.basename(directory)  # a multiprocessing.Pool's own
+        self.recycled = False  # stopped by --max-calls: the pool's next server uses DIR
         self.tasks: dict[int, Task] = {}
         self.workers: dict[int, int] = {}  # Work Queue worker pid -> start time
         self.parents: dict[int, int | None] = {}  # client ppid -> its worker pid or None
@@ -281,6 +284,7 @@ class Server:
             self.last_activity = time.monotonic()
             self.calls += 1
             if self.max_calls and self.calls >= self.max_calls:
+                self.recycled = True
                 self.begin_stop(f"handed out {self.calls} calls (--max-calls)")
             return
         if first:
@@ -443,7 +447,9 @@ class Server:
                 next_tick = time.monotonic() + TICK
         self.control.close()  # the forker reads EOF and exits
         self.read_requests()
-        if self.stopping == EVICTED and self.take_lock():  # no newer server uses DIR
+        # an evicted env's DIR, or a pool's (its next chunk, if any, makes it again)
+        done_with_dir = self.stopping == EVICTED or (self.pool and not self.recycled)
+        if done_with_dir and self.take_lock():  # no newer server uses DIR
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
