@@ -4,8 +4,9 @@ Prints, from one run on this machine (one local worker offering its cores), medi
   * ``Pool.map`` of --items no-op items with the default chunksize, in items/s;
   * --round-trips serial ``Pool.apply`` round trips of a no-op, in ms;
   * ``GridSearchCV(SVC(), 3x3 grid, cv=3, n_jobs=-1)`` on ``load_digits``, in s: under joblib's
-    loky backend (the standard library's row), Ray's joblib backend and ours ("poncho"); loky
-    and ours take turns, round after round, in the same phase;
+    loky backend (the standard library's row), Ray's joblib backend and ours ("poncho"; also
+    with ``max_nbytes="100K"``, which sends X once per node); loky and ours take turns, round
+    after round, in the same phase;
 for ``multiprocessing.get_context("fork").Pool(2)``, ``ray.util.multiprocessing.Pool()`` (a
 local Ray with this host's cores) and ``parsl_poncho.multiprocessing.Pool()`` (the embedded
 default executor: one local worker with this host's cores; serverless). Beside them, a
@@ -84,10 +85,15 @@ def measure_pool(pool: Any, args: argparse.Namespace) -> dict[str, float]:
     return {"map": statistics.median(rates), "apply": statistics.median(trips)}
 
 
-def gridsearch_seconds(backends: tuple[str, ...], rounds: int
+#: GridSearchCV cases: name -> (joblib backend, parallel_config options).
+SEARCHES = {"loky": ("loky", {}), "ray": ("ray", {}), "poncho": ("poncho", {}),
+            "poncho 100K": ("poncho", {"max_nbytes": "100K"})}
+
+
+def gridsearch_seconds(cases: tuple[str, ...], rounds: int
                        ) -> dict[str, tuple[float, list[float]]]:
-    """Per joblib backend, the median wall time of the GridSearchCV run and its mean test
-    scores. The backends take turns, round after round (order rotating; one untimed round
+    """Per case of :data:`SEARCHES`, the median wall time of the GridSearchCV run and its mean
+    test scores. The cases take turns, round after round (order rotating; one untimed round
     first), so machine noise falls on all of them alike."""
     import joblib
     from sklearn.datasets import load_digits
@@ -95,17 +101,18 @@ def gridsearch_seconds(backends: tuple[str, ...], rounds: int
     from sklearn.svm import SVC
 
     X, y = load_digits(return_X_y=True)
-    times: dict[str, list[float]] = {b: [] for b in backends}
+    times: dict[str, list[float]] = {c: [] for c in cases}
     scores: dict[str, list[float]] = {}
     for r in range(rounds + 1):
-        for backend in backends[r % len(backends):] + backends[:r % len(backends)]:
+        for case in cases[r % len(cases):] + cases[:r % len(cases)]:
+            backend, options = SEARCHES[case]
             t0 = time.perf_counter()
-            with joblib.parallel_config(backend=backend):
+            with joblib.parallel_config(backend=backend, **options):
                 search = GridSearchCV(SVC(), GRID, cv=3, n_jobs=-1).fit(X, y)
             if r:
-                times[backend].append(time.perf_counter() - t0)
-            scores[backend] = [float(v) for v in search.cv_results_["mean_test_score"]]
-    return {b: (statistics.median(times[b]), scores[b]) for b in backends}
+                times[case].append(time.perf_counter() - t0)
+            scores[case] = [float(v) for v in search.cv_results_["mean_test_score"]]
+    return {c: (statistics.median(times[c]), scores[c]) for c in cases}
 
 
 def _try(name: str, measure: Callable[[], Any], fallback: Any) -> Any:
@@ -117,7 +124,7 @@ def _try(name: str, measure: Callable[[], Any], fallback: Any) -> Any:
 
 
 NAN = {"map": float("nan"), "apply": float("nan")}
-NO_SEARCH = {"loky": (float("nan"), []), "poncho": (float("nan"), [])}
+NO_SEARCH = {c: (float("nan"), []) for c in ("loky", "poncho", "poncho 100K")}
 
 
 # -- the rows ------------------------------------------------------------------------------------
@@ -148,9 +155,10 @@ def run_poncho(args: argparse.Namespace, cache: Path, stdlib: dict[str, Any]) ->
         pmp.embedded.shutdown()
     pmp.embedded.configure(**options)
     try:
-        searches = _try("gridsearch", lambda: gridsearch_seconds(("loky", "poncho"),
-                                                                 args.rounds), NO_SEARCH)
+        searches = _try("gridsearch", lambda: gridsearch_seconds(
+            ("loky", "poncho", "poncho 100K"), args.rounds), NO_SEARCH)
         row["gridsearch"], row["scores"] = searches["poncho"]
+        row["gridsearch 100K"], row["scores 100K"] = searches["poncho 100K"]
         stdlib["gridsearch"], stdlib["scores"] = searches["loky"]
     finally:
         parsl_poncho.joblib.close_pools()
@@ -242,10 +250,14 @@ def print_report(rows: dict[str, dict[str, Any] | None], parsl_row: dict[str, An
         same = "yes" if row.get("scores") and row["scores"] == lokys else "NO"
         print(f"{name:<34} {row['map']:>12,.0f} {row['apply'] * 1e3:>9.2f} "
               f"{row['gridsearch']:>15.2f}  {same}")
+    ours = rows["parsl_poncho Pool() / poncho"] or {}
+    if "gridsearch 100K" in ours:
+        same = "yes" if ours["scores 100K"] == lokys else "NO"
+        print(f"{'  the same, max_nbytes=100K':<34} {'':>12} {'':>9} "
+              f"{ours['gridsearch 100K']:>15.2f}  {same}   (X, 0.9 MB, sent once per node)")
     print(f"{'Parsl serverless app (Poncho)':<34} {'':>12} "
           f"{parsl_row['serverless app'] * 1e3:>9.2f}")
     print(f"{'Parsl HTEX no-op, tasks/s':<34} {parsl_row['htex no-op']:>12,.0f}")
-    ours = rows["parsl_poncho Pool() / poncho"] or {}
     ray = rows.get("ray Pool() / ray") or {}
     loky = rows["stdlib Pool(2) / loky"] or {}
     nan = float("nan")
@@ -260,6 +272,8 @@ def print_report(rows: dict[str, dict[str, Any] | None], parsl_row: dict[str, An
         ("ours map / stdlib map", _ratio(ours.get("map", nan), loky.get("map", nan)), None, None),
         ("ours apply / stdlib apply", _ratio(ours.get("apply", nan), loky.get("apply", nan)),
          None, None),
+        ("ours GridSearchCV, max_nbytes=100K / loky's",
+         _ratio(ours.get("gridsearch 100K", nan), loky.get("gridsearch", nan)), None, None),
         ("ours GridSearchCV / Ray's", _ratio(ours.get("gridsearch", nan),
                                              ray.get("gridsearch", nan)), None, None),
     ]
