@@ -136,7 +136,7 @@ class ArgumentShipper:
         return new if changed else value
 
     def _array(self, array: Any) -> tuple[ShippedArg, ShippedFile]:
-        import numpy as np
+        np = sys.modules["numpy"]  # loaded: ``array`` is one of its arrays
 
         if array.flags.c_contiguous:
             flat, order = array, "C"
@@ -153,7 +153,7 @@ class ArgumentShipper:
                 ShippedFile(str(path), name, path.stat().st_size))
 
     def _pandas(self, frame: Any) -> tuple[ShippedArg, ShippedFile]:
-        import pandas as pd
+        pd = sys.modules["pandas"]  # loaded: ``frame`` is one of its objects
 
         data = pickle.dumps(frame, protocol=5)
         name = f"{PREFIX}{hashlib.sha256(data).hexdigest()}.pkl"
@@ -193,8 +193,8 @@ class ArgumentShipper:
 
 def _writer_for(value: Any, max_nbytes: int
                 ) -> Callable[[ArgumentShipper, Any], tuple[ShippedArg, ShippedFile]] | None:
-    """How to ship ``value`` (None: pickle it with the call). Never imports numpy or pandas:
-    a value of theirs means they are loaded already."""
+    """How to ship ``value`` (None: pickle it with the call). Never imports numpy or pandas
+    (neither is a dependency of parsl-poncho): a value of theirs means they are loaded."""
     np = sys.modules.get("numpy")
     if np is not None and type(value) in (np.ndarray, np.memmap):
         if value.dtype.hasobject or value.nbytes < max_nbytes:
