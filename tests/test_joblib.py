@@ -293,3 +293,38 @@ def test_without_joblib_the_import_names_the_extra() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "pip install 'parsl-poncho[joblib]'" in proc.stderr.splitlines()[-1]
+
+
+def test_a_kept_pool_follows_the_current_executor(monkeypatch: Any) -> None:
+    """A pool kept for an executor that is no longer the current one (another Parsl config
+    was loaded) is terminated and replaced."""
+    import types
+
+    import parsl_poncho.multiprocessing.link as link
+
+    current = {"executor": "first"}
+    monkeypatch.setattr(link, "current_executor", lambda: current["executor"])
+    made: list[Any] = []
+
+    class FakePool:
+        def __init__(self, processes: int) -> None:
+            self._state = "RUN"
+            self._link = types.SimpleNamespace(executor=current["executor"])
+            made.append(self)
+
+        def terminate(self) -> None:
+            self._state = "TERMINATE"
+
+        def close(self) -> None:
+            self._state = "CLOSE"
+
+        def join(self) -> None:
+            pass
+
+    context = types.SimpleNamespace(Pool=FakePool, cpu_count=lambda: 2)
+    first = pj.shared_pool(2, context)
+    assert pj.shared_pool(2, context) is first
+    current["executor"] = "second"
+    second = pj.shared_pool(2, context)
+    assert second is not first and first._state == "TERMINATE"
+    assert second._link.executor == "second" and len(made) == 2
