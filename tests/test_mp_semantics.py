@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
 import time
@@ -274,8 +275,11 @@ def test_bad_arguments_fail_as_in_the_stdlib(mp):
         mp.Pool(1, maxtasksperchild=0)
     with pytest.raises(TypeError, match=r"initializer must be a callable"):
         mp.Pool(1, initializer=3)
-    with mp.Pool(1) as pool, pytest.raises(ValueError, match=r"Chunksize must be 1\+, not 0"):
-        pool.imap(square, [1], chunksize=0)
+    with mp.Pool(1) as pool:
+        with pytest.raises(ValueError, match=r"Chunksize must be 1\+, not 0"):
+            pool.imap(square, [1], chunksize=0)
+        with pytest.raises(NotImplementedError, match=r"pool objects cannot be passed"):
+            pickle.dumps(pool)
 
 
 def test_context_functions(mp):

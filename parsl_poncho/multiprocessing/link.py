@@ -31,7 +31,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from parsl_poncho.errors import PonchoError
 from parsl_poncho.exec_modes import CACHED_INPUTS_KEY, EXEC_MODE_KEY, SERVER_KEY, ServerScope
 from parsl_poncho.workqueue import FileToWq
 
@@ -44,14 +43,10 @@ logger = logging.getLogger(__name__)
 MAP, STAR, APPLY = 0, 1, 2
 
 
-class PoolError(PonchoError):
-    """A pool cannot reach an executor or send its work (the message says why and the fix)."""
-
-
 def current_executor() -> PonchoExecutor:
     """The PonchoExecutor of the loaded Parsl config, else the embedded default (started now).
 
-    :raises PoolError: the embedded default cannot start (see its message).
+    :raises EmbeddedExecutorError: the embedded default cannot start (see its message).
     """
     if "parsl" in sys.modules:  # a loaded config means parsl is imported already
         loaded = _loaded_poncho_executor()

@@ -106,6 +106,10 @@ class Pool:
         return (f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} "
                 f"pool_size={getattr(self, '_processes', '?')}>")
 
+    def __reduce__(self) -> Any:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled")
+
     # -- the threads -------------------------------------------------------------------------
     def _feed(self) -> None:
         """Send chunks while slots are free, in the order the jobs were given."""
