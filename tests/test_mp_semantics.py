@@ -236,7 +236,11 @@ def test_maxtasksperchild_runs_the_initializer_again(mp, tmp_path):
                  maxtasksperchild=2) as pool:
         for i in range(6):
             assert pool.apply(read_counter, (i,)) == ["x"]
-    assert len(log.read_text().splitlines()) == 3
+    runs = len(log.read_text().splitlines())
+    if mp is STD:  # each worker ends after 2 tasks; the one replacing the third may start
+        assert runs in (3, 4), runs
+    else:  # a server per 2 chunks; none is started before a chunk needs it
+        assert runs == 3
 
 
 # -- terminate, close, join -----------------------------------------------------------------------

@@ -145,3 +145,16 @@ def test_an_idle_pool_server_removes_its_directory(tmp_path):
     server = Path(f"{node.env}.server-v1-pool-p4")
     assert server.is_dir()
     assert wait_for(lambda: not server.exists(), 15)
+
+
+def test_globals_go_only_to_functions_of_the_initializers_module(tmp_path):
+    import types
+
+    node = Node(tmp_path)
+    init = write_init(node, build_table, 5, str(tmp_path / "init.log"))
+    other = types.FunctionType(look_up.__code__, {"__name__": "elsewhere", "SCRATCH": [],
+                                                  "TABLE": {1: "theirs"}}, "look_up")
+    chunk(node, MAP, other, [1], init)
+    proc = node.run("--pool", "p5", "--init", init)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert node.result()["value"] == [("theirs", 1)]  # its own TABLE, not the initializer's

@@ -14,7 +14,8 @@ value: cloudpickle gives each unpickled payload a fresh globals dict, so the chu
 would not see what the initializer (from another payload) assigned to the same module's
 globals. ``run_initializer`` keeps the initializer's globals dict after the call, and
 :func:`run_chunk` copies its values (every name but the module's dunders) into the globals dict
-of the chunk's function when that dict is not a real module's. The initializer's values win:
+of the chunk's function when that dict is not a real module's and belongs to the same module
+(``__name__``). The initializer's values win:
 as with ``fork``, the pool's processes see the module as it was when the pool started, plus
 what the initializer did to it. Functions of importable modules need nothing: they live in the
 module, which the initializer's process imported before the fork.
@@ -106,6 +107,8 @@ def share_initializer_globals(func: Callable) -> None:
     target = _by_value_globals(func)
     if not source or not target or source is target:
         return
+    if source.get("__name__") != target.get("__name__"):
+        return  # another module's code: the initializer did not write its globals
     for name, value in source.items():
         if not (name.startswith("__") and name.endswith("__")):
             target[name] = value
