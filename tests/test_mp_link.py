@@ -55,6 +55,7 @@ def test_a_pool_with_an_initializer_submits_serverless_chunks_to_its_own_server(
         link.submit_chunk(APPLY, plain, [((1,), {})])
         (runner, spec, args), (runner2, _spec2, _args2) = executor.calls
         assert runner is runner2 and runner.__name__ == "plain"  # one runner per function
+        assert runner.__qualname__ == f"run_chunk[{__name__}.plain]"
         assert spec["exec_mode"] == "serverless"
         scope = spec[SERVER_KEY]
         assert isinstance(scope, ServerScope) and scope.pool == link.key
@@ -88,7 +89,7 @@ def test_an_initializer_that_cannot_be_pickled_is_named():
 
 def test_the_analysis_of_a_chunk_covers_function_initializer_and_argument_types():
     analyzer = Analyzer()
-    runner = _chunk.runner_for(plain)
+    runner = _chunk.runner_for(*_chunk.runner_name(plain))
     ref = _chunk.InitRef("poncho-init-x.pkl", init_with_numpy, (3,))
     _spec, requirements = analyzer.analyze_call(runner, MAP, plain, [1, 2], ref)
     assert "numpy" in requirements.modules  # from the initializer's body only

@@ -43,14 +43,19 @@ def run_chunk(kind: int, func: Callable, items: Sequence[Any], init: InitRef | N
     return worker.run_chunk(kind, func, items, init.name if init is not None else None)
 
 
-def runner_for(func: Callable) -> Callable:
-    """A copy of :func:`run_chunk` named after ``func``: the executor then files the chunks of
-    each pool function under its own name (Work Queue category, sizing, logs) and learns what
-    each one misses at run time apart from the others."""
+def runner_name(func: Callable) -> tuple[str, str, str]:
+    """``(module, qualname, name)`` of a pool function (of its class for a callable object)."""
     name = getattr(func, "__name__", None) or type(func).__name__
     module = getattr(func, "__module__", None) or "?"
     qualname = getattr(func, "__qualname__", None) or name
-    runner = types.FunctionType(run_chunk.__code__, run_chunk.__globals__, str(name),
+    return str(module), str(qualname), str(name)
+
+
+def runner_for(module: str, qualname: str, name: str) -> Callable:
+    """A copy of :func:`run_chunk` named after a pool function (see :func:`runner_name`): the
+    executor then files each function's chunks under its own name (Work Queue category,
+    sizing, logs) and learns what each misses at run time apart from the others."""
+    runner = types.FunctionType(run_chunk.__code__, run_chunk.__globals__, name,
                                 run_chunk.__defaults__, run_chunk.__closure__)
     runner.__qualname__ = f"run_chunk[{module}.{qualname}]"
     runner.__module__ = run_chunk.__module__

@@ -146,7 +146,7 @@ class PoolLink:
         if scope is not None:
             self._spec[SERVER_KEY] = scope
         self._inputs = inputs
-        self._runners: dict[Any, Callable] = {}  # pool function -> its named chunk runner
+        self._runners: dict[tuple[str, str, str], Callable] = {}  # by the function's name
 
     def _write_initializer(self, initializer: Callable, initargs: tuple) -> FileToWq:
         """The initializer's file, named by its content (workers cache it).
@@ -181,16 +181,14 @@ class PoolLink:
                                     self._init)
 
     def _runner(self, func: Callable) -> Callable:
+        """The chunk runner named after ``func``, kept by name: the pool holds no reference to
+        the functions (joblib's batches carry their arguments)."""
         from parsl_poncho.multiprocessing import _chunk
 
-        try:
-            runner = self._runners.get(func)
-        except TypeError:  # an unhashable callable: the shared runner
-            return _chunk.run_chunk
+        key = _chunk.runner_name(func)
+        runner = self._runners.get(key)
         if runner is None:
-            if len(self._runners) > 1000:  # a pool given endless new lambdas
-                self._runners.clear()
-            runner = self._runners[func] = _chunk.runner_for(func)
+            runner = self._runners[key] = _chunk.runner_for(*key)
         return runner
 
     def close(self) -> None:
