@@ -3,7 +3,9 @@ loaded. A PonchoExecutor (serverless) with local Work Queue workers offering thi
 started by the first pool and stopped at interpreter exit.
 
 Its options can be set before the first pool with :func:`configure` (e.g. a worker wrapper, a
-cache directory); :func:`shutdown` stops it earlier than the exit.
+cache directory); :func:`shutdown` stops it earlier than the exit. Its run directory (task
+files, Work Queue logs) is a temporary directory, removed at shutdown; built environments stay
+in the env cache.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import atexit
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -109,7 +112,7 @@ def _start() -> None:
             f"cannot start a local Work Queue worker ({executor.worker_command!r}): {exc}. "
             "Install Work Queue (Debian: apt-get install coop-computing-tools; conda: "
             "ndcctools), or load a Parsl config with a PonchoExecutor") from exc
-    _state.update(executor=executor, workers=workers, cores=sum(per_worker))
+    _state.update(executor=executor, workers=workers, cores=sum(per_worker), run_dir=run_dir)
     if not _state.get("atexit"):
         atexit.register(shutdown)
         _state["atexit"] = True
@@ -127,7 +130,8 @@ def shutdown() -> None:
     a new one."""
     with _lock:
         executor, workers = _state["executor"], _state["workers"]
-        _state.update(executor=None, workers=[], cores=0)
+        run_dir = _state.get("run_dir")
+        _state.update(executor=None, workers=[], cores=0, run_dir=None)
     if executor is not None:
         try:
             executor.shutdown()
@@ -142,3 +146,5 @@ def shutdown() -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+    if run_dir is not None:  # task files and logs of this process's run only
+        shutil.rmtree(run_dir, ignore_errors=True)

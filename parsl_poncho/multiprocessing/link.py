@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+import weakref
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -133,6 +134,7 @@ class PoolLink:
         self.executor = executor
         self.key = uuid.uuid4().hex[:16]
         self._dir = Path(tempfile.mkdtemp(prefix=f"parsl-poncho-pool-{self.key}-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)  # at exit too
         self._init = None
         inputs: tuple[FileToWq, ...] = ()
         if initializer is not None:
@@ -193,7 +195,7 @@ class PoolLink:
 
     def close(self) -> None:
         """Remove the pool's local files (the workers keep their cached copies)."""
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._cleanup()
 
 
 def _register_by_value(module: Any) -> None:
