@@ -14,6 +14,12 @@ Two modes, named as in Parsl's TaskVineExecutor:
 
 The executor picks the mode per task (:func:`exec_mode_for`), and asks :class:`WorkerCommands`
 for the command and the cached worker files of that mode.
+
+Resource-specification keys that are not Work Queue resources, only messages to the executor
+(stripped by :func:`without_executor_keys`): :data:`EXEC_MODE_KEY`; :data:`SERVER_KEY`, a
+:class:`ServerScope` giving a serverless task a function server of its own per node (a
+``multiprocessing.Pool``'s: its initializer runs once in it, before the forks); and
+:data:`CACHED_INPUTS_KEY`, extra input files that workers cache (see ``tasks.staged_files``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ EXEC_MODES: tuple[ExecMode, ...] = ("regular", "serverless")
 
 #: Resource-specification key that chooses an app's exec mode (not a Work Queue resource).
 EXEC_MODE_KEY = "exec_mode"
+#: Resource-specification key: a :class:`ServerScope` (serverless tasks only).
+SERVER_KEY = "function_server"
+#: Resource-specification key: a sequence of ``FileToWq`` inputs, cached on the workers.
+CACHED_INPUTS_KEY = "cached_inputs"
+_EXECUTOR_KEYS = (EXEC_MODE_KEY, SERVER_KEY, CACHED_INPUTS_KEY)
+_SCOPE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+_INPUT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 
 #: Node-wide unpack cache on workers. Work Queue points TMPDIR at each task's own sandbox, so
 #: the shim's ${TMPDIR:-/tmp} default would unpack every task again; expanded by the worker's sh.
@@ -78,11 +91,77 @@ def exec_mode_for(func: Callable, resource_spec: Mapping[str, Any], default: Exe
     return mode
 
 
-def without_exec_mode(resource_spec: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The resource specification without the exec-mode key (which is not a resource)."""
-    if EXEC_MODE_KEY not in resource_spec:
+def without_executor_keys(resource_spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The resource specification without the keys that talk to the executor (exec mode,
+    function server, cached inputs), which are not Work Queue resources."""
+    if not any(key in resource_spec for key in _EXECUTOR_KEYS):
         return resource_spec
-    return {k: v for k, v in resource_spec.items() if k != EXEC_MODE_KEY}
+    return {k: v for k, v in resource_spec.items() if k not in _EXECUTOR_KEYS}
+
+
+without_exec_mode = without_executor_keys  # the name before function servers had scopes
+
+
+@dataclass(frozen=True)
+class ServerScope:
+    """Which function server a serverless task uses on its node, beyond its environment.
+
+    :param pool: a name of letters, digits, ``_`` and ``-``: tasks with the same pool share a
+        server of their own (per node and environment), apart from other tasks' servers.
+    :param init: the remote name of a cached input (see :data:`CACHED_INPUTS_KEY`) holding
+        ``cloudpickle.dumps((initializer, initargs, {}))``: the server runs it once, after its
+        preload and before it forks any call (worker_shim/pool_init.py).
+    :param max_calls: the server exits after handing out this many calls (the next call starts
+        a new one, which runs ``init`` again): ``maxtasksperchild``.
+    :raises ExecutorError: a name that is not safe on a command line, or ``max_calls`` < 1.
+    """
+
+    pool: str
+    init: str | None = None
+    max_calls: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _SCOPE_NAME.match(self.pool):
+            raise ExecutorError(f"ServerScope pool {self.pool!r} must be 1-40 letters, digits, "
+                                "'_' or '-'")
+        if self.init is not None and not _INPUT_NAME.match(self.init):
+            raise ExecutorError(f"ServerScope init {self.init!r} must be a plain file name "
+                                "(letters, digits, '_', '.', '-')")
+        if self.max_calls is not None and self.max_calls < 1:
+            raise ExecutorError(f"ServerScope max_calls is {self.max_calls!r}; use None or >= 1")
+
+    def options(self) -> list[str]:
+        """poncho_serve's options for this scope."""
+        out = ["--pool", self.pool]
+        if self.init:
+            out += ["--init", self.init]
+        if self.max_calls:
+            out += ["--max-calls", str(self.max_calls)]
+        return out
+
+
+@dataclass(frozen=True)
+class ServerCall:
+    """How one serverless task uses its node's function server: what a new server preloads,
+    and its :class:`ServerScope` (None: the environment's shared server)."""
+
+    preload: tuple[str, ...] = ()
+    scope: ServerScope | None = None
+
+
+def server_call(mode: ExecMode, modules: Sequence[str], resource_spec: Mapping[str, Any]
+                ) -> ServerCall | None:
+    """The :class:`ServerCall` of a task of ``mode`` (None for regular tasks).
+
+    :raises ExecutorError: the :data:`SERVER_KEY` value is not a :class:`ServerScope`.
+    """
+    if mode != "serverless":
+        return None
+    scope = resource_spec.get(SERVER_KEY)
+    if scope is not None and not isinstance(scope, ServerScope):
+        raise ExecutorError(f"parsl_resource_specification[{SERVER_KEY!r}] is {scope!r}; "
+                            "use a parsl_poncho.exec_modes.ServerScope")
+    return ServerCall(preload_list(modules), scope)
 
 
 def preload_list(modules: Sequence[str]) -> tuple[str, ...]:
@@ -118,16 +197,20 @@ class WorkerCommands:
             files += (FileToWq(str(env.code.tarball), env.code.name, cache=True),)
         return files
 
-    def command_for(self, mode: ExecMode, env: Any, preload: Sequence[str] = ()) -> str:
-        """:meth:`command` for a :class:`~parsl_poncho.layers.LayeredEnv` (base + code)."""
+    def command_for(self, mode: ExecMode, env: Any,
+                    server: ServerCall | Sequence[str] | None = ()) -> str:
+        """:meth:`command` for a :class:`~parsl_poncho.layers.LayeredEnv` (base + code);
+        ``server`` is a :class:`ServerCall` or just the modules to preload."""
         code = env.code
-        return self.command(mode, env.base_name, env.sha256, preload,
+        if not isinstance(server, ServerCall):
+            server = ServerCall(tuple(server or ()))
+        return self.command(mode, env.base_name, env.sha256, server.preload,
                             code=code.name if code else None,
-                            code_sha256=code.sha256 if code else None)
+                            code_sha256=code.sha256 if code else None, scope=server.scope)
 
     def command(self, mode: ExecMode, tarball: str, sha256: str | None,
                 preload: Sequence[str] = (), *, code: str | None = None,
-                code_sha256: str | None = None) -> str:
+                code_sha256: str | None = None, scope: ServerScope | None = None) -> str:
         """The shell command of one task: the shim unpacks and activates (the base env, then
         the code layer ``code`` on PYTHONPATH), then the call runs."""
         shim = ["./poncho_run", "-e", tarball, "-w", str(self.unpack_timeout)]
@@ -140,6 +223,8 @@ class WorkerCommands:
             run = ["sh", "poncho_serve", "--idle", str(self.server_idle_timeout)]
             if preload:
                 run += ["--preload", ",".join(preload)]
+            if scope is not None:
+                run += scope.options()
             run += ["--", "fn.pkl", "result.pkl"]
         else:
             run = ["python", "run_function.py", "fn.pkl", "result.pkl"]

@@ -36,12 +36,12 @@ from parsl_poncho.envs import SpecAdditions
 from parsl_poncho.errors import ExecutorError, MissingModuleError, UnresolvedImportError
 from parsl_poncho.exec_modes import (
     ExecMode,
+    ServerCall,
     WorkerCommands,
     check_exec_mode,
     exec_mode_for,
-    preload_list,
+    server_call,
     stage_worker_files,
-    without_exec_mode,
 )
 from parsl_poncho.learning import Learner, importable_here, misses_of
 from parsl_poncho.manager import ManagerProcess
@@ -82,7 +82,7 @@ class _Prepared:
     id: str
     category: str
     mode: ExecMode
-    preload: tuple[str, ...]
+    server: ServerCall | None  # serverless: preload and the function server's scope
     resources: Mapping[str, Any]
     task_dir: Path
     inputs: tuple[FileToWq, ...]
@@ -443,11 +443,11 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         task_dir = self._data_dir / task_id
         task_dir.mkdir(parents=True, exist_ok=True)
         (task_dir / "fn.pkl").write_bytes(payload)
-        resources = wq_resources(without_exec_mode(resource_spec), default_cores=self.default_cores)
+        resources = wq_resources(resource_spec, default_cores=self.default_cores)
         category = app_name(func) if self.autocategory else "parsl-default"
-        inputs, outputs = staged_files(args, kwargs)
-        preload = preload_list(list(modules)) if mode == "serverless" else ()
-        return _Prepared(task_id, category, mode, preload, resources, task_dir, inputs, outputs,
+        inputs, outputs = staged_files(args, kwargs, resource_spec)
+        server = server_call(mode, list(modules), resource_spec)
+        return _Prepared(task_id, category, mode, server, resources, task_dir, inputs, outputs,
                          (func, args, kwargs))
 
     def _dispatch(self, task: _Prepared, fu: Future, ready: Future) -> None:
@@ -463,7 +463,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         logger.info("task %s runs in env %s", task.id, env.describe())  # + base and code
         self._send(TaskToWq(
             id=task.id,
-            command=self._commands.command_for(task.mode, env, task.preload),
+            command=self._commands.command_for(task.mode, env, task.server),
             category=task.category,
             inputs=(*self._commands.inputs(task.mode, env),
                     FileToWq(str(task.task_dir / "fn.pkl"), "fn.pkl"), *task.inputs),

@@ -34,8 +34,10 @@ PONCHO_SERVE = "poncho_serve"
 FUNCTION_SERVER = "function_server.py"
 CALL_PROCESS = "call_process.py"
 HUGE_PAGES = "huge_pages.py"
-#: What poncho_serve copies from the task sandbox into the function server's directory.
-SERVER_FILES = (FUNCTION_SERVER, CALL_PROCESS, HUGE_PAGES, RUN_FUNCTION)
+POOL_INIT = "pool_init.py"
+#: What poncho_serve copies from the task sandbox into the function server's directory
+#: (pool_init.py: a multiprocessing.Pool's initializer and chunks; parsl_poncho.multiprocessing).
+SERVER_FILES = (FUNCTION_SERVER, CALL_PROCESS, HUGE_PAGES, RUN_FUNCTION, POOL_INIT)
 
 
 def _candidates(name: str) -> list[Path]:

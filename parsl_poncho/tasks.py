@@ -19,7 +19,8 @@ import cloudpickle
 from parsl.data_provider.files import File
 from parsl.utils import get_std_fname_mode
 
-from parsl_poncho.errors import RemoteTaskError, TaskSerializationError
+from parsl_poncho.errors import ExecutorError, RemoteTaskError, TaskSerializationError
+from parsl_poncho.exec_modes import CACHED_INPUTS_KEY, without_executor_keys
 from parsl_poncho.workqueue import FileToWq
 
 logger = logging.getLogger(__name__)
@@ -130,15 +131,18 @@ def app_name(func: Callable) -> str:
 def wq_resources(resource_spec: Mapping[str, Any], *, default_cores: int = 1) -> dict[str, Any]:
     """Parsl resource specification -> Work Queue task resources.
 
-    Unknown keys are logged and ignored (Parsl's generic tests pass ``{'cpus': 1}`` and expect
-    the task to run). A task without ``cores`` gets ``default_cores`` so it never takes a whole
-    multi-core worker; memory and disk not given are then shared out by Work Queue.
+    The keys that talk to the executor (``exec_mode``, ``function_server``, ``cached_inputs``:
+    see exec_modes.py) are left out. Unknown keys are logged and ignored (Parsl's generic
+    tests pass ``{'cpus': 1}`` and expect the task to run). A task without ``cores`` gets
+    ``default_cores`` so it never takes a whole multi-core worker; memory and disk not given
+    are then shared out by Work Queue.
 
     >>> wq_resources({})
     {'cores': 1}
     >>> wq_resources({'cores': 2, 'memory': 1000, 'disk': 100})
     {'cores': 2, 'memory': 1000, 'disk': 100}
     """
+    resource_spec = without_executor_keys(resource_spec)
     unknown = sorted(set(resource_spec) - set(RESOURCE_KEYS))
     if unknown:
         logger.warning("ignoring unknown resource specification keys %s (known: %s)",
@@ -148,18 +152,24 @@ def wq_resources(resource_spec: Mapping[str, Any], *, default_cores: int = 1) ->
     return out
 
 
-def staged_files(args: tuple, kwargs: dict) -> tuple[tuple[FileToWq, ...], tuple[FileToWq, ...]]:
-    """Work Queue inputs/outputs for Parsl Files and std streams with relative paths.
+def staged_files(args: tuple, kwargs: dict, resource_spec: Mapping[str, Any] | None = None
+                 ) -> tuple[tuple[FileToWq, ...], tuple[FileToWq, ...]]:
+    """Work Queue inputs/outputs for Parsl Files and std streams with relative paths, and the
+    inputs listed under the resource specification's ``cached_inputs`` key.
 
     Absolute paths are left alone (a shared file system is assumed for them), as Parsl's
-    WorkQueueExecutor does.
+    WorkQueueExecutor does. ``cached_inputs`` holds ``FileToWq`` objects; each is sent with
+    ``cache=True`` (a worker keeps it for every later task: give it a content-derived name).
+
+    :raises ExecutorError: ``cached_inputs`` holds something else than ``FileToWq`` objects.
     """
+    cached = _cached_inputs(resource_spec or {})
     inputs = [f for f in (*args, *kwargs.get("inputs", ()),
                           *(v for k, v in kwargs.items() if k not in ("inputs", "outputs")))
               if isinstance(f, File)]
     outputs = [f for f in kwargs.get("outputs", ()) if isinstance(f, File)]
     ins = tuple(FileToWq(f.filepath, f.filepath) for f in inputs
-                if f.scheme == "file" and not os.path.isabs(f.filepath))
+                if f.scheme == "file" and not os.path.isabs(f.filepath)) + cached
     outs = [FileToWq(f.filepath, f.filepath) for f in outputs
             if f.scheme == "file" and not os.path.isabs(f.filepath)]
     for stream in ("stdout", "stderr"):
@@ -172,6 +182,14 @@ def staged_files(args: tuple, kwargs: dict) -> tuple[tuple[FileToWq, ...], tuple
             if not os.path.isabs(name):
                 outs.append(FileToWq(name, name))
     return ins, tuple(outs)
+
+
+def _cached_inputs(resource_spec: Mapping[str, Any]) -> tuple[FileToWq, ...]:
+    given = resource_spec.get(CACHED_INPUTS_KEY) or ()
+    if isinstance(given, FileToWq) or not all(isinstance(f, FileToWq) for f in given):
+        raise ExecutorError(f"parsl_resource_specification[{CACHED_INPUTS_KEY!r}] is "
+                            f"{given!r}; use a sequence of parsl_poncho.workqueue.FileToWq")
+    return tuple(f if f.cache else FileToWq(f.local, f.remote, cache=True) for f in given)
 
 
 def remote_exception(report: Mapping[str, Any], *, env_hash: str = "?",

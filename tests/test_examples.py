@@ -53,3 +53,23 @@ def test_cli_by_hand(example_env: dict[str, str], tmp_path: Path) -> None:
     env = {**example_env, "TMPDIR": str(tmp_path)}
     out = run_example(["sh", str(EXAMPLES / "cli_by_hand" / "run.sh")], env, tmp_path)
     assert '{"mean": 3.0' in out
+
+
+def test_multiprocessing_pool(example_env: dict[str, str], tmp_path: Path) -> None:
+    out = run_example([sys.executable, str(EXAMPLES / "multiprocessing_pool.py"), "--windows",
+                       "300"], example_env, tmp_path)
+    stdlib = run_example([sys.executable, str(EXAMPLES / "multiprocessing_pool.py"),
+                          "--windows", "300", "--stdlib"], example_env, tmp_path)
+    assert out.startswith("parsl_poncho.multiprocessing: 300 windows, mean |x| 0.")
+    numbers = [text.split(": ", 1)[1].rsplit(" (", 1)[0] for text in (out, stdlib)]
+    assert numbers[0] == numbers[1]  # the same windows, means and largest as the stdlib's
+
+
+def test_joblib_gridsearch(example_env: dict[str, str], tmp_path: Path) -> None:
+    out = run_example([sys.executable, str(EXAMPLES / "joblib_gridsearch.py")], example_env,
+                      tmp_path)
+    loky = run_example([sys.executable, str(EXAMPLES / "joblib_gridsearch.py"), "--backend",
+                        "loky"], example_env, tmp_path)
+    assert out.startswith("poncho: best {'C': 10, 'gamma': 0.001} scores 0.9")
+    results = [text.split(": ", 1)[1].rsplit(" (", 1)[0] for text in (out, loky)]
+    assert results[0] == results[1]  # the same search, fits and scores as loky's

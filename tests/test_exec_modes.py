@@ -71,7 +71,7 @@ def test_regular_and_serverless_commands(tmp_path: Path):
     assert [f.remote for f in commands.inputs("regular")] == ["poncho_run", "run_function.py"]
     assert [f.remote for f in commands.inputs("serverless")] == [
         "poncho_run", "run_function.py", "poncho_serve", "function_server.py", "call_process.py",
-        "huge_pages.py"]
+        "huge_pages.py", "pool_init.py"]
     assert all(f.cache for f in commands.inputs("serverless"))
 
 
@@ -115,3 +115,49 @@ def test_layered_env_command_and_inputs_carry_the_code_layer(tmp_path: Path):
     assert "-c" not in shlex.split(commands.command_for("regular", plain))
     assert [f.remote for f in commands.inputs("regular", plain)][-1] == f"env-{'b' * 64}.tar.gz"
     assert plain.hash == base.hash and env.hash != base.hash
+
+
+def test_a_server_scope_adds_pool_options_and_the_executor_keys_are_not_resources(tmp_path):
+    from parsl_poncho.exec_modes import (
+        CACHED_INPUTS_KEY,
+        SERVER_KEY,
+        ServerCall,
+        ServerScope,
+        server_call,
+        without_executor_keys,
+    )
+    from parsl_poncho.tasks import staged_files, wq_resources
+    from parsl_poncho.workqueue import FileToWq
+
+    scope = ServerScope("p1", "poncho-init-ab.pkl", 5)
+    spec = {"cores": 1, "exec_mode": "serverless", SERVER_KEY: scope,
+            CACHED_INPUTS_KEY: (FileToWq("/x/poncho-init-ab.pkl", "poncho-init-ab.pkl"),)}
+    assert without_executor_keys(spec) == {"cores": 1}
+    assert wq_resources(spec) == {"cores": 1}
+    call = server_call("serverless", ["numpy"], spec)
+    assert call == ServerCall(("numpy",), scope)
+    assert server_call("regular", ["numpy"], spec) is None
+    ins, _outs = staged_files((), {}, spec)
+    assert ins == (FileToWq("/x/poncho-init-ab.pkl", "poncho-init-ab.pkl", cache=True),)
+    commands = WorkerCommands(stage_worker_files(tmp_path))
+    line = commands.command("serverless", "env-a.tar.gz", None, call.preload, scope=scope)
+    argv = shlex.split(line.removesuffix(" 2>&1"))
+    assert argv[argv.index("poncho_serve"):] == [
+        "poncho_serve", "--idle", "300", "--preload", "numpy", "--pool", "p1", "--init",
+        "poncho-init-ab.pkl", "--max-calls", "5", "--", "fn.pkl", "result.pkl"]
+
+
+def test_bad_server_scopes_and_cached_inputs_are_refused():
+    from parsl_poncho.exec_modes import ServerScope, server_call
+    from parsl_poncho.tasks import staged_files
+
+    with pytest.raises(ExecutorError, match=r"pool 'a b' must be 1-40 letters"):
+        ServerScope("a b")
+    with pytest.raises(ExecutorError, match=r"init '../x' must be a plain file name"):
+        ServerScope("p", "../x")
+    with pytest.raises(ExecutorError, match=r"max_calls is 0; use None or >= 1"):
+        ServerScope("p", None, 0)
+    with pytest.raises(ExecutorError, match=r"\['function_server'\] is 'p'; use a"):
+        server_call("serverless", [], {"function_server": "p"})
+    with pytest.raises(ExecutorError, match=r"\['cached_inputs'\] is \['x'\]; use a sequence"):
+        staged_files((), {}, {"cached_inputs": ["x"]})

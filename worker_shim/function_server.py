@@ -2,13 +2,20 @@
 
 Usage (started detached by poncho_serve with the environment's python; not run by hand):
     python DIR/function_server.py --dir DIR --env PREFIX [--idle SECS] [--preload MOD,MOD,...]
+        [--init FILE] [--max-calls N]
 
 DIR is PREFIX.server-v1 (0700) beside the unpacked environment PREFIX in the node cache (with a
 code layer, PREFIX.server-v1-<layer>: the layer $PARSL_PONCHO_CODE_LAYER is on its sys.path);
-poncho_serve copies this file, call_process.py, huge_pages.py and run_function.py into it. The
-server imports cloudpickle, run_function (its own copy) and each --preload module (a failing one
-is logged and skipped), gc.freeze()s the heap so forked children share it copy-on-write, puts
-it on huge pages when it preloaded anything (huge_pages.py), then writes DIR/ready.
+poncho_serve copies this file, call_process.py, huge_pages.py, run_function.py and pool_init.py
+into it. The server imports cloudpickle, run_function, pool_init (its own copies) and each
+--preload module (a failing one is logged and skipped), gc.freeze()s the heap so forked
+children share it copy-on-write, puts it on huge pages when it preloaded anything
+(huge_pages.py), then writes DIR/ready.
+A multiprocessing.Pool's server (DIR ends in -pool-<name>, see poncho_serve --pool) also runs
+the pool's initializer FILE after the preload and before the freeze (pool_init.py: once per
+server, so its globals reach every call), and with --max-calls N exits after handing out N calls
+(maxtasksperchild; the next call starts a new server, which runs the initializer again).
+A pool's server removes its DIR when it exits for another reason (idle, workers gone).
 
 Protocol (all on Linux /proc). A client's subshell, whose fd 0 is the server's alive FIFO (opened
 as /proc/<server>/fd/<N>, N from DIR/ready) and whose fd 5 is the pipe its parent reads the reply
@@ -103,10 +110,14 @@ def same_file(a: os.stat_result, b: os.stat_result) -> bool:
 class Server:
     """The loop: requests in, each call to a spare process, replies out, housekeeping."""
 
-    def __init__(self, directory: str, prefix: str, idle: float) -> None:
+    def __init__(self, directory: str, prefix: str, idle: float, max_calls: int = 0) -> None:
         self.dir = directory
         self.prefix = prefix
         self.idle = idle
+        self.max_calls = max_calls  # 0: no limit
+        self.calls = 0
+        self.pool = "-pool-" in os.path.basename(directory)  # a multiprocessing.Pool's own
+        self.recycled = False  # stopped by --max-calls: the pool's next server uses DIR
         self.tasks: dict[int, Task] = {}
         self.workers: dict[int, int] = {}  # Work Queue worker pid -> start time
         self.parents: dict[int, int | None] = {}  # client ppid -> its worker pid or None
@@ -271,6 +282,10 @@ class Server:
             task.close_inputs()
             self.tasks[pid] = task
             self.last_activity = time.monotonic()
+            self.calls += 1
+            if self.max_calls and self.calls >= self.max_calls:
+                self.recycled = True
+                self.begin_stop(f"handed out {self.calls} calls (--max-calls)")
             return
         if first:
             self.waiting.appendleft(task)
@@ -432,13 +447,16 @@ class Server:
                 next_tick = time.monotonic() + TICK
         self.control.close()  # the forker reads EOF and exits
         self.read_requests()
-        if self.stopping == EVICTED and self.take_lock():  # no newer server uses DIR
+        # an evicted env's DIR, or a pool's (its next chunk, if any, makes it again)
+        done_with_dir = self.stopping == EVICTED or (self.pool and not self.recycled)
+        if done_with_dir and self.take_lock():  # no newer server uses DIR
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def preload(modules: list[str]) -> None:
-    """Import cloudpickle, run_function and ``modules``; a failing one is logged and skipped."""
-    for name in ["cloudpickle", "run_function", *modules]:
+    """Import cloudpickle, run_function, pool_init (a pool chunk's runner) and ``modules``; a
+    failing one is logged and skipped."""
+    for name in ["cloudpickle", "run_function", "pool_init", *modules]:
         start = time.perf_counter()
         try:
             importlib.import_module(name)
@@ -454,6 +472,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--env", required=True)
     parser.add_argument("--idle", type=float, default=300.0)
     parser.add_argument("--preload", default="")
+    parser.add_argument("--init", default="")
+    parser.add_argument("--max-calls", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -467,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.close(fd)  # nothing of the first task's (or its worker's) stays open here
     os.chdir(args.dir)  # not the first task's sandbox, which goes away with it
-    server = Server(args.dir, args.env, args.idle)
+    server = Server(args.dir, args.env, args.idle, args.max_calls)
     if not server.take_lock():
         log(f"another function server already runs in {server.dir}: exiting")
         return 3
@@ -475,12 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(server.dir, "pid"), "w") as f:
         f.write(f"{os.getpid()}\n")
     modules = [m.strip() for m in args.preload.split(",") if m.strip()]
-    pins = reserve_arenas() if modules else []  # a preload worth a cheaper fork
+    pins = reserve_arenas() if modules or args.init else []  # a preload worth a cheaper fork
     preload(modules)
+    if args.init:  # a pool's: once, before any fork, so its globals reach every call
+        log(importlib.import_module("pool_init").initialize_server(args.init))
     del pins
     gc.collect()
     gc.freeze()
-    if modules:
+    if modules or args.init:
         log(f"huge pages: {collapse_and_report()}")
         log(f"thread pools: {prepare_thread_pools()}")
     try:

@@ -1,0 +1,1 @@
+../../worker_shim/pool_init.py

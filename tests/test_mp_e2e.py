@@ -1,0 +1,75 @@
+"""parsl_poncho.multiprocessing end to end, as a user runs it, on workers that cannot see this
+host's Python or the checkout (tests/e2e/mp_pool/hidden_worker.sh): a Pool with an initializer
+building a table used by hundreds of apply_async calls, imap, imap_unordered, starmap and map
+with chunksize, a raising function with error_callback (script.py); and a node killed in the
+middle of a map (fault.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tools import can_hide_host_python, require
+
+SCENARIO = Path(__file__).parent / "e2e" / "mp_pool"
+HIDDEN_WORKER = SCENARIO / "hidden_worker.sh"
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),  # above the scripts' own timeouts, so their output is kept
+    pytest.mark.skipif(not Path("/root/.pyenv").is_dir(), reason="needs the pyenv host Python"),
+]
+
+
+def run_script(name: str, tmp_path: Path, request: pytest.FixtureRequest, **extra: str) -> dict:
+    require(can_hide_host_python(), "unshare --mount with tmpfs needs root")
+    scratch = tmp_path / "scratch"
+    (tmp_path / "runinfo").mkdir()
+    scratch.mkdir()
+    cache = request.config.cache.mkdir("parsl-poncho-mp-envs")  # shared with the other mp tests
+    env = {**os.environ, "RUN_DIR": str(tmp_path / "runinfo"), "PONCHO_CACHE": str(cache),
+           "WORKER": str(HIDDEN_WORKER), "CHECKOUT": str(CHECKOUT), "SCRATCH": str(scratch),
+           "PARSL_PONCHO_WORKER_CACHE": str(tmp_path / "wcache"), **extra}
+    proc = subprocess.run([sys.executable, str(SCENARIO / name)], cwd=scratch, env=env,
+                          capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_pool_script_runs_unchanged_on_hidden_workers(tmp_path, request):
+    init_log = tmp_path / "init.log"
+    report = run_script("script.py", tmp_path, request, INIT_LOG=str(init_log), N="300")
+
+    table = [i * i % 97 for i in range(1000)]
+    assert report["processes"] == 2  # the workers' cores, asked of the Work Queue manager
+    assert report["table"] == table[:300]
+    assert len(init_log.read_text().splitlines()) == 1  # once per node, for 300+ calls
+    for seen in report["where"]:
+        assert seen["prefix"].startswith(str(tmp_path / "wcache")), seen
+        assert seen["saw_checkout"] is False and seen["pyenv"] == [], seen
+    assert report["imap"] == table[:50]
+    assert report["imap_unordered"] == sorted(table[:50])
+    assert report["starmap"] == [b ** 3 for b in range(30)]
+    assert report["map"] == table[:200]
+    assert len(report["error"]) == 1, report["error"]
+    assert report["error"][0] in ("ArithmeticError: 6 is unlucky",
+                                  "ArithmeticError: 13 is unlucky")
+    assert report["error_type"] == "ArithmeticError" and report["remote_traceback"]
+
+
+def test_a_node_killed_in_the_middle_of_a_map_loses_no_item_and_runs_none_twice(tmp_path,
+                                                                              request):
+    side = tmp_path / "side"
+    side.mkdir()
+    report = run_script("fault.py", tmp_path, request, SIDE=str(side))
+
+    assert report.get("killed", 0) >= 3, report  # a worker, its clients, a server at least
+    assert report["started_on_doomed"], report
+    assert report["results"] == [i * 10 for i in range(12)]
+    assert report["done"] == {str(i): 1 for i in range(12)}, report["done"]

@@ -1,0 +1,335 @@
+"""The same Pool scenarios against the standard library's multiprocessing and against
+parsl_poncho.multiprocessing (its embedded executor: local Work Queue workers, real envs),
+compared: orders, chunks (= Work Queue tasks), timeouts, exception types, callbacks, the
+initializer's runs, terminate, and the stdlib's edge cases (closed pools, results not ready).
+
+This module travels by value (as a script's ``__main__`` would), so the envs need no tests/.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+import parsl_poncho.multiprocessing as poncho_mp
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+STD = multiprocessing.get_context("fork")
+COUNTER: list = []
+
+
+# -- the functions the pools run (builtins and os/time only: one small env for all) -----------
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def where(x):
+    return x, os.getpid()
+
+
+def nap_then(x):
+    time.sleep(x)
+    return x
+
+
+def fail_on(x):
+    if x == 3:
+        raise ValueError(f"item {x} is bad")
+    return x
+
+
+def count_init(path, tag):
+    COUNTER.append(tag)  # a global the calls read, set once per process that ran it
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def read_counter(_x):
+    return list(COUNTER)
+
+
+def mark_then_nap(args):
+    directory, i = args
+    with open(os.path.join(directory, f"started-{i}"), "w"):
+        pass
+    time.sleep(1.5)
+    return i
+
+
+def yaml_at_run_time(x):
+    import importlib
+
+    name = "".join(["ya", "ml"])  # a name the analysis cannot see
+    return importlib.import_module(name).safe_load(f"[{x}]")
+
+
+def items_then_raise():
+    yield 1
+    yield 2
+    raise KeyError("the input ran dry")
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def embedded(request):
+    """The embedded executor, with envs in a cache kept between runs (one small env)."""
+    cache = request.config.cache.mkdir("parsl-poncho-mp-envs")
+    poncho_mp.embedded.shutdown()
+    poncho_mp.embedded.configure(cache_dir=str(cache), server_idle_timeout=60)
+    yield poncho_mp.embedded.default_executor()
+    poncho_mp.embedded.shutdown()
+
+
+@pytest.fixture(params=["stdlib", "poncho"])
+def mp(request):
+    """The module under test: the standard library's (fork context) or ours."""
+    if request.param == "stdlib":
+        return STD
+    request.getfixturevalue("embedded")
+    return poncho_mp
+
+
+def count_tasks(mp, monkeypatch) -> list:
+    """A list that gets one entry per Work Queue task the pools submit (stays empty for the
+    stdlib): the embedded executor's submit, counted."""
+    sent: list = []
+    if mp is poncho_mp:
+        executor = poncho_mp.embedded.default_executor()
+        submit = executor.submit
+
+        def counting(*args, **kwargs):
+            sent.append(args[0])
+            return submit(*args, **kwargs)
+
+        monkeypatch.setattr(executor, "submit", counting)
+    return sent
+
+
+# -- orders -----------------------------------------------------------------------------------
+def test_map_starmap_and_imap_keep_the_input_order(mp):
+    with mp.Pool(2) as pool:
+        assert pool.map(square, range(20), chunksize=3) == [x * x for x in range(20)]
+        assert pool.starmap(add, [(i, 10) for i in range(9)], chunksize=2) == list(
+            range(10, 19))
+        assert list(pool.imap(square, iter(range(7)), chunksize=2)) == [x * x for x in range(7)]
+        assert list(pool.imap(square, iter(range(5)))) == [0, 1, 4, 9, 16]
+        assert sorted(pool.imap_unordered(square, range(10), chunksize=3)) == sorted(
+            x * x for x in range(10))
+        assert pool.map(square, []) == []
+        assert pool.apply(add, (2,), {"b": 5}) == 7
+
+
+def test_imap_unordered_yields_in_completion_order(mp):
+    with mp.Pool(2) as pool:
+        assert list(pool.imap_unordered(nap_then, [2.0, 0.0])) == [0.0, 2.0]
+        assert list(pool.imap(nap_then, [1.0, 0.0])) == [1.0, 0.0]
+
+
+# -- chunks -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, chunksize", [(25, None), (25, 4), (3, None)])
+def test_chunks_follow_the_stdlib_default_and_each_is_one_task_in_one_fork(mp, n, chunksize,
+                                                                            monkeypatch):
+    sent = count_tasks(mp, monkeypatch)
+    with mp.Pool(2) as pool:
+        result = pool.map_async(where, range(n), chunksize)
+        values = result.get(timeout=120)
+        size = result._chunksize
+        assert size == (chunksize or -(-n // 8))  # divmod(n, processes * 4), rounded up
+        assert [v for v, _pid in values] == list(range(n))
+        if mp is poncho_mp:
+            chunks = [values[i:i + size] for i in range(0, n, size)]
+            assert len(sent) == len(chunks)
+            for chunk in chunks:  # a chunk's calls share one process, chunks do not
+                assert len({pid for _v, pid in chunk}) == 1
+            assert len({chunk[0][1] for chunk in chunks}) == len(chunks)
+
+
+# -- timeouts ---------------------------------------------------------------------------------
+def test_get_and_next_time_out_with_multiprocessing_timeouterror(mp):
+    with mp.Pool(2) as pool:
+        slow = pool.apply_async(nap_then, (3,))
+        with pytest.raises(multiprocessing.TimeoutError, match=r"^$"):
+            slow.get(timeout=0.2)
+        assert not slow.ready()
+        with pytest.raises(ValueError, match=r"not ready"):
+            slow.successful()
+        it = pool.imap(nap_then, [3])
+        with pytest.raises(multiprocessing.TimeoutError, match=r"^$"):
+            it.next(timeout=0.2)
+        assert slow.get(timeout=120) == 3 and slow.successful()
+        assert it.next(timeout=120) == 3
+    assert mp.TimeoutError is multiprocessing.TimeoutError
+
+
+# -- exceptions and callbacks ------------------------------------------------------------------
+def test_exceptions_keep_their_type_and_reach_error_callbacks_in_a_result_thread(mp):
+    seen: dict = {}
+    done = threading.Event()
+
+    def on_error(exc):
+        seen["error"] = (exc, threading.current_thread() is threading.main_thread())
+        done.set()
+
+    def on_value(value):
+        seen["value"] = (value, threading.current_thread() is threading.main_thread())
+
+    with mp.Pool(2) as pool:
+        bad = pool.apply_async(fail_on, (3,), callback=on_value, error_callback=on_error)
+        with pytest.raises(ValueError, match=r"item 3 is bad"):
+            bad.get(timeout=120)
+        assert done.wait(10) and not bad.successful()
+        exc, in_main = seen["error"]
+        assert type(exc) is ValueError and not in_main
+        pool.apply_async(square, (4,), callback=on_value).get(timeout=120)
+        time.sleep(0.2)  # the callback runs before get() returns in both; be lenient
+        assert seen["value"] == (16, False)
+        with pytest.raises(ValueError, match=r"item 3 is bad"):
+            pool.map(fail_on, range(8), chunksize=2)
+        mapped: list = []
+        result = pool.map_async(fail_on, range(8), 2, callback=mapped.append,
+                                error_callback=mapped.append)
+        result.wait(120)
+        assert len(mapped) == 1 and type(mapped[0]) is ValueError and not result.successful()
+        with pytest.raises(ValueError, match=r"item 3 is bad"):
+            list(pool.imap(fail_on, range(5)))
+        it = pool.imap(square, items_then_raise())
+        assert [it.next(timeout=120), it.next(timeout=120)] == [1, 4]
+        with pytest.raises(KeyError, match=r"the input ran dry"):
+            it.next(timeout=120)
+    if mp is poncho_mp:
+        assert "fail_on" in getattr(exc, "remote_traceback", "")
+
+
+# -- the initializer ----------------------------------------------------------------------------
+def test_the_initializer_runs_once_per_process_in_the_stdlib_and_once_per_node_here(mp,
+                                                                                   tmp_path):
+    log = tmp_path / "init.log"
+    with mp.Pool(2, initializer=count_init, initargs=(str(log), "ready")) as pool:
+        results = [pool.apply_async(read_counter, (i,)) for i in range(12)]
+        assert all(r.get(timeout=120) == ["ready"] for r in results)
+        assert pool.map(read_counter, range(6), chunksize=1) == [["ready"]] * 6
+    runs = log.read_text().splitlines()
+    if mp is STD:
+        assert len(runs) == 2  # one per worker process
+    else:
+        assert len(runs) == 1  # one node: one function server for this pool
+
+
+def test_maxtasksperchild_runs_the_initializer_again(mp, tmp_path):
+    log = tmp_path / "init.log"
+    with mp.Pool(1, initializer=count_init, initargs=(str(log), "x"),
+                 maxtasksperchild=2) as pool:
+        for i in range(6):
+            assert pool.apply(read_counter, (i,)) == ["x"]
+    runs = len(log.read_text().splitlines())
+    if mp is STD:  # each worker ends after 2 tasks; the one replacing the third may start
+        assert runs in (3, 4), runs
+    else:  # a server per 2 chunks; none is started before a chunk needs it
+        assert runs == 3
+
+
+# -- terminate, close, join -----------------------------------------------------------------------
+def test_terminate_drops_what_has_not_started(mp, tmp_path):
+    pool = mp.Pool(2)
+    result = pool.map_async(mark_then_nap, [(str(tmp_path), i) for i in range(20)], chunksize=1)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("started-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pool.terminate()
+    pool.join()
+    time.sleep(2)  # what was sent had time to start
+    started = len(list(tmp_path.glob("started-*")))
+    assert 1 <= started <= 2, started
+    assert not result.ready()
+    with pytest.raises(ValueError, match=r"Pool not running"):
+        pool.apply_async(square, (1,))
+
+
+def test_close_then_join_waits_for_the_work_given(mp):
+    pool = mp.Pool(2)
+    results = [pool.apply_async(nap_then, (0.2,)) for _ in range(4)]
+    with pytest.raises(ValueError, match=r"Pool is still running"):
+        pool.join()
+    pool.close()
+    with pytest.raises(ValueError, match=r"Pool not running"):
+        pool.map(square, [1])
+    pool.join()
+    assert all(r.ready() and r.get() == 0.2 for r in results)
+
+
+def test_bad_arguments_fail_as_in_the_stdlib(mp):
+    with pytest.raises(ValueError, match=r"Number of processes must be at least 1"):
+        mp.Pool(0)
+    with pytest.raises(ValueError, match=r"maxtasksperchild must be a positive int or None"):
+        mp.Pool(1, maxtasksperchild=0)
+    with pytest.raises(TypeError, match=r"initializer must be a callable"):
+        mp.Pool(1, initializer=3)
+    with mp.Pool(1) as pool:
+        with pytest.raises(ValueError, match=r"Chunksize must be 1\+, not 0"):
+            pool.imap(square, [1], chunksize=0)
+        with pytest.raises(NotImplementedError, match=r"pool objects cannot be passed"):
+            pickle.dumps(pool)
+
+
+def test_context_functions(mp):
+    assert mp.get_context("spawn").Pool is not None
+    with pytest.raises(ValueError, match=r"cannot find context for 'bogus'"):
+        mp.get_context("bogus")
+    if mp is poncho_mp:
+        assert mp.cpu_count() == os.cpu_count()  # the embedded workers offer this host's cores
+        assert mp.get_context().cpu_count() == os.cpu_count()
+
+
+def test_worker_files_are_cleaned_after_a_closed_pool(embedded):
+    with poncho_mp.Pool(1, initializer=square, initargs=(1,)) as pool:
+        local = Path(pool._link._dir)
+        assert pool.apply(square, (3,)) == 9
+        assert any(local.iterdir())  # the initializer's file
+    assert not local.exists()
+
+
+def test_what_a_pool_function_misses_at_run_time_is_learnt_for_that_function(embedded,
+                                                                            request):
+    from parsl_poncho.learning import list_learnt
+
+    learnt = Path(request.config.cache.mkdir("parsl-poncho-mp-envs")) / "learnt"
+    for record in learnt.glob("*yaml_at_run_time*.json"):
+        record.unlink()  # learnt by an earlier run: learn it again
+    with poncho_mp.Pool(1) as pool:
+        assert pool.apply(yaml_at_run_time, (5,)) == [5]
+        assert pool.apply(square, (3,)) == 9
+    records = {r["app"]: r for r in list_learnt(learnt.parent)}
+    (app,) = [name for name in records if "yaml_at_run_time" in name]
+    assert "yaml" in str(records[app]), records[app]
+    assert not [name for name in records if "square" in name]  # per function, not per pool
+
+
+def test_imap_reads_its_input_as_slots_free_up(embedded):
+    taken: list = []
+
+    def numbers():
+        for i in range(50):
+            taken.append(i)
+            yield 0.0 if i == 0 else 3.0
+
+    with poncho_mp.Pool(2) as pool:
+        it = pool.imap(nap_then, numbers())
+        assert it.next(timeout=120) == 0.0
+        # two sent, the first done, a third sent, a fourth read and waiting (the stdlib reads
+        # all 50 at once)
+        assert len(taken) <= 4, taken
