@@ -13,6 +13,8 @@ import os
 import traceback
 import types
 from collections import ChainMap
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import cloudpickle
@@ -20,6 +22,7 @@ from parsl.data_provider.files import File
 from parsl.utils import get_std_fname_mode
 
 from parsl_poncho.errors import RemoteTaskError, TaskSerializationError
+from parsl_poncho.exec_modes import ExecMode
 from parsl_poncho.workqueue import FileToWq
 
 logger = logging.getLogger(__name__)
@@ -235,3 +238,18 @@ def env_hash_of(future: Any) -> str | None:
     if future is None:
         return None
     return vars(future).get("parsl_poncho_env_hash")
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """What submit() worked out for a task, kept until its env is ready."""
+
+    id: str
+    category: str
+    mode: ExecMode
+    preload: tuple[str, ...]
+    resources: Mapping[str, Any]
+    task_dir: Path
+    inputs: tuple[FileToWq, ...]
+    outputs: tuple[FileToWq, ...]
+    call: tuple[Callable, tuple, dict]  # to analyse again after learning
