@@ -201,9 +201,12 @@ def test_eight_workers_env_bytes_from_the_manager(env_cache: Path, tmp_path: Pat
         env_gets = {n: c for n, c in gets.items() if "-env-" in n}
         assert list(env_gets.values()) == [2], gets  # one GET per node cache
     if mode == "shared":
-        fetched = sorted(Path(c, "fetched").iterdir() for c in set(caches.values()))
-        assert all(len(list(Path(c, "fetched").glob("*.part.*"))) == 0 for c in used)
-        assert len(fetched) == 8
+        published = sorted(p.name for p in (tmp_path / "shared").iterdir())
+        assert len(published) == 4, published  # env and code layer, each with its .sha256
+        for cache in used:  # one checked copy of each on every node, nothing half-written
+            fetched = sorted(p.name for p in Path(cache, "fetched").iterdir())
+            assert fetched == sorted(n.split("-", 1)[0] for n in published
+                                     if not n.endswith(".sha256")), fetched
 
 
 @pytest.mark.parametrize("mode", ["shared", "url"])
