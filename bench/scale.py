@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import os
 import shutil
 import socket
@@ -40,6 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,23 +75,29 @@ def default_tarball() -> Path:
 
 # -- a capped TCP proxy in front of the Work Queue manager ----------------------------------
 class CappedProxy:
-    """Forwards 127.0.0.1:port to the manager; manager -> worker bytes share one rate cap."""
+    """Forwards 127.0.0.1:port to the manager; manager -> worker bytes share one rate cap.
+
+    It runs in a process of its own: Work Queue's C code holds the GIL while it sends, so a
+    thread of the manager's process could never forward what the manager is sending.
+    """
 
     def __init__(self, target: int, rate: float) -> None:
-        self.target, self.limit = target, _RateLimit(rate)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe()
+        self.process = ctx.Process(target=self._serve, args=(target, rate, child), daemon=True)
+        self.process.start()
+        self.port = parent.recv()
 
-    def _accept(self) -> None:
+    @classmethod
+    def _serve(cls, target: int, rate: float, pipe: Any) -> None:
+        limit = _RateLimit(rate)
+        sock = socket.create_server(("127.0.0.1", 0))
+        pipe.send(sock.getsockname()[1])
         while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for src, dst, cap in ((client, upstream, None), (upstream, client, self.limit)):
-                threading.Thread(target=self._pump, args=(src, dst, cap), daemon=True).start()
+            client, _ = sock.accept()
+            upstream = socket.create_connection(("127.0.0.1", target))
+            for src, dst, cap in ((client, upstream, None), (upstream, client, limit)):
+                threading.Thread(target=cls._pump, args=(src, dst, cap), daemon=True).start()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket, cap: _RateLimit | None) -> None:
@@ -107,7 +115,8 @@ class CappedProxy:
                 pass
 
     def close(self) -> None:
-        self.sock.close()
+        self.process.terminate()
+        self.process.join()
 
 
 def _start(args: list[str], root: Path, name: str) -> subprocess.Popen:
@@ -118,17 +127,20 @@ def _start(args: list[str], root: Path, name: str) -> subprocess.Popen:
 def deliver_manager(tarball: Path, n: int, rate: float, root: Path, foremen: int = 0) -> float:
     """Seconds for a Work Queue manager to get ``tarball`` onto n workers (one task each)."""
     wq = load_work_queue()
-    password = root / "password"
-    password.write_text("bench\n")
-    q = wq.WorkQueue(0)
-    q.specify_password_file(str(password))
+    # A free port from the kernel's ephemeral range, not Work Queue's 1024 upwards, where
+    # workers of other runs on this host look for their managers. (No password: Work Queue's
+    # challenge does not pass the proxy.)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    q = wq.WorkQueue(port)
     proxy = CappedProxy(q.port, rate)
     procs = []
     try:
         targets = []
         for k in range(foremen):
             port_file = root / f"f{k}.port"
-            procs.append(_start(["work_queue_worker", "--password", str(password), "--foreman",
+            procs.append(_start(["work_queue_worker", "--foreman",
                                  "-Z", str(port_file), "-s", str(root / f"f{k}"),
                                  "127.0.0.1", str(proxy.port)], root, f"f{k}"))
             while not port_file.is_file() or not port_file.read_text().strip():
@@ -136,9 +148,9 @@ def deliver_manager(tarball: Path, n: int, rate: float, root: Path, foremen: int
             targets.append(int(port_file.read_text()))
         for i in range(n):
             port = targets[i % foremen] if foremen else proxy.port
-            procs.append(_start(["work_queue_worker", "--password", str(password), "--cores",
-                                 "1", "--memory", "500", "--disk", "2000", "-s",
-                                 str(root / f"w{i}"), "127.0.0.1", str(port)], root, f"w{i}"))
+            procs.append(_start(["work_queue_worker", "--cores", "1", "--memory", "500",
+                                 "--disk", "2000", "-s", str(root / f"w{i}"), "127.0.0.1",
+                                 str(port)], root, f"w{i}"))
         deadline = time.monotonic() + 60
         while q.stats.total_cores < n:  # every worker (through its foreman) offers its core
             q.wait(0)
@@ -152,6 +164,9 @@ def deliver_manager(tarball: Path, n: int, rate: float, root: Path, foremen: int
             t = wq.Task("test -s env.tar.gz")
             t.specify_input_file(str(tarball), "env.tar.gz", cache=True)
             t.specify_cores(1)
+            # Debian's Work Queue gives no worker a task whose disk exceeds its memory.
+            t.specify_memory(100)
+            t.specify_disk(200)
             q.submit(t)
         while not q.empty():
             t = q.wait(1)
@@ -270,12 +285,12 @@ def part_b(size_measured: int, rows: dict[str, list[float]], counts: list[int], 
     print(f"  foremen        {TIERS} x S/L + {NODES}/{TIERS} x S/L + S/unpack   "
           f"({TIERS} foremen, each fed once)")
     print(f"  url, serve     {NODES} x S/L + o_fetch + S/unpack       (submit host's link shared)")
-    print(f"  url + {TIERS} caches {TIERS} x S/L + {NODES}/{TIERS} x S/L + o_fetch + S/unpack")
+    print(f"  url+caches     {TIERS} x S/L + {NODES}/{TIERS} x S/L + o_fetch + S/unpack")
     print(f"  shared FS      max({NODES} x S/FS, S/L) + o_fetch + S/unpack")
     print("  (L: the link of the submit host and of each node; FS: the shared filesystem's "
           "aggregate bandwidth; seconds)")
     header = f"{'env':>6} {'link':>9} " + "".join(
-        f"{m:>13}" for m in ("manager", "foremen", "url, serve", "url+caches",
+        f"{m:>15}" for m in ("manager", "foremen", "url, serve", "url+caches",
                             *(f"shared {k}" for k in SHARED_FS)))
     print(header)
     for size in (0.5 * GB, 5 * GB):
@@ -288,7 +303,7 @@ def part_b(size_measured: int, rows: dict[str, list[float]], counts: list[int], 
                 *(max(NODES * size / fs, size / link) + fetch_o + size / unpack
                   for fs in SHARED_FS.values()),
             ]
-            print(f"{size / GB:>5.1f}G {name:>9} " + "".join(f"{c:>13.0f}" for c in cells))
+            print(f"{size / GB:>5.1f}G {name:>9} " + "".join(f"{c:>15.0f}" for c in cells))
 
 
 def main(argv: list[str] | None = None) -> None:
