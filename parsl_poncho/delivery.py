@@ -16,6 +16,13 @@ name and rename, retries) and links it into the sandbox; ``poncho_run`` then che
 again and unpacks it on node-local disk as in the manager mode.
 
 Published files are content-addressed: ``<sha256>-<name>``, each with a ``.sha256`` sidecar.
+They are published at dispatch, by the thread that readies the env, once per env and run.
+
+Why not Work Queue's own ``specify_file_command`` input (cctools 9.9, tried here): a command
+that fails makes the worker disconnect and the task go back to waiting, for ever; a command
+without ``%%`` or longer than about 4 KB kills the manager process; and a bad file it fetched
+stays in that worker's cache for later tasks. A step of the task itself can retry, check and
+fail the one task with a clear error, and can share one copy between the workers of a node.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import hashlib
 import logging
 import os
 import shlex
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +178,9 @@ class Publisher:
             return
         if target.exists():
             logger.warning("published %s does not match its sha256; publishing it again", target)
-        tmp = self.directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        # Unique across submit hosts and threads that may publish into one shared directory.
+        unique = f"{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
+        tmp = self.directory / f".{name}.{unique}.tmp"
         try:
             digest = hashlib.sha256()
             with open(local, "rb") as src, open(tmp, "wb") as dst:
@@ -183,7 +193,7 @@ class Publisher:
                     "damaged; remove it (parsl-poncho cache prune) so it is built again")
             tmp.chmod(0o644)
             os.replace(tmp, target)
-            sidecar = self.directory / f".{name}.sha256.tmp"
+            sidecar = self.directory / f".{name}.sha256.{unique}.tmp"
             sidecar.write_text(f"{sha256}  {name}\n")
             os.replace(sidecar, self.directory / f"{name}.sha256")
         finally:

@@ -115,7 +115,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running(env_cache: Path, tmp_path: Path, delivery: Any) -> Iterator[tuple[Any, Cluster]]:
+def running(env_cache: Path, tmp_path: Path, delivery: Any,
+            **options: Any) -> Iterator[tuple[Any, Cluster]]:
     """A DFK with a PonchoExecutor (no provider blocks) and a Cluster to start workers in."""
     import parsl
     from parsl.config import Config
@@ -126,7 +127,8 @@ def running(env_cache: Path, tmp_path: Path, delivery: Any) -> Iterator[tuple[An
     password.write_text("scale-test-secret\n")
     ex = PonchoExecutor(cache_dir=env_cache, env_delivery=delivery, default_disk=200,
                         extra_pkgs=["pandas"], project_password_file=str(password),
-                        provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0))
+                        provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0),
+                        **options)
     cluster = Cluster(tmp_path / "nodes", password)
     config = Config(executors=[ex], run_dir=str(tmp_path / "runinfo"), strategy="none")
     try:
@@ -262,3 +264,13 @@ def test_the_http_server_stopped_during_a_fetch_loses_no_task(env_cache: Path,
         results = [f.result(timeout=600) for f in futures]
     _check_results(results, {str(tmp_path / "cache0")})
     assert sum(c for n, c in server.gets.items() if "-env-" in n) >= 2
+
+
+def test_serverless_tasks_fetch_their_env_the_same_way(env_cache: Path, tmp_path: Path) -> None:
+    with running(env_cache, tmp_path, SharedDir(str(tmp_path / "shared")),
+                 function_exec_mode="serverless") as (ex, cluster):
+        cluster.worker(ex._manager.port, "w0", str(tmp_path / "cache0"))
+        results = [f.result(timeout=600) for f in [_probe_app()(i) for i in range(3)]]
+    _check_results(results, {str(tmp_path / "cache0")})
+    assert env_bytes_sent(tmp_path / "runinfo") == {}
+    assert list((tmp_path / "cache0").glob("*.server-v1-*")), "a function server ran the calls"
