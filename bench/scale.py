@@ -5,7 +5,8 @@ Usage: python bench/scale.py [--tarball ENV.tar.gz] [--rate MBPS] [--workers 1,2
 
 (a) delivery, all in one run on this host, the origin capped at --rate MB/s (default 20):
     manager            a Work Queue manager sends the tarball (a cached input) to N workers
-                       (``work_queue_worker --cores 1``, one task each); the workers reach it
+                       (``work_queue_worker --cores 1``, one task each, which holds the
+                       worker once its file is there); the workers reach it
                        through a TCP proxy that caps manager -> workers at --rate
     manager+2 foremen  the same with 2 foremen between (N/2 workers each); only manager ->
                        foremen goes through the capped proxy (a foreman is another host)
@@ -159,19 +160,25 @@ def deliver_manager(tarball: Path, n: int, rate: float, root: Path, foremen: int
                 raise SystemExit(f"only {q.stats.total_cores} of {n} workers connected")
         if foremen:
             time.sleep(1)
+        # Each task holds its worker's one core after its file arrived, so every worker gets
+        # one task and one copy (a fast task would free its worker for the next task, which
+        # finds the file cached there: fewer than n transfers).
+        arrived = root / "arrived"
+        arrived.mkdir()
         start = time.monotonic()
         for _ in range(n):
-            t = wq.Task("test -s env.tar.gz")
+            t = wq.Task(f"test -s env.tar.gz && touch {arrived}/$$ && sleep 60")
             t.specify_input_file(str(tarball), "env.tar.gz", cache=True)
             t.specify_cores(1)
             # Debian's Work Queue gives no worker a task whose disk exceeds its memory.
             t.specify_memory(100)
             t.specify_disk(200)
             q.submit(t)
-        while not q.empty():
-            t = q.wait(1)
-            if t is not None and t.return_status != 0:
-                raise SystemExit(f"delivery task failed: {t.result} {t.output}")
+        while len(list(arrived.iterdir())) < n:
+            t = q.wait(0)
+            if t is not None:
+                raise SystemExit(f"delivery task ended early: {t.result} {t.output}")
+            time.sleep(0.01)
         return time.monotonic() - start
     finally:
         q.shutdown_workers(0)
@@ -240,6 +247,9 @@ def part_a(tarball: Path, counts: list[int], rate: float, tmp: Path) -> dict[str
 
 
 def slope(xs: list[int], ys: list[float]) -> float:
+    """Least-squares seconds per worker (time per worker when only one N was run)."""
+    if len(set(xs)) < 2:
+        return ys[0] / xs[0]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
