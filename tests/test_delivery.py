@@ -267,3 +267,28 @@ def test_fetch_delivery_sends_no_env_file_and_fetches_before_poncho_run(tmp_path
     manager = delivery_for("manager", commands, tmp_path / "stage", tmp_path)
     assert [f.remote for f in manager.inputs("regular", env)][-2:] == ["env-b.tar.gz",
                                                                          "code-c.tar.gz"]
+
+
+def test_url_modes_name_the_published_file_by_url(tmp_path: Path) -> None:
+    data = b"base"
+    base = tmp_path / "env-b.tar.gz"
+    base.write_bytes(data)
+    env = _Env("env-b.tar.gz", _sha(data), base, None)
+    commands = WorkerCommands({n: FileToWq(f"/s/{n}", n, cache=True)
+                               for n in ("poncho_run", "run_function.py")})
+    own = delivery_for(Url("http://web.example/poncho/", publish_dir=str(tmp_path / "www")),
+                       commands, tmp_path / "stage", tmp_path)
+    assert f"http://web.example/poncho/{_sha(data)}-env-b.tar.gz" in own.command_for(
+        "regular", env)
+    assert (tmp_path / "www" / f"{_sha(data)}-env-b.tar.gz").read_bytes() == data
+    served = delivery_for(Url(base="http://127.0.0.1:0", serve=True), commands,
+                          tmp_path / "stage", tmp_path / "run")
+    try:
+        url = f"{served.server.url}/{_sha(data)}-env-b.tar.gz"
+        assert url in served.command_for("regular", env)
+        assert urllib.request.urlopen(url).read() == data  # published under the run dir
+        assert (tmp_path / "run" / "published" / f"{_sha(data)}-env-b.tar.gz").is_file()
+    finally:
+        served.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)
