@@ -292,3 +292,14 @@ def test_url_modes_name_the_published_file_by_url(tmp_path: Path) -> None:
         served.close()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
+
+
+def test_every_worker_file_ships_in_the_package_as_a_link_to_worker_shim() -> None:
+    # parsl_poncho/_shim/ holds symlinks to worker_shim/ (setuptools copies their targets into
+    # the wheel): a worker file without one would be missing from an installed package.
+    repo = Path(__file__).resolve().parents[1]
+    for source in (repo / "worker_shim").iterdir():
+        if source.is_file() and not source.name.endswith(".pyc"):
+            link = repo / "parsl_poncho" / "_shim" / source.name
+            assert link.is_symlink() and link.resolve() == source.resolve(), source.name
+    assert os.access(shim_file("poncho_fetch"), os.X_OK)
