@@ -5,6 +5,7 @@ Public API (imported lazily, so ``import parsl_poncho`` stays cheap and does not
     from parsl_poncho import PonchoExecutor, env_hash_of, Analyzer, EnvStore, Env, Spec
     from parsl_poncho import resources_of, TaskResources   # what a finished task used
     from parsl_poncho import PipSources    # where the pip part installs from (default: as pip)
+    from parsl_poncho import SharedDir, Url  # env_delivery: how envs reach the nodes
     from parsl_poncho.analyze import analyze   # the function; ``parsl_poncho.analyze`` is
                                                # the subpackage, so it cannot be re-exported
 """
@@ -26,6 +27,8 @@ _EXPORTS = {
     "Env": "parsl_poncho.store",
     "Spec": "parsl_poncho.spec",
     "PipSources": "parsl_poncho.pip_sources",
+    "SharedDir": "parsl_poncho.delivery",
+    "Url": "parsl_poncho.delivery",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

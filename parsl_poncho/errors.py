@@ -108,3 +108,7 @@ class MissingModuleError(UnresolvedImportError, ModuleNotFoundError):
     ``ImportError``/``ModuleNotFoundError`` around ``future.result()`` behaves as with any other
     executor (where the same import fails on the worker).
     """
+
+
+class DeliveryError(ExecutorError):
+    """Environments cannot be delivered as ``env_delivery`` says (bad option, publish failed)."""

@@ -23,7 +23,6 @@ import os
 import shutil
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -32,11 +31,11 @@ from parsl.jobs.states import TERMINAL_STATES
 from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
+from parsl_poncho.delivery import EnvDelivery, check_env_delivery, delivery_for
 from parsl_poncho.envs import SpecAdditions
 from parsl_poncho.errors import ExecutorError, MissingModuleError, UnresolvedImportError
 from parsl_poncho.exec_modes import (
     ExecMode,
-    ServerCall,
     WorkerCommands,
     check_exec_mode,
     exec_mode_for,
@@ -48,6 +47,7 @@ from parsl_poncho.manager import ManagerProcess
 from parsl_poncho.monitor import Monitor, disk_for, thread_env
 from parsl_poncho.pip_sources import PipSources, redacted, strip_credentials
 from parsl_poncho.sizing import Sizer
+from parsl_poncho.tasks import PreparedTask as _Prepared
 from parsl_poncho.tasks import (
     app_name,
     remote_exception,
@@ -74,21 +74,6 @@ if TYPE_CHECKING:
     from parsl_poncho.store import EnvStore
 
 logger = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class _Prepared:
-    """What submit() worked out for a task, kept until its env is ready."""
-
-    id: str
-    category: str
-    mode: ExecMode
-    server: ServerCall | None  # serverless: preload and the function server's scope
-    resources: Mapping[str, Any]
-    task_dir: Path
-    inputs: tuple[FileToWq, ...]
-    outputs: tuple[FileToWq, ...]
-    call: tuple[Callable, tuple, dict]  # to analyse again after learning
-
 
 class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     """Run Parsl apps on Work Queue workers, each inside a conda environment built for it.
@@ -143,6 +128,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     :param learn_missing: a task that failed after missing a module this host has is sent
       again to an env with it added, and the app keeps it (also in later runs).
     :param right_size: size memory of apps that set none from measured peaks (parsl_poncho.sizing).
+    :param env_delivery: how envs reach workers: ``"manager"`` (Work Queue sends each to each
+      worker), ``SharedDir(path)`` or ``Url(...)`` (nodes fetch once each; parsl_poncho.delivery).
     :param analyzer: an Analyzer to use instead of one built from the options above.
     :param store: an EnvStore to use instead of one built from the options above.
     """
@@ -191,6 +178,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         server_idle_timeout: int = 300,
         learn_missing: bool = True,
         right_size: bool = True,
+        env_delivery: EnvDelivery = "manager",
         analyzer: Analyzer | None = None,
         store: EnvStore | None = None,
     ):
@@ -250,6 +238,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.function_exec_mode = check_exec_mode(function_exec_mode, "function_exec_mode")
         self.server_idle_timeout = server_idle_timeout
         self.learn_missing, self.right_size = learn_missing, right_size
+        self.env_delivery = check_env_delivery(env_delivery)
         self.analyzer = analyzer
         self.store = store
         if remote_monitoring_radio is None:
@@ -278,8 +267,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             d.mkdir(parents=True, exist_ok=True)
         staged = stage_worker_files(base / "shim")
         self._poncho_run_local = Path(staged["poncho_run"].local)
-        self._commands = WorkerCommands(staged, self.unpack_timeout, self.worker_cache_dir,
-                                        self.init_command, self.server_idle_timeout)
+        self._commands = delivery_for(self.env_delivery, WorkerCommands(
+            staged, self.unpack_timeout, self.worker_cache_dir, self.init_command,
+            self.server_idle_timeout), base / "shim", base, self.address)
         self._data.sources = self.pip_sources.resolve()
         self._store = self.store if self.store is not None else self._make_store()
         self._store.build_options = self._make_build_options(self._store.build_options)
@@ -359,6 +349,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self._fail_outstanding(ExecutorError(f"{self.label} was shut down before the task ran"))
         self._monitor.log_summary()
         self._manager.close()
+        self._commands.close()  # Url(serve=True): its server
         if self.store is None:
             self._store.close(wait=False)  # a build in flight finishes in the background
         shutil.rmtree(self._unpack_dir, ignore_errors=True)

@@ -8,10 +8,14 @@ sent and not finished (so a restarted manager gets them again), and the restart 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import logging
+import os
 import queue
+import sys
 import threading
+import time
 from typing import Any, Iterator
 
 from parsl.multiprocessing import SpawnContext, SpawnProcess
@@ -66,17 +70,12 @@ class ManagerProcess:
                     "should_stop": self._should_stop},
         )
         self.process.start()
-        try:
-            chosen = mailbox.get(timeout=START_TIMEOUT)
-        except queue.Empty:
-            chosen = None
+        chosen = _wait_for_port(mailbox, self.process)
         mailbox.close()
         if chosen is None:
             self.process.join(timeout=5)
-            raise ExecutorError(
-                f"{self.name}: the Work Queue manager did not start (port {port} in use? "
-                f"see {self.log_dir} and the Parsl log)"
-            )
+            raise ExecutorError(start_failure_message(self.name, port, self.process.exitcode,
+                                                      self.log_dir))
         self.port = int(chosen)
         return self.port
 
@@ -159,3 +158,60 @@ class ManagerProcess:
         for q in (self._tasks, self._results):
             q.close()
             q.join_thread()
+
+
+def _wait_for_port(mailbox: Any, process: Any) -> int | None:
+    """The port the new manager reports; None as soon as it dies without one, or on timeout."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            return mailbox.get(timeout=0.5)
+        except queue.Empty:
+            if not process.is_alive():
+                try:  # it may have reported just before dying
+                    return mailbox.get(timeout=0.5)
+                except queue.Empty:
+                    return None
+    return None
+
+
+def start_failure_message(name: str, port: int, exitcode: int | None, log_dir: Any,
+                          main_file: str | None = None) -> str:
+    """Why a manager process reported no port, the likeliest cause first.
+
+    A spawned process imports the parent's main script again; without an
+    ``if __name__ == "__main__":`` guard, that runs the workflow a second time (a second
+    ``parsl.load``) instead of the manager, and dies. That is by far the commonest cause.
+    """
+    script = main_file if main_file is not None else _main_script()
+    if exitcode is not None and script is not None and not has_main_guard(script):
+        return (f"{name}: the Work Queue manager process exited at once (exit code {exitcode}): "
+                f"your script {script} has no `if __name__ == \"__main__\":` guard, so the "
+                "manager process, which Python starts by importing that script again, ran "
+                "your workflow (a second parsl.load) instead of starting. Put the script's "
+                "work (parsl.load and the app calls) under `if __name__ == \"__main__\":`.")
+    died = f"the process exited with code {exitcode}; " if exitcode is not None else ""
+    return (f"{name}: the Work Queue manager did not start ({died}port {port} in use? "
+            f"see {log_dir} and the Parsl log)")
+
+
+def _main_script() -> str | None:
+    """The file the main module runs from, if it is a script (not -c, -m of a package or a REPL)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return path if path and str(path).endswith(".py") and os.path.isfile(path) else None
+
+
+def has_main_guard(path: str) -> bool:
+    """Whether a script has a top-level ``if __name__ == "__main__":`` (True if unreadable)."""
+    try:
+        tree = ast.parse(open(path, "rb").read())
+    except (OSError, SyntaxError, ValueError):
+        return True  # unknown: do not blame the script
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [node.test.left, *node.test.comparators]
+            if ({getattr(n, "id", None) for n in names} & {"__name__"}
+                    and {getattr(n, "value", None) for n in names} & {"__main__"}):
+                return True
+    return False

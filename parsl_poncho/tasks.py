@@ -13,6 +13,8 @@ import os
 import traceback
 import types
 from collections import ChainMap
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import cloudpickle
@@ -20,7 +22,7 @@ from parsl.data_provider.files import File
 from parsl.utils import get_std_fname_mode
 
 from parsl_poncho.errors import ExecutorError, RemoteTaskError, TaskSerializationError
-from parsl_poncho.exec_modes import CACHED_INPUTS_KEY, without_executor_keys
+from parsl_poncho.exec_modes import CACHED_INPUTS_KEY, ExecMode, ServerCall, without_executor_keys
 from parsl_poncho.workqueue import FileToWq
 
 logger = logging.getLogger(__name__)
@@ -253,3 +255,18 @@ def env_hash_of(future: Any) -> str | None:
     if future is None:
         return None
     return vars(future).get("parsl_poncho_env_hash")
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """What submit() worked out for a task, kept until its env is ready."""
+
+    id: str
+    category: str
+    mode: ExecMode
+    server: ServerCall | None  # serverless: preload and the function server's scope
+    resources: Mapping[str, Any]
+    task_dir: Path
+    inputs: tuple[FileToWq, ...]
+    outputs: tuple[FileToWq, ...]
+    call: tuple[Callable, tuple, dict]  # to analyse again after learning

@@ -38,13 +38,18 @@ RESOURCE_NAMES = ("cores", "memory", "disk", "gpus", "priority", "running_time_m
 #: What Work Queue allocates a task and a worker offers (memory and disk in MB).
 BOX = ("cores", "memory", "disk")
 
-#: Exit statuses of worker_shim/poncho_run and worker_shim/run_function.py (see their headers).
+#: Exit statuses of worker_shim/poncho_run, poncho_fetch and run_function.py (see their headers).
 SHIM_EXIT_MEANINGS: Mapping[int, str] = {
     64: "poncho_run usage error (a bug in parsl-poncho's task command)",
     65: "the environment tarball is corrupt or does not match its sha256 (re-transfer failed?)",
     66: "the environment tarball holds unsafe members (absolute paths, '..', escaping links)",
     67: "unpacking the environment failed on the worker (disk full? see the output)",
     68: "timed out waiting for another task to unpack the environment (raise unpack_timeout)",
+    69: "poncho_fetch: the node has neither curl nor wget to fetch the environment (install one)",
+    74: "poncho_fetch: the environment could not be fetched or copied (see the output: the URL "
+        "or path, and what to check)",
+    76: "poncho_fetch: the published environment does not match its sha256 (truncated or "
+        "corrupt on the shared directory or behind the URL; publish it again)",
     20: "run_function.py could not load the function or write the result (see the output)",
     126: "the task command is not executable on the worker",
     127: "a command the task needs was not found on the worker",

@@ -125,3 +125,54 @@ def test_a_restart_that_fails_in_any_way_is_a_clear_error(tmp_path, monkeypatch)
     finally:
         manager.stop()
         manager.close()
+
+
+# -- a script without an `if __name__ == "__main__":` guard ------------------------------------
+NO_GUARD = '''
+import parsl
+from parsl.config import Config
+from parsl.providers import LocalProvider
+
+from parsl_poncho import PonchoExecutor
+
+ex = PonchoExecutor(provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0),
+                    cache_dir={cache!r})
+parsl.load(Config(executors=[ex], run_dir={run_dir!r}, strategy="none"))
+parsl.dfk().cleanup()
+'''
+
+
+def test_has_main_guard_reads_the_script(tmp_path):
+    from parsl_poncho.manager import has_main_guard, start_failure_message
+
+    guarded, bare = tmp_path / "guarded.py", tmp_path / "bare.py"
+    guarded.write_text("import os\n\nif __name__ == '__main__':\n    print(1)\n")
+    bare.write_text("import os\nprint(__name__ == '__main__')\n")
+    assert has_main_guard(str(guarded)) and not has_main_guard(str(bare))
+    assert has_main_guard(str(tmp_path / "missing.py"))  # unknown: the script is not blamed
+    message = start_failure_message("ex", 9000, 1, tmp_path, main_file=str(bare))
+    assert message.startswith(f"ex: the Work Queue manager process exited at once (exit code 1): "
+                              f"your script {bare} has no `if __name__ == \"__main__\":` guard")
+    other = start_failure_message("ex", 9000, 1, tmp_path, main_file=str(guarded))
+    assert "exited with code 1; port 9000 in use?" in other
+    assert "port 9000 in use?" in start_failure_message("ex", 9000, None, tmp_path,
+                                                         main_file=str(bare))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_script_without_main_guard_is_told_so_at_once(tmp_path):
+    import sys
+    import time
+
+    script = tmp_path / "workflow.py"
+    script.write_text(NO_GUARD.format(cache=str(tmp_path / "cache"),
+                                      run_dir=str(tmp_path / "runinfo")))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=100, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert (f"your script {script} has no `if __name__ == \"__main__\":` guard"
+            in proc.stderr), proc.stderr[-3000:]
+    assert "Put the script's work (parsl.load and the app calls) under" in proc.stderr
+    assert time.monotonic() - start < 40  # not the minute a silent manager is waited for
