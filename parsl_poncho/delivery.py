@@ -36,7 +36,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal, Union
 from urllib.parse import urlsplit
 
 from parsl_poncho.errors import DeliveryError
