@@ -183,7 +183,12 @@ def test_eight_workers_env_bytes_from_the_manager(env_cache: Path, tmp_path: Pat
                 cluster.worker(port, f"w{i}", caches[i])
             cluster.wait_connected(tmp_path / "runinfo", 8)
         probe = _probe_app()
-        results = [f.result(timeout=600) for f in [probe(i) for i in range(8)]]
+        # Work Queue prefers workers that already hold a task's cached inputs, so without a
+        # barrier a worker that got the env first can take a second task and another none
+        barrier = tmp_path / "barrier"
+        barrier.mkdir()
+        args = (str(barrier),) if mode == "manager" else ()
+        results = [f.result(timeout=600) for f in [probe(i, *args) for i in range(8)]]
     _check_results(results, set(caches.values()))
     used = {r[3] for r in results}
     sent = env_bytes_sent(tmp_path / "runinfo")
