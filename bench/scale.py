@@ -46,6 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from parsl_poncho.build._util import sha256_file  # noqa: E402
 from parsl_poncho.fileserver import FileServer, _RateLimit  # noqa: E402
 from parsl_poncho.shim import poncho_run_path, shim_file  # noqa: E402
 from parsl_poncho.workqueue import load_work_queue  # noqa: E402
@@ -56,14 +57,6 @@ NODES = 1000
 TIERS = 32  # foremen, or HTTP caches: one per rack of ~31 nodes
 LINKS = {"10 GbE": 1.25 * GB, "25 Gb/s": 3.125 * GB, "100 Gb/s": 12.5 * GB}
 SHARED_FS = {"2 GB/s": 2 * GB, "50 GB/s": 50 * GB}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_tarball() -> Path:
@@ -209,7 +202,7 @@ def deliver_fetch(source: str, sha: str, n: int, root: Path, shared_cache: bool)
 
 
 def part_a(tarball: Path, counts: list[int], rate: float, tmp: Path) -> dict[str, list[float]]:
-    sha = sha256_of(tarball)
+    sha = sha256_file(tarball)
     www = tmp / "www"
     www.mkdir()
     shutil.copy(tarball, www / "env.tar.gz")
@@ -256,7 +249,7 @@ def slope(xs: list[int], ys: list[float]) -> float:
 
 def unpack_rate(tarball: Path, tmp: Path, repeat: int = 3) -> float:
     """Tarball bytes per second that poncho_run unpacks (first task on a node, -s checked)."""
-    sha = sha256_of(tarball)
+    sha = sha256_file(tarball)
     times = []
     for i in range(repeat):
         cache = tmp / f"unpack{i}"

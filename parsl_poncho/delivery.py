@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 from urllib.parse import urlsplit
 
+from parsl_poncho.build._util import sha256_file
 from parsl_poncho.errors import DeliveryError
 from parsl_poncho.exec_modes import DEFAULT_WORKER_CACHE, ExecMode, ServerCall, WorkerCommands
 from parsl_poncho.workqueue import FileToWq
@@ -128,15 +129,6 @@ def check_env_delivery(value: Any) -> EnvDelivery:
         "Url(serve=True) (from parsl_poncho import SharedDir, Url)")
 
 
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file, in hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Publisher:
     """Copies files into a publish directory under content-addressed names, atomically.
 
@@ -174,7 +166,7 @@ class Publisher:
     def _publish(self, local: Path, name: str, sha256: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.directory / name
-        if target.is_file() and sha256_of(target) == sha256:
+        if target.is_file() and sha256_file(target) == sha256:
             return
         if target.exists():
             logger.warning("published %s does not match its sha256; publishing it again", target)
