@@ -20,7 +20,8 @@ need=""
 for pair in work_queue_worker:coop-computing-tools \
             /usr/lib/python3/dist-packages/work_queue.py:python3-workqueue \
             busybox:busybox shellcheck:shellcheck \
-            slurmctld:slurm-wlm slurmd:slurm-wlm munged:munge; do
+            slurmctld:slurm-wlm slurmd:slurm-wlm munged:munge \
+            redis-server:redis-server redis-cli:redis-tools; do
     what=${pair%%:*}
     pkg=${pair#*:}
     case $what in
@@ -36,7 +37,7 @@ if [ -n "$need" ]; then
     # shellcheck disable=SC2086 # $need is a list of package names
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
 else
-    say "Debian packages already installed (Work Queue, busybox, shellcheck, Slurm, munge)"
+    say "Debian packages already installed (Work Queue, busybox, shellcheck, Slurm, munge, Redis)"
 fi
 
 PY="${PYTHON:-python3}"
