@@ -30,7 +30,7 @@ from parsl.providers import LocalProvider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parsl_poncho import PonchoExecutor  # noqa: E402
+from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -96,10 +96,13 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="pp-dispatch-"))
     os.environ["PARSL_PONCHO_WORKER_CACHE"] = str(root / "wcache")
-    executor = PonchoExecutor(label="poncho", function_exec_mode="serverless",
-                              cache_dir=str(root / "cache"),
-                              worker_options=f"--cores {args.slots}",
-                              provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
+    executor = PonchoExecutor(
+        label="poncho",
+        function_exec_mode="serverless",
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        envs=EnvOptions(cache_dir=str(root / "cache")),
+        workers=WorkerOptions(options=f"--cores {args.slots}"),
+    )
     config = Config(executors=[executor], run_dir=str(root / "runinfo"), strategy="none")
     rows = []
     profile = cProfile.Profile() if args.profile else None

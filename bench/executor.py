@@ -58,9 +58,9 @@ def _provider() -> Any:
 
 
 def poncho_executor(cache: Path) -> Any:
-    from parsl_poncho import PonchoExecutor
+    from parsl_poncho import EnvOptions, PonchoExecutor
 
-    return PonchoExecutor(cache_dir=str(cache), provider=_provider())
+    return PonchoExecutor(provider=_provider(), envs=EnvOptions(cache_dir=str(cache)))
 
 
 def stock_executor(_cache: Path) -> Any:

@@ -145,8 +145,10 @@ def run_poncho(args: argparse.Namespace, cache: Path, stdlib: dict[str, Any]) ->
     scikit-learn's fits (MemoryError, which GridSearchCV turns into NaN scores)."""
     import parsl_poncho.joblib
     import parsl_poncho.multiprocessing as pmp
+    from parsl_poncho import EnvOptions, WorkerOptions
 
-    options = {"cache_dir": str(cache), "server_idle_timeout": 600}
+    options = {"envs": EnvOptions(cache_dir=str(cache)),
+               "workers": WorkerOptions(server_idle_timeout=600)}
     pmp.embedded.configure(**options)
     try:
         with pmp.Pool() as pool:
@@ -204,14 +206,17 @@ def run_parsl(args: argparse.Namespace, cache: Path, work: Path) -> dict[str, fl
     import parsl
     from parsl.executors import HighThroughputExecutor
 
-    from parsl_poncho import PonchoExecutor
+    from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions
 
     sl = _serverless_bench()
     sl._setup()
     app = sl.APPS["no-op"]
-    executor = PonchoExecutor(cache_dir=str(cache), provider=sl._provider(),
-                              function_exec_mode="serverless", server_idle_timeout=600,
-                              worker_options=f"--cores {os.cpu_count()}")
+    executor = PonchoExecutor(
+        provider=sl._provider(),
+        function_exec_mode="serverless",
+        envs=EnvOptions(cache_dir=str(cache)),
+        workers=WorkerOptions(server_idle_timeout=600, options=f"--cores {os.cpu_count()}"),
+    )
     trips = []
     with parsl.load(sl._config(executor, work / "run-serverless")):
         for _ in range(20):

@@ -131,11 +131,14 @@ def poncho_cases(args: argparse.Namespace) -> Cases:
 
 def run_poncho(args: argparse.Namespace, cache: Path, run_dir: Path, turn: int
                ) -> dict[str, float]:
-    from parsl_poncho import PonchoExecutor
+    from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions
 
-    executor = PonchoExecutor(cache_dir=str(cache), provider=_provider(),
-                              function_exec_mode="regular", server_idle_timeout=300,
-                              worker_options=f"--cores {args.slots}")
+    executor = PonchoExecutor(
+        provider=_provider(),
+        function_exec_mode="regular",
+        envs=EnvOptions(cache_dir=str(cache)),
+        workers=WorkerOptions(server_idle_timeout=300, options=f"--cores {args.slots}"),
+    )
     return _run_dfk(executor, run_dir, _rotate(poncho_cases(args), turn), args.warmup)
 
 
@@ -208,11 +211,11 @@ def prepare(cache: Path, work: Path, worker_cache: Path) -> tuple[list[tuple[str
     import cloudpickle
     import parsl
 
-    from parsl_poncho import EnvStore, PonchoExecutor, env_hash_of
+    from parsl_poncho import EnvOptions, EnvStore, PonchoExecutor, env_hash_of
     from parsl_poncho.shim import shim_file
 
     t0 = time.perf_counter()
-    executor = PonchoExecutor(cache_dir=str(cache), provider=_provider())
+    executor = PonchoExecutor(provider=_provider(), envs=EnvOptions(cache_dir=str(cache)))
     with parsl.load(_config(executor, work / "run-prepare")):
         futures = {(app, mode): APPS[app](parsl_resource_specification=spec)
                    for app in APPS for mode, spec in (("regular", {}), ("serverless", SERVERLESS))}

@@ -12,7 +12,7 @@ from typing import Any
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PonchoExecutor
+from parsl_poncho import PonchoExecutor, WorkerOptions
 
 
 def local_config(workers: int = 2, **executor_options: Any) -> Config:
@@ -28,7 +28,7 @@ def local_config(workers: int = 2, **executor_options: Any) -> Config:
     executor = PonchoExecutor(
         label="poncho",
         provider=LocalProvider(init_blocks=workers, min_blocks=workers, max_blocks=workers),
-        worker_options="--cores 1",
         **executor_options,
+        workers=WorkerOptions(options="--cores 1"),
     )
     return Config(executors=[executor], strategy="none")

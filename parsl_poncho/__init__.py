@@ -6,6 +6,7 @@ Public API (imported lazily, so ``import parsl_poncho`` stays cheap and does not
     from parsl_poncho import resources_of, TaskResources   # what a finished task used
     from parsl_poncho import PipSources    # where the pip part installs from (default: as pip)
     from parsl_poncho import SharedDir, Url  # env_delivery: how envs reach the nodes
+    from parsl_poncho import EnvOptions, WorkerOptions, SizingOptions  # the executor's groups
     from parsl_poncho.analyze import analyze   # the function; ``parsl_poncho.analyze`` is
                                                # the subpackage, so it cannot be re-exported
 """
@@ -29,6 +30,9 @@ _EXPORTS = {
     "PipSources": "parsl_poncho.pip_sources",
     "SharedDir": "parsl_poncho.delivery",
     "Url": "parsl_poncho.delivery",
+    "EnvOptions": "parsl_poncho.options",
+    "WorkerOptions": "parsl_poncho.options",
+    "SizingOptions": "parsl_poncho.options",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -24,7 +24,7 @@ import shutil
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES
@@ -45,7 +45,14 @@ from parsl_poncho.exec_modes import (
 from parsl_poncho.learning import Learner, importable_here, misses_of
 from parsl_poncho.manager import ManagerProcess
 from parsl_poncho.monitor import Monitor, disk_for, thread_env
-from parsl_poncho.pip_sources import PipSources, redacted, strip_credentials
+from parsl_poncho.options import (
+    EnvOptions,
+    SizingOptions,
+    WorkerOptions,
+    deprecated_pip_arguments,
+    fold_flat_arguments,
+)
+from parsl_poncho.pip_sources import PipSources
 from parsl_poncho.sizing import Sizer
 from parsl_poncho.tasks import PreparedTask as _Prepared
 from parsl_poncho.tasks import (
@@ -87,36 +94,15 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
       (workers then find the manager by name). :param project_password_file: shared password.
     :param env: environment variables set for every task.
     :param max_retries: Work Queue retries of a task whose worker is lost (None: forever).
-    :param worker_options: extra ``work_queue_worker`` options.
-    :param worker_executable: the worker command (wrap it to run workers in containers).
-    :param init_command: shell command run before each task.
+    :param envs: an ``EnvOptions``: what goes into each env and how it is built (channels,
+      cache_dir, extra_pkgs, pkg_mapping, ignore, data, verify, learn_missing, ...).
+    :param workers: a ``WorkerOptions``: the worker command and options, the node cache, the
+      unpack timeout, the function servers' idle timeout.
+    :param sizing: a ``SizingOptions``: default cores and disk, right-sizing, autolabel.
     :param autocategory: one Work Queue category per app (else ``parsl-default``).
-    :param autolabel: let Work Queue measure and label task resources.
-    :param autolabel_window: tasks measured before labelling.
-    :param default_cores: cores given to a task without a resource specification.
-    :param scaling_cores_per_worker: cores per worker assumed when scaling blocks.
-    :param channels: conda channels replacing the specs' own (None: keep the specs').
-    :param cache_dir: environment cache (None: ``$PARSL_PONCHO_CACHE`` or ~/.cache/parsl-poncho).
-    :param pkg_mapping: import name -> distribution overrides for the analysis.
-    :param extra_pkgs: distributions added to every env. :param ignore: modules never shipped.
-    :param pin_transitive: pin dependencies of included distributions to the host's versions.
     :param pip_sources: where the pip part installs from, a ``PipSources`` (default: this
       host's pip and uv configuration; ``PipSources.hermetic()`` ignores it).
-    :param pip_index_url, pip_extra_index_urls, pip_find_links: indexes added to pip_sources.
     :param build_options: a ``BuildOptions`` for the builder (solver, workdir, ...).
-    :param data: ``{"git": {VAR: {...}}, "http": {VAR: {...}}}`` in the PONCHO spec format,
-      added to every env: each VAR points at that data inside the env on the workers.
-    :param default_disk: MB of sandbox a task without ``disk`` in its resource specification
-      asks for, on top of its env tarball (None: let Work Queue give it the worker's whole
-      free disk, which a worker forsakes as soon as its free disk shrinks).
-    :param seed_channel: make a local conda channel from this host's CPython (once; cheap
-      after) and build python and pip from it: envs get exactly the submit side's interpreter
-      and build with no conda channel reachable. Specs needing other conda packages use their
-      channels (or ``channels``) after it.
-    :param verify: import the analysed modules in each new env on this host before dispatch.
-    :param unpack_timeout: seconds a task waits for another task's unpack on a worker.
-    :param worker_cache_dir: where workers unpack envs, shared by the tasks of a node (None:
-      ``$PARSL_PONCHO_WORKER_CACHE`` on the worker, else ``/tmp/parsl-poncho-<uid>``).
     :param storage_access: Parsl staging providers. :param working_dir: kept for compatibility.
     :param full_debug: write Work Queue's debug log (needed to count transfers).
     :param manager_restarts: times a dead Work Queue manager process is restarted (on the same
@@ -124,14 +110,14 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
     :param remote_monitoring_radio: how tasks report monitoring (default: filesystem radio).
     :param function_exec_mode: ``"regular"`` (a Python per task) or ``"serverless"`` (a function
       server per node and env forks each call); an app's ``exec_mode`` resource key overrides it.
-    :param server_idle_timeout: seconds an idle function server stays up on a node.
-    :param learn_missing: a task that failed after missing a module this host has is sent
-      again to an env with it added, and the app keeps it (also in later runs).
-    :param right_size: size memory of apps that set none from measured peaks (parsl_poncho.sizing).
     :param env_delivery: how envs reach workers: ``"manager"`` (Work Queue sends each to each
       worker), ``SharedDir(path)`` or ``Url(...)`` (nodes fetch once each; parsl_poncho.delivery).
     :param analyzer: an Analyzer to use instead of one built from the options above.
     :param store: an EnvStore to use instead of one built from the options above.
+
+    The flat names the groups replace (``channels=``, ``worker_options=``, ``default_cores=``,
+    ``pip_index_url=``, ...) still work for one release, with a FutureWarning
+    (parsl_poncho.options).
     """
 
     def __init__(
@@ -144,44 +130,25 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         project_password_file: str | None = None,
         env: dict[str, str] | None = None,
         max_retries: int | None = 1,
-        worker_options: str = "",
-        worker_executable: str = "work_queue_worker",
-        init_command: str = "",
+        envs: EnvOptions | None = None,
+        workers: WorkerOptions | None = None,
+        sizing: SizingOptions | None = None,
         autocategory: bool = True,
-        autolabel: bool = False,
-        autolabel_window: int = 1,
-        default_cores: int = 1,
-        scaling_cores_per_worker: int = 1,
-        channels: Sequence[str] | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        pkg_mapping: Mapping[str, str] | None = None,
-        extra_pkgs: Sequence[str] = (),
-        ignore: Sequence[str] = (),
-        pin_transitive: bool = True,
-        pip_index_url: str | None = None,
-        pip_extra_index_urls: Sequence[str] = (),
-        pip_find_links: Sequence[str] = (),
         pip_sources: PipSources | None = None,
         build_options: BuildOptions | None = None,
-        seed_channel: bool = True,
-        data: Mapping[str, Any] | None = None,
-        default_disk: int | None = 1024,
-        verify: bool = True,
-        unpack_timeout: int = 600,
-        worker_cache_dir: str | None = None,
         storage_access: list[Any] | None = None,
         working_dir: str = ".",
         full_debug: bool = True,
         manager_restarts: int = 3,
         remote_monitoring_radio: Any = None,
         function_exec_mode: ExecMode = "regular",
-        server_idle_timeout: int = 300,
-        learn_missing: bool = True,
-        right_size: bool = True,
         env_delivery: EnvDelivery = "manager",
         analyzer: Analyzer | None = None,
         store: EnvStore | None = None,
+        **deprecated: Any,
     ):
+        groups = fold_flat_arguments(deprecated, {"envs": envs, "workers": workers,
+                                                  "sizing": sizing}, PonchoExecutor)
         if provider is None:
             from parsl.providers import LocalProvider
 
@@ -203,41 +170,17 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         self.project_password_file = project_password_file
         self.env = dict(env or {})
         self.max_retries = max_retries
-        self.worker_options = worker_options
-        self.worker_executable = worker_executable
-        self.init_command = init_command
+        self.envs, self.workers, self.sizing = groups["envs"], groups["workers"], groups["sizing"]
         self.autocategory = autocategory
-        self.autolabel = autolabel
-        self.autolabel_window = autolabel_window
-        self.default_cores = default_cores
-        self.scaling_cores_per_worker = scaling_cores_per_worker
-        self.channels = list(channels) if channels is not None else None
-        self.cache_dir = cache_dir
-        self.pkg_mapping = dict(pkg_mapping or {})
-        self.extra_pkgs = list(extra_pkgs)
-        self.ignore = list(ignore)
-        self.pin_transitive = pin_transitive
         self.pip_sources = (pip_sources or PipSources()).adding(
-            pip_index_url, pip_extra_index_urls, pip_find_links)
-        # kept for the config's repr, without passwords (pip_sources has them)
-        self.pip_index_url = strip_credentials(pip_index_url) if pip_index_url else None
-        self.pip_extra_index_urls = redacted(pip_extra_index_urls)
-        self.pip_find_links = redacted(pip_find_links)
+            *deprecated_pip_arguments(deprecated))
         self.build_options = build_options
-        self.seed_channel = seed_channel
-        self.data = dict(data or {})
-        self._data = SpecAdditions(self.data)  # pip sources are added at start()
-        self.default_disk = default_disk
-        self.verify = verify
-        self.unpack_timeout = unpack_timeout
-        self.worker_cache_dir = worker_cache_dir
+        self._data = SpecAdditions(self.envs.data)  # pip sources are added at start()
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.full_debug = full_debug
         self.manager_restarts = manager_restarts
         self.function_exec_mode = check_exec_mode(function_exec_mode, "function_exec_mode")
-        self.server_idle_timeout = server_idle_timeout
-        self.learn_missing, self.right_size = learn_missing, right_size
         self.env_delivery = check_env_delivery(env_delivery)
         self.analyzer = analyzer
         self.store = store
@@ -267,16 +210,17 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             d.mkdir(parents=True, exist_ok=True)
         staged = stage_worker_files(base / "shim")
         self._poncho_run_local = Path(staged["poncho_run"].local)
+        w = self.workers
         self._commands = delivery_for(self.env_delivery, WorkerCommands(
-            staged, self.unpack_timeout, self.worker_cache_dir, self.init_command,
-            self.server_idle_timeout), base / "shim", base, self.address)
+            staged, w.unpack_timeout, w.cache_dir, w.init_command, w.server_idle_timeout),
+            base / "shim", base, self.address)
         self._data.sources = self.pip_sources.resolve()
         self._store = self.store if self.store is not None else self._make_store()
         self._store.build_options = self._make_build_options(self._store.build_options)
         self._learner = Learner(self._make_analyzer, self._store.cache_dir,
-                                enabled=self.learn_missing)
+                                enabled=self.envs.learn_missing)
         self._envs = self._make_ready_envs()
-        self._monitor, self._sizer = Monitor(self.label), Sizer(self.right_size, self._send)
+        self._monitor, self._sizer = Monitor(self.label), Sizer(self.sizing.right_size, self._send)
         self._manager = self._make_manager()
         self._manager.start()
         self._collector = threading.Thread(
@@ -325,13 +269,13 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         for fu in futures:
             if not fu.done():
                 spec = getattr(fu, "resource_specification", None) or {}
-                total += int(spec.get("cores", self.default_cores))
+                total += int(spec.get("cores", self.sizing.default_cores))
         return total
 
     @property
     def workers_per_node(self) -> int | float:
         """Cores one worker is assumed to offer when scaling."""
-        return self.scaling_cores_per_worker
+        return self.sizing.scaling_cores_per_worker
 
     def _get_launch_command(self, block_id: str) -> str:
         return f"PARSL_WORKER_BLOCK_ID={block_id} {self.worker_command}"
@@ -363,31 +307,32 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
 
         if self.analyzer is not None and not learnt:
             return self.analyzer
-        return Analyzer(pkg_mapping=self.pkg_mapping or None, ignore=tuple(self.ignore),
-                        extra_pkgs=(*self.extra_pkgs, *learnt), channels=self.channels,
-                        pin_transitive=self.pin_transitive)
+        envs = self.envs
+        return Analyzer(pkg_mapping=envs.pkg_mapping or None, ignore=envs.ignore,
+                        extra_pkgs=(*envs.extra_pkgs, *learnt), channels=envs.channels,
+                        pin_transitive=envs.pin_transitive)
 
     def _make_store(self) -> EnvStore:
         """The EnvStore configured from this executor's options."""
         from parsl_poncho.envs import SeededBuilder
         from parsl_poncho.store import EnvStore
 
-        cache = Path(self.cache_dir).expanduser() if self.cache_dir else None
-        builder = SeededBuilder() if self.seed_channel else None
+        cache = Path(self.envs.cache_dir).expanduser() if self.envs.cache_dir else None
+        builder = SeededBuilder() if self.envs.seed_channel else None
         return EnvStore(cache, build_options=self.build_options, builder=builder)
 
     def _make_build_options(self, options: BuildOptions | None) -> BuildOptions:
         """``options`` (default: from ``channels``) with the pip sources' credentials."""
         from parsl_poncho.build import BuildOptions
 
-        options = options or BuildOptions(channels=tuple(self.channels) if self.channels else None)
+        options = options or BuildOptions(channels=self.envs.channels or None)
         return dataclasses.replace(options, pip_sources=self._data.sources)
 
     def _make_ready_envs(self) -> ReadyEnvs:
         """Builds through the store, then checks each new env before its tasks are sent."""
         from parsl_poncho.envs import ReadyEnvs
 
-        return ReadyEnvs(self._store, verify=self.verify, poncho_run=self._poncho_run_local,
+        return ReadyEnvs(self._store, verify=self.envs.verify, poncho_run=self._poncho_run_local,
                          unpack_dir=self._unpack_dir, name=self.label)
 
     def _make_manager(self) -> ManagerProcess:
@@ -396,13 +341,13 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             port=self.port, project_name=self.project_name,
             project_password_file=self.project_password_file,
             log_dir=str(self._log_dir) if self.full_debug else None,
-            autolabel=self.autolabel, autolabel_window=self.autolabel_window,
+            autolabel=self.sizing.autolabel, autolabel_window=self.sizing.autolabel_window,
         )
         return ManagerProcess(settings, self.label, self._log_dir, self.manager_restarts)
 
     def _worker_command(self, port: int | None) -> str:
         """The command a provider block runs to start one worker of the manager on ``port``."""
-        return worker_command(self.worker_executable, self.worker_options, port,
+        return worker_command(self.workers.executable, self.workers.options, port,
                               address=self.address, project_name=self.project_name,
                               password_file=self.project_password_file)
 
@@ -434,7 +379,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         task_dir = self._data_dir / task_id
         task_dir.mkdir(parents=True, exist_ok=True)
         (task_dir / "fn.pkl").write_bytes(payload)
-        resources = wq_resources(resource_spec, default_cores=self.default_cores)
+        resources = wq_resources(resource_spec, default_cores=self.sizing.default_cores)
         category = app_name(func) if self.autocategory else "parsl-default"
         inputs, outputs = staged_files(args, kwargs, resource_spec)
         server = server_call(mode, list(modules), resource_spec)
@@ -460,7 +405,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                     FileToWq(str(task.task_dir / "fn.pkl"), "fn.pkl"), *task.inputs),
             outputs=(FileToWq(str(task.task_dir / "result.pkl"), "result.pkl"), *task.outputs),
             result_file=str(task.task_dir / "result.pkl"),
-            resources=disk_for(task.resources, env.size, self.default_disk),
+            resources=disk_for(task.resources, env.size, self.sizing.default_disk),
             max_retries=self.max_retries,
             env=self._sizer.limit(fu, task, thread_env(self.env, task.resources)),
         ))

@@ -134,7 +134,7 @@ class EnvStore:
         except OSError as exc:
             raise StoreError(
                 f"Cannot create the environment cache {str(self.cache_dir)!r}: {exc}; set "
-                "$PARSL_PONCHO_CACHE or pass cache_dir= to a writable directory"
+                "$PARSL_PONCHO_CACHE or pass EnvOptions(cache_dir=...) a writable directory"
             ) from exc
 
     # -- keys ----------------------------------------------------------------------------------

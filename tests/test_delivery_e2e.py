@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import pytest
 from tools import can_hide_host_python, require, require_tool
 
-from parsl_poncho import PonchoExecutor, SharedDir, Url
+from parsl_poncho import EnvOptions, PonchoExecutor, SharedDir, SizingOptions, Url
 
 HIDDEN_WORKER = Path(__file__).parent / "e2e" / "three_apps" / "hidden_worker.sh"
 sys.path.insert(0, str(Path(__file__).parent / "e2e" / "scale"))
@@ -125,10 +125,14 @@ def running(env_cache: Path, tmp_path: Path, delivery: Any,
     # A password keeps out workers of other runs on this host that look for a manager's port.
     password = tmp_path / "password"
     password.write_text("scale-test-secret\n")
-    ex = PonchoExecutor(cache_dir=env_cache, env_delivery=delivery, default_disk=200,
-                        extra_pkgs=["pandas"], project_password_file=str(password),
-                        provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0),
-                        **options)
+    ex = PonchoExecutor(
+        env_delivery=delivery,
+        project_password_file=str(password),
+        provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0),
+        **options,
+        envs=EnvOptions(cache_dir=env_cache, extra_pkgs=["pandas"]),
+        sizing=SizingOptions(default_disk=200),
+    )
     cluster = Cluster(tmp_path / "nodes", password)
     config = Config(executors=[ex], run_dir=str(tmp_path / "runinfo"), strategy="none")
     try:

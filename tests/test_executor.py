@@ -19,6 +19,7 @@ from parsl_poncho.errors import (
     TaskSerializationError,
 )
 from parsl_poncho.executor import PonchoExecutor
+from parsl_poncho.options import WorkerOptions
 from parsl_poncho.tasks import env_hash_of
 
 # -- construction ---------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def test_lost_worker_is_retried_then_reported(env_cache, tmp_path):
 
 
 def test_worker_command_uses_chosen_port_and_options():
-    ex = PonchoExecutor(address="head.example", worker_options="--cores 4")
+    ex = PonchoExecutor(address="head.example", workers=WorkerOptions(options="--cores 4"))
     assert ex._worker_command(9999) == "work_queue_worker --cores 4 head.example 9999"
     ex = PonchoExecutor(project_name="proj")
     assert ex._worker_command(9999).endswith("-M proj")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parsl_poncho import PonchoExecutor
+from parsl_poncho import EnvOptions, PonchoExecutor, SizingOptions
 from parsl_poncho.errors import SpecError
 from parsl_poncho.monitor import disk_for
 from parsl_poncho.spec import Spec
@@ -17,7 +17,7 @@ DATA = {
 
 
 def test_data_is_added_to_every_spec_and_changes_its_hash() -> None:
-    ex = PonchoExecutor(data=DATA)
+    ex = PonchoExecutor(envs=EnvOptions(data=DATA))
     spec = Spec(conda=("python=3.11.7", "pip"), pip=("cloudpickle==3.1.2",))
     merged = ex._data.add(spec)
     assert set(merged.http) == {"TABLE"} and set(merged.git) == {"CUTS"}
@@ -40,12 +40,13 @@ def test_no_data_leaves_the_spec_alone() -> None:
 )
 def test_bad_data_is_refused_at_configuration(data: dict, match: str) -> None:
     with pytest.raises(SpecError, match=match):
-        PonchoExecutor(data=data)
+        PonchoExecutor(envs=EnvOptions(data=data))
 
 
 def test_task_without_disk_asks_for_its_tarball_plus_default_disk() -> None:
-    size, default = 100 * 2**20 + 1, PonchoExecutor().default_disk
+    size, default = 100 * 2**20 + 1, PonchoExecutor().sizing.default_disk
     assert disk_for({"cores": 1}, size, default) == {"cores": 1, "disk": 101 + 1024}
     assert disk_for({"cores": 1, "disk": 5}, size, default) == {"cores": 1, "disk": 5}
-    assert disk_for({"cores": 1}, size, PonchoExecutor(default_disk=None).default_disk) == {
+    no_default = PonchoExecutor(sizing=SizingOptions(default_disk=None)).sizing.default_disk
+    assert disk_for({"cores": 1}, size, no_default) == {
         "cores": 1}

@@ -20,6 +20,7 @@ import cloudpickle
 import pytest
 
 import parsl_poncho.multiprocessing as poncho_mp
+from parsl_poncho import EnvOptions, WorkerOptions
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -90,7 +91,8 @@ def embedded(request):
     """The embedded executor, with envs in a cache kept between runs (one small env)."""
     cache = request.config.cache.mkdir("parsl-poncho-mp-envs")
     poncho_mp.embedded.shutdown()
-    poncho_mp.embedded.configure(cache_dir=str(cache), server_idle_timeout=60)
+    poncho_mp.embedded.configure(envs=EnvOptions(cache_dir=str(cache)),
+                                 workers=WorkerOptions(server_idle_timeout=60))
     yield poncho_mp.embedded.default_executor()
     poncho_mp.embedded.shutdown()
 

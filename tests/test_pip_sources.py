@@ -116,8 +116,8 @@ def test_reprs_never_show_a_password() -> None:
     from parsl_poncho import PonchoExecutor
 
     sources = PipSources(extra_index_urls=("https://u:PSsecret@h2/simple",))
-    executor = PonchoExecutor(pip_index_url="https://u:IDXsecret@h/simple", pip_sources=sources,
-                              pip_find_links=["https://t:FLsecret@h3/links/"])
+    executor = PonchoExecutor(pip_sources=sources.adding(
+        "https://u:IDXsecret@h/simple", (), ["https://t:FLsecret@h3/links/"]))
     for text in (repr(sources), repr(executor)):
         assert "secret" not in text and "h2/simple" in text, text
     assert executor.pip_sources.index_url == "https://u:IDXsecret@h/simple"  # kept for builds

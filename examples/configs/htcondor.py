@@ -11,16 +11,16 @@ tarball once per worker and the worker shim unpacks it once per node.
 from parsl.config import Config
 from parsl.providers import CondorProvider
 
-from parsl_poncho import PonchoExecutor
+from parsl_poncho import EnvOptions, PonchoExecutor, SizingOptions, WorkerOptions
 
 config = Config(
     executors=[
         PonchoExecutor(
             label="poncho-condor",
             port=9124,
-            channels=["conda-forge"],
-            worker_options="--cores 4 --memory 8000 --disk 20000",
-            scaling_cores_per_worker=4,
+            envs=EnvOptions(channels=["conda-forge"]),
+            workers=WorkerOptions(options="--cores 4 --memory 8000 --disk 20000"),
+            sizing=SizingOptions(scaling_cores_per_worker=4),
             provider=CondorProvider(
                 nodes_per_block=1,
                 init_blocks=1,

@@ -28,7 +28,7 @@ from parsl.config import Config
 from parsl.launchers import SrunLauncher
 from parsl.providers import SlurmProvider
 
-from parsl_poncho import PonchoExecutor
+from parsl_poncho import EnvOptions, PonchoExecutor, SizingOptions, WorkerOptions
 
 
 def make_config(
@@ -64,7 +64,7 @@ def make_config(
     :param channels: conda channels for packages beyond python and pip (default conda-forge).
     :param run_dir: where Parsl writes its logs.
     :param executor_options: any other ``PonchoExecutor`` argument (e.g. ``env``,
-      ``pip_index_url``, ``project_password_file``).
+      ``pip_sources``, ``project_password_file``).
     """
     executor = PonchoExecutor(
         label="poncho-slurm",
@@ -72,12 +72,14 @@ def make_config(
         port=port,
         # Optional: a shared secret workers must present (create it with mode 0600):
         # project_password_file="~/.parsl-poncho-password",
-        channels=channels if channels is not None else ["conda-forge"],
-        worker_cache_dir=worker_cache_dir,
-        worker_options=f"--cores {cores_per_node} --memory {memory_per_node_mb}",
+        envs=EnvOptions(channels=channels if channels is not None else ["conda-forge"]),
+        workers=WorkerOptions(
+            cache_dir=worker_cache_dir,
+            options=f"--cores {cores_per_node} --memory {memory_per_node_mb}",
+        ),
         # Parsl starts a new block when the waiting tasks need more cores than the running
         # workers offer.
-        scaling_cores_per_worker=cores_per_node,
+        sizing=SizingOptions(scaling_cores_per_worker=cores_per_node),
         provider=SlurmProvider(
             partition=partition,
             account=account,

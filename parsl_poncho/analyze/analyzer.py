@@ -419,7 +419,8 @@ class Analyzer:
             f"Cannot tell which distribution provides module {module!r}, used by "
             f"{use.where} (analysing {function}): {reason}. If a distribution provides it, "
             f"map it: Analyzer(pkg_mapping={{{top!r}: 'DISTRIBUTION'}}) or "
-            f"PonchoExecutor(pkg_mapping=...) or poncho_package_analyze --pkg-mapping "
+            f"PonchoExecutor(envs=EnvOptions(pkg_mapping=...)) or "
+            f"poncho_package_analyze --pkg-mapping "
             f"{top}=DISTRIBUTION (a name installed here, or 'DISTRIBUTION==VERSION'); "
             f"to leave it out, ignore=[{top!r}]."
         )

@@ -117,8 +117,8 @@ def _failure(
     first = sorted(failed)[0]
     hint = (
         "Fix: if a distribution is missing or wrong, map the module with "
-        "pkg_mapping={'<module>': '<distribution>'} or add it with extra_pkgs=[...] "
-        "(PonchoExecutor arguments)."
+        "PonchoExecutor(envs=EnvOptions(pkg_mapping={'<module>': '<distribution>'})) or add "
+        "it with EnvOptions(extra_pkgs=[...])."
     )
     msg = (
         f"Environment env-{env_hash} cannot import module {first!r} needed by this task "

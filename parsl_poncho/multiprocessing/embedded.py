@@ -36,24 +36,26 @@ class EmbeddedExecutorError(PonchoError):
     """The embedded default executor cannot start; the message names the cause and the fix."""
 
 
-def configure(*, cores: int | None = None, workers: int = 1, **executor_options: Any) -> None:
+def configure(*, cores: int | None = None, local_workers: int = 1,
+              **executor_options: Any) -> None:
     """Options of the embedded default executor, before the first pool starts it.
 
     :param cores: cores the local workers offer in all (default: this host's).
-    :param workers: how many local ``work_queue_worker`` processes share those cores.
-    :param executor_options: PonchoExecutor arguments (``cache_dir``, ``worker_executable``,
-        ``server_idle_timeout``, ...).
+    :param local_workers: how many local ``work_queue_worker`` processes share those cores.
+    :param executor_options: PonchoExecutor arguments (``envs=EnvOptions(cache_dir=...)``,
+        ``workers=WorkerOptions(...)``, ...).
     :raises EmbeddedExecutorError: it already runs (call :func:`shutdown` first).
 
     >>> import parsl_poncho.multiprocessing as mp
-    >>> mp.embedded.configure(cache_dir="/scratch/envs")  # doctest: +SKIP
+    >>> from parsl_poncho import EnvOptions
+    >>> mp.embedded.configure(envs=EnvOptions(cache_dir="/scratch/envs"))  # doctest: +SKIP
     """
     with _lock:
         if _state["executor"] is not None:
             raise EmbeddedExecutorError(
                 "the embedded executor already runs: call parsl_poncho.multiprocessing."
                 "embedded.shutdown() before configure(), or configure it before the first Pool")
-        _state["options"] = {**executor_options, "_cores": cores, "_workers": workers}
+        _state["options"] = {**executor_options, "_cores": cores, "_workers": local_workers}
 
 
 def default_executor() -> PonchoExecutor:

@@ -16,7 +16,7 @@ import os
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PonchoExecutor
+from parsl_poncho import EnvOptions, PonchoExecutor
 
 EXTRA_PKGS = os.environ.get("PONCHO_SUITE_EXTRA_PKGS", "").split()
 
@@ -24,8 +24,7 @@ EXTRA_PKGS = os.environ.get("PONCHO_SUITE_EXTRA_PKGS", "").split()
 def fresh_config() -> Config:
     return Config(executors=[PonchoExecutor(
         port=int(os.environ.get("PONCHO_SUITE_PORT", "0")),
-        cache_dir=os.environ.get("PONCHO_SUITE_CACHE"),
-        extra_pkgs=EXTRA_PKGS,
         function_exec_mode=os.environ.get("PONCHO_SUITE_EXEC_MODE", "regular"),
         provider=LocalProvider(init_blocks=1, max_blocks=1),
+        envs=EnvOptions(cache_dir=os.environ.get("PONCHO_SUITE_CACHE"), extra_pkgs=EXTRA_PKGS),
     )])

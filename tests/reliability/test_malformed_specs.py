@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parsl_poncho import EnvOptions, spec_checks, spec_files
 from parsl_poncho import spec as spec_module
-from parsl_poncho import spec_checks, spec_files
 from parsl_poncho.errors import SpecError
 from parsl_poncho.spec import Spec
 from parsl_poncho.store import EnvStore
@@ -239,10 +239,10 @@ def test_executor_data_option_that_is_deep_is_refused() -> None:
 
     data = {"http": {"DB": nested_data("object", 100_000)}}
     with pytest.raises(SpecError, match=rf"(?s)Executor\(data=\.\.\.\).*http\.DB\.a\.a.*{DEEP}"):
-        PonchoExecutor(data=data)
+        PonchoExecutor(envs=EnvOptions(data=data))
     data = {"git": {"REPO": {"remote": nested_data("list", 3_000)}}}
     with pytest.raises(SpecError, match=rf"(?s)git\.REPO\.remote\[0\].*{DEEP}"):
-        PonchoExecutor(data=data)
+        PonchoExecutor(envs=EnvOptions(data=data))
 
 
 def test_deep_spec_object_never_reaches_the_store(tmp_path: Path) -> None:

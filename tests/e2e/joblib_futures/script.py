@@ -20,6 +20,7 @@ from sklearn.svm import SVC
 
 import parsl_poncho.joblib  # noqa: F401 - registers the "poncho" backend
 import parsl_poncho.multiprocessing as mp
+from parsl_poncho import EnvOptions, WorkerOptions
 from parsl_poncho.futures import PonchoPoolExecutor
 
 CHECKOUT = os.path.dirname(os.path.dirname(parsl_poncho.joblib.__file__))
@@ -80,10 +81,11 @@ def search(backend):
 def main():
     with open("password", "w") as f:  # only our worker may connect (the log counts its files)
         f.write(secrets.token_hex(16))
-    mp.embedded.configure(cores=2, cache_dir=os.environ["PONCHO_CACHE"],
-                          worker_executable=os.environ["WORKER"],
-                          worker_options=f"-d all -o {os.environ['WORKER_LOG']}",
-                          project_password_file="password")
+    mp.embedded.configure(
+        cores=2, envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"]),
+        workers=WorkerOptions(executable=os.environ["WORKER"],
+                              options=f"-d all -o {os.environ['WORKER_LOG']}"),
+        project_password_file="password")
     report = {"poncho": search("poncho"), "loky": search("loky")}
     with joblib.parallel_config(backend="poncho"):
         report["where"] = joblib.Parallel(n_jobs=-1)(

@@ -17,7 +17,7 @@ import parsl
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PonchoExecutor, env_hash_of
+from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions, env_hash_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -42,9 +42,10 @@ def main():
                         level=logging.INFO)
     n = int(os.environ.get("N", "3"))
     executor = PonchoExecutor(
-        cache_dir=os.environ["PONCHO_CACHE"], worker_executable=os.environ["WORKER"],
-        worker_options="--cores 1", function_exec_mode=os.environ.get("MODE", "regular"),
+        function_exec_mode=os.environ.get("MODE", "regular"),
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"]),
+        workers=WorkerOptions(executable=os.environ["WORKER"], options="--cores 1"),
     )
     config = Config(executors=[executor], run_dir=os.environ["RUN_DIR"], strategy="none")
     with parsl.load(config):

@@ -20,7 +20,7 @@ import parsl
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PonchoExecutor
+from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions
 
 
 @parsl.python_app
@@ -45,11 +45,10 @@ def main():
                         level=logging.INFO)
     n = int(os.environ.get("N", "2"))
     executor = PonchoExecutor(
-        cache_dir=os.environ["PONCHO_CACHE"],
-        worker_executable=os.environ["WORKER"],
-        worker_options="--cores 2",
         function_exec_mode="serverless",
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"]),
+        workers=WorkerOptions(executable=os.environ["WORKER"], options="--cores 2"),
     )
     config = Config(executors=[executor], run_dir=os.environ["RUN_DIR"], strategy="none")
     with parsl.load(config):

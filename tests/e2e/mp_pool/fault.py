@@ -22,7 +22,7 @@ from parsl.config import Config
 from parsl.providers import LocalProvider
 
 import parsl_poncho.multiprocessing as mp
-from parsl_poncho import PonchoExecutor
+from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions
 
 ITEMS = 12
 
@@ -78,9 +78,12 @@ def start_worker(executor, name, cores):
 def main():
     side = os.environ["SIDE"]
     executor = PonchoExecutor(
-        cache_dir=os.environ["PONCHO_CACHE"], address="127.0.0.1", max_retries=3,
-        server_idle_timeout=30, provider=LocalProvider(init_blocks=0, min_blocks=0,
-                                                       max_blocks=0))
+        address="127.0.0.1",
+        max_retries=3,
+        provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0),
+        envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"]),
+        workers=WorkerOptions(server_idle_timeout=30),
+    )
     config = Config(executors=[executor], run_dir=os.environ["RUN_DIR"], strategy="none")
     report = {}
     with parsl.load(config):

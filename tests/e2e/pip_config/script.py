@@ -13,7 +13,7 @@ import parsl
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PonchoExecutor, env_hash_of
+from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions, env_hash_of
 
 
 @parsl.python_app
@@ -24,10 +24,12 @@ def answer(module):
 
 
 def main():
-    executor = PonchoExecutor(cache_dir=os.environ["PONCHO_CACHE"], worker_options="--cores 1",
-                              extra_pkgs=["poncho-private-probe==1.0"],
-                              worker_executable=os.environ["WORKER"],
-                              provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
+    executor = PonchoExecutor(
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"],
+                        extra_pkgs=["poncho-private-probe==1.0"]),
+        workers=WorkerOptions(options="--cores 1", executable=os.environ["WORKER"]),
+    )
     config = Config(executors=[executor], run_dir=os.environ["RUN_DIR"], strategy="none")
     with parsl.load(config):
         future = answer("poncho_private_probe")

@@ -17,7 +17,7 @@ from parsl.config import Config
 from parsl.data_provider.files import File
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PonchoExecutor, env_hash_of
+from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions, env_hash_of
 
 REGULAR = {"exec_mode": "regular"}
 
@@ -67,12 +67,11 @@ def main():
                         level=logging.INFO)
     n = int(os.environ.get("N", "6"))
     executor = PonchoExecutor(
-        cache_dir=os.environ["PONCHO_CACHE"],
-        worker_executable=os.environ["WORKER"],
-        worker_options="--cores 2",
         function_exec_mode="serverless",
-        server_idle_timeout=30,
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"]),
+        workers=WorkerOptions(executable=os.environ["WORKER"], options="--cores 2",
+                              server_idle_timeout=30),
     )
     config = Config(executors=[executor], run_dir=os.environ["RUN_DIR"], strategy="none")
     with open("in.txt", "w") as f:

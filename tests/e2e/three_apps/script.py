@@ -16,7 +16,7 @@ import parsl
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PonchoExecutor, env_hash_of
+from parsl_poncho import EnvOptions, PonchoExecutor, WorkerOptions, env_hash_of
 
 
 @dataclass
@@ -62,10 +62,9 @@ def main():
                         level=logging.INFO)
     n = int(os.environ.get("N", "4"))
     executor = PonchoExecutor(
-        cache_dir=os.environ["PONCHO_CACHE"],
-        worker_executable=os.environ["WORKER"],
-        worker_options="--cores 1",
         provider=LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2),
+        envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"]),
+        workers=WorkerOptions(executable=os.environ["WORKER"], options="--cores 1"),
     )
     config = Config(executors=[executor], run_dir=os.environ["RUN_DIR"], strategy="none")
     with parsl.load(config):

@@ -15,7 +15,7 @@ import torch
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PipSources, PonchoExecutor, env_hash_of
+from parsl_poncho import EnvOptions, PipSources, PonchoExecutor, WorkerOptions, env_hash_of
 
 
 def matmul_trace(n, parsl_resource_specification={}):  # noqa: B006 - Parsl reads it
@@ -36,8 +36,8 @@ def matmul_trace(n, parsl_resource_specification={}):  # noqa: B006 - Parsl read
 def main():
     logging.basicConfig(filename=os.path.join(os.environ["RUN_DIR"], "user.log"),
                         level=logging.INFO)
-    common = dict(cache_dir=os.environ["PONCHO_CACHE"], worker_options="--cores 1",
-                  worker_executable=os.environ["WORKER"])
+    common = dict(envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"]),
+                  workers=WorkerOptions(options="--cores 1", executable=os.environ["WORKER"]))
     configured = PonchoExecutor(label="configured", **common,
                                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
     hermetic = PonchoExecutor(label="hermetic", pip_sources=PipSources.hermetic(), **common,

@@ -31,7 +31,7 @@ import parsl
 from parsl.config import Config
 from parsl.providers import LocalProvider
 
-from parsl_poncho import PonchoExecutor, env_hash_of
+from parsl_poncho import PonchoExecutor, WorkerOptions, env_hash_of
 from parsl_poncho.build import BuildOptions, build_env
 from parsl_poncho.store import EnvStore
 
@@ -108,9 +108,13 @@ def main() -> int:
     store = EnvStore(Path(args.cache), build_options=options, builder=counting_builder)
     provider = LocalProvider(init_blocks=args.workers, min_blocks=0,
                              max_blocks=max(args.workers, 0))
-    executor = PonchoExecutor(store=store, provider=provider, port=args.port,
-                              worker_options="--cores 1 --timeout 120",
-                              max_retries=args.max_retries)
+    executor = PonchoExecutor(
+        store=store,
+        provider=provider,
+        port=args.port,
+        max_retries=args.max_retries,
+        workers=WorkerOptions(options="--cores 1 --timeout 120"),
+    )
     config = Config(executors=[executor], run_dir=args.run_dir, strategy="none")
     right = wrong = failed = 0
     hashes: set[str] = set()
