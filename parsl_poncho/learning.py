@@ -170,8 +170,9 @@ class Learner:
             logger.warning(
                 "app %s needed module %r at run time (distribution %r), which the analysis did "
                 "not find: rebuilding its env with it and sending its failed tasks again. To "
-                "build it right the first time, give PonchoExecutor envs=EnvOptions(extra_pkgs=[%r]) (or "
-                "import %s in the app).", app.name, module, dist, dist, module)
+                "build it right the first time, give PonchoExecutor "
+                "envs=EnvOptions(extra_pkgs=[%r]) (or import %s in the app).",
+                app.name, module, dist, dist, module)
         return new
 
     def may_retry(self, task_id: str) -> bool:

@@ -70,9 +70,12 @@ def test_a_field_given_two_different_ways_is_refused() -> None:
 
 
 def test_old_pip_names_fold_into_pip_sources() -> None:
-    with pytest.warns(FutureWarning, match=r"PipSources\(index_url=\.\.\.\)"):
+    with pytest.warns(FutureWarning) as caught:
         ex = PonchoExecutor(pip_index_url="https://idx.example/simple",
                             pip_find_links=["/opt/wheels"])
+    assert [str(w.message).rpartition("use ")[2] for w in caught] == [
+        "PonchoExecutor(pip_sources=PipSources(index_url=...))",
+        "PonchoExecutor(pip_sources=PipSources(find_links=...))"]
     assert ex.pip_sources == PipSources().adding("https://idx.example/simple", (),
                                                  ["/opt/wheels"])
 

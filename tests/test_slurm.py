@@ -22,6 +22,8 @@ import pytest
 from slurm_cluster import SlurmCluster, running_cluster
 from tools import require, require_tool
 
+from parsl_poncho import EnvOptions
+
 SLURM_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "configs" / "slurm.py"
 
 
@@ -60,8 +62,8 @@ def test_example_imports_as_users_copy_it() -> None:
     assert (provider.partition, provider.account) == ("compute", "my-allocation")
     mine = example.make_config(partition="short", account=None, cores_per_node=8).executors[0]
     assert (mine.provider.partition, mine.provider.account) == ("short", None)
-    assert mine.worker_options == "--cores 8 --memory 120000"
-    assert mine.scaling_cores_per_worker == 8
+    assert mine.workers.options == "--cores 8 --memory 120000"
+    assert mine.sizing.scaling_cores_per_worker == 8
 
 
 @pytest.mark.slow
@@ -84,7 +86,7 @@ def test_example_config_runs_tasks_in_slurm_jobs(slurm: SlurmCluster, tmp_path: 
         run_dir=str(tmp_path / "runinfo"),
         # offline: python and pip from the session's seeded channel, warm package cache
         build_options=build_options,
-        seed_channel=False,
+        envs=EnvOptions(seed_channel=False),
     )
     executor = config.executors[0]
     with parsl.load(config):

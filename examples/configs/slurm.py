@@ -21,6 +21,7 @@ CI runs this file for real: tests/test_slurm.py starts a one-node Slurm cluster 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from parsl.addresses import address_by_hostname
@@ -44,6 +45,7 @@ def make_config(
     worker_cache_dir: str = "/tmp/parsl-poncho-$USER",
     channels: list[str] | None = None,
     run_dir: str = "runinfo",
+    envs: EnvOptions | None = None,
     **executor_options: Any,
 ) -> Config:
     """A Parsl config running PonchoExecutor's Work Queue workers in Slurm jobs.
@@ -63,6 +65,7 @@ def make_config(
       node and shared by its tasks (expanded by the job's shell).
     :param channels: conda channels for packages beyond python and pip (default conda-forge).
     :param run_dir: where Parsl writes its logs.
+    :param envs: more ``EnvOptions`` (``channels`` above, if given, wins over its channels).
     :param executor_options: any other ``PonchoExecutor`` argument (e.g. ``env``,
       ``pip_sources``, ``project_password_file``).
     """
@@ -72,7 +75,8 @@ def make_config(
         port=port,
         # Optional: a shared secret workers must present (create it with mode 0600):
         # project_password_file="~/.parsl-poncho-password",
-        envs=EnvOptions(channels=channels if channels is not None else ["conda-forge"]),
+        envs=dataclasses.replace(envs or EnvOptions(), channels=(
+            channels or (envs.channels if envs else None) or ["conda-forge"])),
         workers=WorkerOptions(
             cache_dir=worker_cache_dir,
             options=f"--cores {cores_per_node} --memory {memory_per_node_mb}",
