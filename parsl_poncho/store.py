@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -46,10 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from parsl_poncho.build_logs import as_build_error, prune_failed_logs, with_build_log
+from parsl_poncho.build_logs import as_build_error, with_build_log
 from parsl_poncho.errors import BuildError, PonchoError, StoreError
-from parsl_poncho.filelocks import flock, fsync_path, try_flock, write_json
+from parsl_poncho.filelocks import flock, fsync_path, write_json
 from parsl_poncho.paths import default_cache_dir
+from parsl_poncho.store_eviction import HASH as _HASH
+from parsl_poncho.store_eviction import Eviction
 
 if TYPE_CHECKING:
     from parsl_poncho.build import BuildOptions
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 Builder = Callable[..., Any]
 Progress = Callable[[str], None]
 
-_HASH = re.compile(r"^[0-9a-f]{64}$")
 _ENTRY_FORMAT = 1
 
 
@@ -75,7 +75,7 @@ class Env:
     manifest: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-class EnvStore:
+class EnvStore(Eviction):
     """Content-addressed cache of environment tarballs (see the module docstring).
 
     :param cache_dir: where entries live (default: ``paths.default_cache_dir()``).
@@ -185,35 +185,6 @@ class EnvStore:
         else:
             self._known[env_hash] = (env, _stamp(env.tarball))
         return env
-
-    def entries(self) -> list[Env]:
-        """Every complete entry, least recently used first."""
-        envs = [self.lookup(p.name) for p in self._entry_dirs()]
-        found = [e for e in envs if e is not None]
-        return sorted(found, key=lambda e: self.last_used(e.hash))
-
-    def last_used(self, env_hash: str) -> float:
-        """When the entry was last returned by get() or used (epoch seconds; 0 if unknown)."""
-        entry = self._envs / env_hash
-        for name in ("last-used", "entry.json"):
-            try:
-                return (entry / name).stat().st_mtime
-            except OSError:
-                continue
-        return 0.0
-
-    def entry_size(self, env_hash: str) -> int:
-        """Bytes on disk of the entry directory (tarball + JSON files)."""
-        return _tree_size(self._envs / env_hash)
-
-    def total_size(self) -> int:
-        """Bytes on disk of every entry."""
-        return sum(_tree_size(p) for p in self._entry_dirs())
-
-    def in_use(self, env_hash: str) -> bool:
-        """True while some process holds :meth:`use` on the entry."""
-        with try_flock(self._lock_path(env_hash, "use"), fcntl.LOCK_EX) as got:
-            return not got
 
     # -- get -----------------------------------------------------------------------------------
     def get(
@@ -369,66 +340,6 @@ class EnvStore:
             self._touch(env_hash)
             yield current
 
-    def remove(self, env_hash: str) -> bool:
-        """Delete the entry; False if absent.
-
-        :raises StoreError: the entry is in use by some process.
-        """
-        if not _HASH.match(env_hash):
-            raise StoreError(f"{env_hash!r} is not an environment hash (64 hex digits)")
-        with try_flock(self._lock_path(env_hash, "use"), fcntl.LOCK_EX, unlink=True) as got:
-            if not got:
-                raise StoreError(
-                    f"environment {env_hash} is in use by a running process; retry when it ends"
-                )
-            target = self._envs / env_hash
-            if not target.exists():
-                return False
-            self._discard(target)
-        self._known.pop(env_hash, None)
-        with try_flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX, unlink=True):
-            pass  # drop the build lock file too, unless a build of this hash is running
-        return True
-
-    def prune(self, max_size: int, *, keep: tuple[str, ...] = ()) -> list[str]:
-        """Evict least-recently-used entries not in use until at most ``max_size`` bytes remain.
-
-        Also removes staging directories left by dead builders. Returns the evicted hashes.
-        """
-        self.clean_staging()
-        prune_failed_logs(self.cache_dir)
-        sizes = {p.name: _tree_size(p) for p in self._entry_dirs()}
-        total = sum(sizes.values())
-        evicted: list[str] = []
-        for env_hash in sorted(sizes, key=self.last_used):
-            if total <= max_size:
-                break
-            if env_hash in keep:
-                continue
-            try:
-                removed = self.remove(env_hash)
-            except StoreError:
-                continue  # in use
-            if removed:
-                total -= sizes[env_hash]
-                evicted.append(env_hash)
-        return evicted
-
-    def clean_staging(self) -> list[Path]:
-        """Remove staging directories whose builder is gone (its build lock is free)."""
-        removed = []
-        for path in sorted(self._staging.glob("build-*")):
-            env_hash = path.name[len("build-") :][:64]
-            if not _HASH.match(env_hash):
-                continue
-            with try_flock(self._lock_path(env_hash, "build"), fcntl.LOCK_EX) as got:
-                if got and path.exists():
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-        for path in self._staging.glob("trash-*"):
-            shutil.rmtree(path, ignore_errors=True)
-        return removed
-
     def close(self, wait: bool = True) -> None:
         """Stop accepting get(); wait for running builds (``wait``) or cancel queued ones."""
         self._closed = True
@@ -441,24 +352,10 @@ class EnvStore:
         self.close()
 
     # -- helpers -------------------------------------------------------------------------------
-    def _entry_dirs(self) -> list[Path]:
-        try:
-            return [p for p in self._envs.iterdir() if _HASH.match(p.name)]
-        except OSError:
-            return []
-
-    def _lock_path(self, env_hash: str, kind: str) -> Path:
-        return self._locks / f"{env_hash}.{kind}"
-
     def _remove_stale_staging(self, env_hash: str) -> None:
         """Called holding the build lock: any staging dir for this hash is a dead builder's."""
         for path in self._staging.glob(f"build-{env_hash}-*"):
             shutil.rmtree(path, ignore_errors=True)
-
-    def _discard(self, target: Path) -> None:
-        trash = Path(tempfile.mkdtemp(prefix=f"trash-{target.name}-", dir=self._staging))
-        os.replace(target, trash / "entry")
-        shutil.rmtree(trash, ignore_errors=True)
 
     def _touch(self, env_hash: str) -> None:
         with contextlib.suppress(OSError):
@@ -535,15 +432,6 @@ def _file_digest(path: Path) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
