@@ -403,16 +403,19 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
             # Without a sleeper, block on the executor's queue only while nothing happens (a
             # new task wakes us at once); Work Queue's own wait may then sleep up to 1 s.
             busy = _submit_pending(wq, q, task_queue, pending, done, 0 if sleeper else idle)
-            t = q.wait(0)  # also accepts connecting workers when no task is queued
-            while t is not None:
-                _report(t, names, pending, done, largest)
-                t = q.wait(0)
+            # Until None; with a sleeper, until None twice: a worker's line that Work Queue
+            # read ahead into its buffer is handled by the second (no socket would wake us).
+            for _ in range(2 if sleeper else 1):
+                t = q.wait(0)  # also accepts connecting workers when no task is queued
+                while t is not None:
+                    _report(t, names, pending, done, largest)
+                    t = q.wait(0)
             if done:
                 result_queue.put(done)
             busy = busy or bool(done)
             idle = _MIN_IDLE if busy else min(idle * 2, settings.max_idle)
             if sleeper is not None and not busy:
-                sleeper.sleep(settings.max_idle)
+                sleeper.sleep(idle)  # short after activity: a third buffered line is rare
             stall(pending)
     finally:
         t = None
