@@ -324,10 +324,10 @@ def part_b(size_measured: int, rows: dict[str, list[float]], counts: list[int], 
 
 
 # -- (c) dispatch ------------------------------------------------------------------------------
-#: bench/dispatch.py --tasks 2000 --rounds 3 at commit 655ab73 (before the dispatch work of
-#: issue 21), this host, 2026-12-06, loaded by other sessions' tests as usual: CPU ms per task.
-BEFORE = {"submitting": float("nan"), "manager": float("nan"), "worker": float("nan"),
-          "tasks/s": float("nan")}
+#: bench/dispatch.py at commit 655ab73 (before the dispatch work of issue 21) on this host,
+#: 2026-12-06 01:00-01:20 UTC, median of 3 runs (2000x3, 1500x2, 1500x2 tasks; other sessions'
+#: tests loading the 2 cores as usual): CPU ms per task, and tasks/s.
+BEFORE = {"submitting": 2.04, "manager": 5.41, "worker": 1.08, "tasks/s": 83}
 
 
 def _bench_module(name: str) -> Any:

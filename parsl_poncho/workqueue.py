@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Mapping
 
+from parsl_poncho.backlog import Backlog
 from parsl_poncho.errors import ExecutorError
 from parsl_poncho.stall import StallWatch
 from parsl_poncho.wq_wait import Sleeper, enable_prompt_wait
@@ -178,6 +179,12 @@ class ManagerSettings:
 
 #: Shortest pause of the manager loop when nothing happens (it doubles up to max_idle).
 _MIN_IDLE = 0.002
+#: Longest sleep of the prompt loop while tasks are in Work Queue: a worker's line Work Queue
+#: read ahead into its buffer wakes no socket, and waits at most this long (parsl_poncho/wq_wait).
+_IN_FLIGHT_NAP = 0.005
+#: How many times in a row wait(0) returns None before the prompt loop sleeps (each call
+#: handles one more line a worker sent that Work Queue holds in its buffer).
+_DRAINS = 2
 
 _RESULT_WORDS: Mapping[str, str] = {
     "SUCCESS": "the task finished",
@@ -293,11 +300,10 @@ def apply_category(q: Any, msg: CategoryToWq) -> bool:
     return True
 
 
-def _submit_pending(wq: ModuleType, q: Any, task_queue: Any, pending: dict, out: list,
-                    block: float) -> bool:
-    """Move every message waiting in ``task_queue`` (a TaskToWq, a CategoryToWq, or a list of
-    them: the executor sends batches) into Work Queue; True if there was any. A task Work Queue
-    refuses gets its WqToTask in ``out``."""
+def _submit_pending(q: Any, task_queue: Any, backlog: Backlog, block: float) -> bool:
+    """Take every message waiting in ``task_queue`` (a TaskToWq, a CategoryToWq, or a list of
+    them: the executor sends batches): categories apply at once, tasks join ``backlog``; True
+    if there was any."""
     got = False
     while True:
         try:
@@ -306,14 +312,14 @@ def _submit_pending(wq: ModuleType, q: Any, task_queue: Any, pending: dict, out:
             return got
         block, got = 0, True
         for msg in batch if isinstance(batch, list) else (batch,):
-            _submit_one(wq, q, msg, pending, out)
+            if isinstance(msg, CategoryToWq):
+                apply_category(q, msg)
+            else:
+                backlog.add(msg)
 
 
-def _submit_one(wq: ModuleType, q: Any, msg: TaskToWq | CategoryToWq, pending: dict,
-                out: list) -> None:
-    if isinstance(msg, CategoryToWq):
-        apply_category(q, msg)
-        return
+def _submit_one(wq: ModuleType, q: Any, msg: TaskToWq, pending: dict, out: list) -> None:
+    """Give a task to Work Queue; one it refuses gets its WqToTask in ``out``."""
     try:
         q.submit(_make_task(wq, msg))
     except Exception as exc:  # noqa: BLE001 - reported to the task, not fatal to the loop
@@ -394,7 +400,8 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
     stall = StallWatch(q, settings.stall_warning)
     # wait(0) never sleeps: the loop sleeps on the executor's queue and the workers' sockets.
     sleeper = Sleeper(_inbox_fd(task_queue)) if enable_prompt_wait(q) else None
-    pending: dict[str, TaskToWq] = {}
+    pending: dict[str, TaskToWq] = {}  # in Work Queue
+    backlog = Backlog()
     parent = os.getppid()
     idle = _MIN_IDLE
     try:
@@ -402,10 +409,12 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
             done: list[WqToTask] = []
             # Without a sleeper, block on the executor's queue only while nothing happens (a
             # new task wakes us at once); Work Queue's own wait may then sleep up to 1 s.
-            busy = _submit_pending(wq, q, task_queue, pending, done, 0 if sleeper else idle)
+            busy = _submit_pending(q, task_queue, backlog, 0 if sleeper else idle)
+            for msg in backlog.take(len(pending), q):
+                _submit_one(wq, q, msg, pending, done)
             # Until None; with a sleeper, until None twice: a worker's line that Work Queue
             # read ahead into its buffer is handled by the second (no socket would wake us).
-            for _ in range(2 if sleeper else 1):
+            for _ in range(_DRAINS if sleeper else 1):
                 t = q.wait(0)  # also accepts connecting workers when no task is queued
                 while t is not None:
                     _report(t, names, pending, done, largest)
@@ -415,7 +424,7 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
             busy = busy or bool(done)
             idle = _MIN_IDLE if busy else min(idle * 2, settings.max_idle)
             if sleeper is not None and not busy:
-                sleeper.sleep(idle)  # short after activity: a third buffered line is rare
+                sleeper.sleep(_IN_FLIGHT_NAP if pending else settings.max_idle)
             stall(pending)
     finally:
         t = None
