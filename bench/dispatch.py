@@ -9,24 +9,31 @@ With --profile, the submitting process runs under cProfile during the last round
 functions with the most cumulative time are printed.
 
 Usage: python bench/dispatch.py [--tasks 1000] [--rounds 3] [--slots 2] [--profile]
+(bench/scale.py part (c) runs the same measurement beside Work Queue's floor and HTEX.)
 """
 
 from __future__ import annotations
 
-import argparse
-import cProfile
-import io
 import os
-import pstats
-import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import parsl
-from parsl.config import Config
-from parsl.providers import LocalProvider
+# bench/multiprocessing.py is named like the standard library's package: keep this directory
+# off sys.path, or parsl's ``import multiprocessing`` would import it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import io  # noqa: E402
+import pstats  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import parsl  # noqa: E402
+from parsl.config import Config  # noqa: E402
+from parsl.providers import LocalProvider  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -86,6 +93,32 @@ def one_round(executor: PonchoExecutor, tasks: int, profile: cProfile.Profile | 
     return per_task
 
 
+NAMES = ("submitting", "manager", "worker")
+
+
+def measure(root: Path, tasks: int, rounds: int, slots: int,
+            profile: cProfile.Profile | None = None) -> tuple[dict[str, float], str | None]:
+    """Medians over ``rounds`` of CPU ms per task by process and tasks/s, and the env hash
+    the no-op ran in (its tarball is what Work Queue's floor ships)."""
+    from parsl_poncho import env_hash_of
+
+    os.environ["PARSL_PONCHO_WORKER_CACHE"] = str(root / "wcache")
+    executor = PonchoExecutor(label="poncho", function_exec_mode="serverless",
+                              envs=EnvOptions(cache_dir=str(root / "cache")),
+                              workers=WorkerOptions(options=f"--cores {slots}"),
+                              provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
+    config = Config(executors=[executor], run_dir=str(root / "runinfo"), strategy="none")
+    rows = []
+    with parsl.load(config):
+        warm = [noop() for _ in range(50)]  # env built, server started
+        for future in warm:
+            future.result()
+        for index in range(rounds):
+            rows.append(one_round(executor, tasks, profile if index == rounds - 1 else None))
+    medians = {name: statistics.median(r[name] for r in rows) for name in (*NAMES, "tasks/s")}
+    return medians, env_hash_of(warm[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
@@ -94,31 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
 
-    root = Path(tempfile.mkdtemp(prefix="pp-dispatch-"))
-    os.environ["PARSL_PONCHO_WORKER_CACHE"] = str(root / "wcache")
-    executor = PonchoExecutor(
-        label="poncho",
-        function_exec_mode="serverless",
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
-        envs=EnvOptions(cache_dir=str(root / "cache")),
-        workers=WorkerOptions(options=f"--cores {args.slots}"),
-    )
-    config = Config(executors=[executor], run_dir=str(root / "runinfo"), strategy="none")
-    rows = []
     profile = cProfile.Profile() if args.profile else None
-    with parsl.load(config):
-        for future in [noop() for _ in range(50)]:  # warm: env built, server started
-            future.result()
-        for index in range(args.rounds):
-            last = index == args.rounds - 1
-            rows.append(one_round(executor, args.tasks, profile if last else None))
-    names = ("submitting", "manager", "worker")
-    medians = {name: statistics.median(r[name] for r in rows) for name in (*names, "tasks/s")}
+    root = Path(tempfile.mkdtemp(prefix="pp-dispatch-"))
+    medians, _ = measure(root, args.tasks, args.rounds, args.slots, profile)
     submit_host = medians["submitting"] + medians["manager"]
     print(f"warm serverless no-op tasks, {args.tasks} per round, median of {args.rounds} "
           f"rounds, one local worker with {args.slots} slots")
     print(f"{'process':<34}{'CPU ms/task':>12}")
-    for name in names:
+    for name in NAMES:
         print(f"{name:<34}{medians[name]:>12.3f}")
     print(f"{'submit host (submitting+manager)':<34}{submit_host:>12.3f}   target <= 0.5 "
           f"(ratio {submit_host / 0.5:.1f}x)")

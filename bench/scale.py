@@ -1,7 +1,8 @@
 """Benchmark environment delivery (issue 21): (a) time to deliver one environment to N workers
 per mode against a rate-limited origin, and (b) a model of 1,000 nodes from measured inputs.
 
-Usage: python bench/scale.py [--tarball ENV.tar.gz] [--rate MBPS] [--workers 1,2,4,8,16]
+Usage: python bench/scale.py [--parts a,b,c] [--tarball ENV.tar.gz] [--rate MBPS]
+                             [--workers 1,2,4,8,16] [--tasks 1000] [--rounds 3]
 
 (a) delivery, all in one run on this host, the origin capped at --rate MB/s (default 20):
     manager            a Work Queue manager sends the tarball (a cached input) to N workers
@@ -23,26 +24,39 @@ Usage: python bench/scale.py [--tarball ENV.tar.gz] [--rate MBPS] [--workers 1,2
       2 and 50 GB/s aggregate; 32 foremen or HTTP caches (one per rack of ~31 nodes).
     The formulas are printed with the table.
 
+(c) dispatch: for warm serverless no-op tasks on one local worker, the CPU per task of the
+    submitting process, the Work Queue manager process and the worker (bench/dispatch.py), median
+    of --rounds rounds of --tasks; beside it, "before" as recorded on this host with the code
+    before issue 21's dispatch work; then serverless tasks/s against Work Queue's floor (``cp``
+    with a Poncho task's kinds of files, bench/serverless.py) and HTEX, all in this run.
+
 Without --tarball the smallest env tarball in the default cache is used (python + cloudpickle,
 about 17 MB); without one, pass --tarball.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import multiprocessing
 import os
-import shutil
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from pathlib import Path
-from typing import Any
+
+# bench/multiprocessing.py is named like the standard library's package: keep this directory
+# off sys.path, or ``import multiprocessing`` would import it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import importlib.util  # noqa: E402
+import multiprocessing  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -309,20 +323,93 @@ def part_b(size_measured: int, rows: dict[str, list[float]], counts: list[int], 
             print(f"{size / GB:>5.1f}G {name:>9} " + "".join(f"{c:>15.0f}" for c in cells))
 
 
+# -- (c) dispatch ------------------------------------------------------------------------------
+#: bench/dispatch.py at commit 655ab73 (before the dispatch work of issue 21) on this host,
+#: 2026-12-06 01:00-01:20 UTC, median of 3 runs (2000x3, 1500x2, 1500x2 tasks; other sessions'
+#: tests loading the 2 cores as usual): CPU ms per task, and tasks/s.
+BEFORE = {"submitting": 2.04, "manager": 5.41, "worker": 1.08, "tasks/s": 83}
+
+
+def _bench_module(name: str) -> Any:
+    """Another bench script, loaded by path (this directory stays off sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(_HERE) / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def part_c(tmp: Path, tasks: int, rounds: int) -> None:
+    from parsl_poncho import EnvStore
+
+    dispatch, serverless = _bench_module("dispatch"), _bench_module("serverless")
+    slots = os.cpu_count() or 1
+    after, env_hash = dispatch.measure(tmp / "dispatch", tasks, rounds, slots)
+    store = EnvStore(tmp / "dispatch" / "cache")
+    env = store.lookup(env_hash or "")
+    store.close()
+    fn_pkl = tmp / "fn.pkl"
+    import cloudpickle
+
+    fn_pkl.write_bytes(cloudpickle.dumps((serverless._noop, (), {})))
+    files = [(str(shim_file("poncho_run")), "poncho_run"),
+             (str(shim_file("run_function.py")), "run_function.py"),
+             (str(env.tarball), env.tarball.name), (str(fn_pkl), "fn.pkl")]
+    args = argparse.Namespace(tasks=tasks, slots=slots, warmup=20)
+    floor = statistics.median(serverless.run_wq_floor(args, files, tmp)["work queue floor"]
+                              for _ in range(rounds))
+    serverless._setup()
+    htex = statistics.median(_htex_noop(serverless, args, tmp / f"htex{turn}")
+                             for turn in range(rounds))
+    print(f"\n(c) dispatch: warm serverless no-op tasks on one local worker ({slots} slots), "
+          f"{tasks} per round, median of {rounds} rounds")
+    print(f"{'CPU ms per task':<36}{'before':>10}{'after':>10}")
+    for name in ("submitting", "manager"):
+        print(f"{name + ' process':<36}{BEFORE[name]:>10.2f}{after[name]:>10.2f}")
+    before_host = BEFORE["submitting"] + BEFORE["manager"]
+    host = after["submitting"] + after["manager"]
+    print(f"{'submit host (the two above)':<36}{before_host:>10.2f}{host:>10.2f}"
+          f"   target <= 0.5 ({host / 0.5:.1f}x it)")
+    print(f"{'work_queue_worker process':<36}{BEFORE['worker']:>10.2f}{after['worker']:>10.2f}")
+    print(f"{'one submit-host core, tasks/s':<36}{1e3 / before_host:>10.0f}{1e3 / host:>10.0f}")
+    print("('before': recorded at commit 655ab73 on this host; 'after': measured now)")
+    rate = after["tasks/s"]
+    print(f"tasks/s, this run: serverless no-op {rate:.0f} (before, recorded: "
+          f"{BEFORE['tasks/s']:.0f}); Work Queue floor {floor:.0f}; HTEX no-op {htex:.0f}")
+    print(f"serverless / floor = {rate / floor:.2f} (target >= 0.5); "
+          f"serverless / HTEX = {rate / htex:.2f}")
+
+
+def _htex_noop(serverless: Any, args: argparse.Namespace, run_dir: Path) -> float:
+    from parsl.executors import HighThroughputExecutor
+
+    executor = HighThroughputExecutor(label="htex", max_workers_per_node=args.slots,
+                                      provider=serverless._provider())
+    cases = [("htex no-op", "no-op", {}, args.tasks)]
+    return serverless._run_dfk(executor, run_dir, cases, args.warmup)["htex no-op"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tarball", type=Path)
     parser.add_argument("--rate", type=float, default=20.0, help="origin cap, MB/s")
     parser.add_argument("--workers", default="1,2,4,8,16")
+    parser.add_argument("--parts", default="a,b,c", help="which of a, b (needs a), c to run")
+    parser.add_argument("--tasks", type=int, default=1000, help="(c): tasks per round")
+    parser.add_argument("--rounds", type=int, default=3, help="(c): rounds")
     args = parser.parse_args(argv)
-    tarball = args.tarball or default_tarball()
+    parts = set(args.parts.split(","))
     counts = [int(n) for n in args.workers.split(",")]
     rate = args.rate * 1e6
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        rows = part_a(tarball, counts, rate, Path(tmp))
-        unpack = unpack_rate(tarball, Path(tmp))
-        fetch_o = fetch_overhead(Path(tmp))
-        part_b(tarball.stat().st_size, rows, counts, rate, unpack, fetch_o)
+        if parts & {"a", "b"}:
+            tarball = args.tarball or default_tarball()
+            rows = part_a(tarball, counts, rate, Path(tmp))
+            if "b" in parts:
+                unpack = unpack_rate(tarball, Path(tmp))
+                fetch_o = fetch_overhead(Path(tmp))
+                part_b(tarball.stat().st_size, rows, counts, rate, unpack, fetch_o)
+        if "c" in parts:
+            part_c(Path(tmp), args.tasks, args.rounds)
 
 
 if __name__ == "__main__":

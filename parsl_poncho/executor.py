@@ -376,14 +376,13 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         """Write fn.pkl and work out exec mode, resources, category and staged files."""
         mode = exec_mode_for(func, resource_spec, self.function_exec_mode)
         task_id = str(next(self._ids))
-        task_dir = self._data_dir / task_id
-        task_dir.mkdir(parents=True, exist_ok=True)
-        (task_dir / "fn.pkl").write_bytes(payload)
+        files = self._data_dir / task_id
+        files.with_name(f"{task_id}.fn.pkl").write_bytes(payload)
         resources = wq_resources(resource_spec, default_cores=self.sizing.default_cores)
         category = app_name(func) if self.autocategory else "parsl-default"
         inputs, outputs = staged_files(args, kwargs, resource_spec)
         server = server_call(mode, list(modules), resource_spec)
-        return _Prepared(task_id, category, mode, server, resources, task_dir, inputs, outputs,
+        return _Prepared(task_id, category, mode, server, resources, files, inputs, outputs,
                          (func, args, kwargs))
 
     def _dispatch(self, task: _Prepared, fu: Future, ready: Future) -> None:
@@ -402,9 +401,9 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             command=self._commands.command_for(task.mode, env, task.server),
             category=task.category,
             inputs=(*self._commands.inputs(task.mode, env),
-                    FileToWq(str(task.task_dir / "fn.pkl"), "fn.pkl"), *task.inputs),
-            outputs=(FileToWq(str(task.task_dir / "result.pkl"), "result.pkl"), *task.outputs),
-            result_file=str(task.task_dir / "result.pkl"),
+                    FileToWq(str(task.fn_file), "fn.pkl"), *task.inputs),
+            outputs=(FileToWq(str(task.result_file), "result.pkl"), *task.outputs),
+            result_file=str(task.result_file),
             resources=disk_for(task.resources, env.size, self.sizing.default_disk),
             max_retries=self.max_retries,
             env=self._sizer.limit(fu, task, thread_env(self.env, task.resources)),
@@ -472,7 +471,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
                        task.category, ", ".join(misses), env_hash)
         fu.parsl_poncho_env_hash = env_hash  # type: ignore[attr-defined]
         self._manager.forget(msg.id)  # a manager restart must not resend it to the old env
-        Path(msg.result_file or task.task_dir / "result.pkl").unlink(missing_ok=True)
+        task.result_file.unlink(missing_ok=True)
         ready = self._envs.get(spec, env_hash, modules)
         ready.add_done_callback(lambda r: self._dispatch(task, fu, r))
         return True
@@ -485,7 +484,7 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
         """Pop a task and set its future; on success drop its per-task files."""
         with self._tasks_lock:
             fu = self._tasks.pop(task_id, None)
-            self._prepared.pop(task_id, None)
+            task = self._prepared.pop(task_id, None)
         self._learner.forget_task(task_id)
         self._manager.forget(task_id)
         if fu is None or fu.done():
@@ -494,7 +493,8 @@ class PonchoExecutor(BlockProviderExecutor, RepresentationMixin):
             fu.set_exception(exc)
         else:
             fu.set_result(value)
-            shutil.rmtree(self._data_dir / task_id, ignore_errors=True)
+            if task is not None:
+                task.remove_files()
 
     def _fail_outstanding(self, exc: Exception) -> None:
         with self._tasks_lock:

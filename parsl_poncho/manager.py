@@ -51,6 +51,10 @@ class ManagerProcess:
         self.sent: dict[str, TaskToWq | CategoryToWq] = {}
         self._lock = threading.Lock()  # the queues, and what was sent through them
         self._should_stop = SpawnContext.Event()
+        # Messages go out in batches: one pickle and one write for all that a flush finds.
+        self._outbox: list[TaskToWq | CategoryToWq] = []
+        self._outbox_ready = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def start(self) -> int:
         """Spawn the manager on ``settings.port`` (or the port it chose before) and return
@@ -77,13 +81,28 @@ class ManagerProcess:
             raise ExecutorError(start_failure_message(self.name, port, self.process.exitcode,
                                                       self.log_dir))
         self.port = int(chosen)
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush, name=f"{self.name}-wq-send",
+                                             daemon=True)
+            self._flusher.start()
         return self.port
 
     def send(self, msg: TaskToWq | CategoryToWq) -> None:
         """Hand a message to the manager, remembering it (resent on a restart) until done."""
         with self._lock:
             self.sent[msg.id] = msg
-            self._tasks.put(msg)
+            self._outbox.append(msg)
+        self._outbox_ready.set()
+
+    def _flush(self) -> None:
+        """Sender thread: hand whatever accumulated to the manager as one list."""
+        while not self._should_stop.is_set():
+            self._outbox_ready.wait(timeout=1)
+            self._outbox_ready.clear()
+            with self._lock:
+                batch, self._outbox = self._outbox, []
+                if batch:
+                    self._tasks.put(batch)
 
     def forget(self, task_id: str) -> None:
         """The task is finished, or will be sent again another way: never resend it."""
@@ -98,7 +117,7 @@ class ManagerProcess:
         """
         while not self._should_stop.is_set() or not self._results.empty():
             try:
-                yield self._results.get(timeout=0.5)
+                yield from self._results.get(timeout=0.5)  # a list per manager round
             except queue.Empty:
                 if not self.process.is_alive() and not self._should_stop.is_set():
                     try:
@@ -138,13 +157,17 @@ class ManagerProcess:
                            self.name, exitcode, self.port, self.restarts, self.max_restarts,
                            len(self.sent))
             self.start()
-            for msg in self.sent.values():
-                self._tasks.put(msg)
+            self._outbox = []  # all of it is in sent
+            if self.sent:
+                self._tasks.put(list(self.sent.values()))
 
     def stop(self) -> None:
         """Tell the manager to stop (it tells workers to exit and closes its port) and wait;
         :meth:`results` ends once the queue is drained."""
         self._should_stop.set()
+        self._outbox_ready.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
         if self.process is None:
             return
         self.process.join(timeout=30)

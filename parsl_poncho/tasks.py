@@ -266,7 +266,22 @@ class PreparedTask:
     mode: ExecMode
     server: ServerCall | None  # serverless: preload and the function server's scope
     resources: Mapping[str, Any]
-    task_dir: Path
+    files: Path  # the call is files + ".fn.pkl", the result files + ".result.pkl"
     inputs: tuple[FileToWq, ...]
     outputs: tuple[FileToWq, ...]
     call: tuple[Callable, tuple, dict]  # to analyse again after learning
+
+    # Two files beside the others, not a directory per task: a mkdir and an rmtree per task
+    # cost the submitting process more than the rest of its own work (bench/dispatch.py).
+    @property
+    def fn_file(self) -> Path:
+        return self.files.with_name(self.files.name + ".fn.pkl")
+
+    @property
+    def result_file(self) -> Path:
+        return self.files.with_name(self.files.name + ".result.pkl")
+
+    def remove_files(self) -> None:
+        """Drop the call and result files (kept when the task failed, to look at)."""
+        for path in (self.fn_file, self.result_file):
+            path.unlink(missing_ok=True)

@@ -24,9 +24,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
+from parsl_poncho.backlog import Backlog
 from parsl_poncho.errors import ExecutorError
+from parsl_poncho.stall import StallWatch
+from parsl_poncho.wq_wait import Sleeper, enable_prompt_wait
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +179,12 @@ class ManagerSettings:
 
 #: Shortest pause of the manager loop when nothing happens (it doubles up to max_idle).
 _MIN_IDLE = 0.002
+#: Longest sleep of the prompt loop while tasks are in Work Queue: a worker's line Work Queue
+#: read ahead into its buffer wakes no socket, and waits at most this long (parsl_poncho/wq_wait).
+_IN_FLIGHT_NAP = 0.005
+#: How many times in a row wait(0) returns None before the prompt loop sleeps (each call
+#: handles one more line a worker sent that Work Queue holds in its buffer).
+_DRAINS = 2
 
 _RESULT_WORDS: Mapping[str, str] = {
     "SUCCESS": "the task finished",
@@ -291,28 +300,34 @@ def apply_category(q: Any, msg: CategoryToWq) -> bool:
     return True
 
 
-def _submit_pending(wq: ModuleType, q: Any, task_queue: Any, pending: dict, out: Any,
-                    block: float) -> None:
-    """Move every TaskToWq waiting in ``task_queue`` into Work Queue (and apply each
-    CategoryToWq)."""
+def _submit_pending(q: Any, task_queue: Any, backlog: Backlog, block: float) -> bool:
+    """Take every message waiting in ``task_queue`` (a TaskToWq, a CategoryToWq, or a list of
+    them: the executor sends batches): categories apply at once, tasks join ``backlog``; True
+    if there was any."""
+    got = False
     while True:
         try:
-            msg = task_queue.get(timeout=block) if block else task_queue.get_nowait()
+            batch = task_queue.get(timeout=block) if block else task_queue.get_nowait()
         except queue.Empty:
-            return
-        block = 0
-        if isinstance(msg, CategoryToWq):
-            apply_category(q, msg)
-            continue
-        try:
-            wq_id = q.submit(_make_task(wq, msg))
-        except Exception as exc:  # noqa: BLE001 - reported to the task, not fatal to the loop
-            logger.exception("Work Queue refused task %s", msg.id)
-            out.put(WqToTask(id=msg.id, result="UNKNOWN", return_status=-1,
-                             output=f"Work Queue refused the task: {exc!r}"))
-            continue
-        pending[msg.id] = msg
-        logger.debug("task %s submitted as Work Queue task %s", msg.id, wq_id)
+            return got
+        block, got = 0, True
+        for msg in batch if isinstance(batch, list) else (batch,):
+            if isinstance(msg, CategoryToWq):
+                apply_category(q, msg)
+            else:
+                backlog.add(msg)
+
+
+def _submit_one(wq: ModuleType, q: Any, msg: TaskToWq, pending: dict, out: list) -> None:
+    """Give a task to Work Queue; one it refuses gets its WqToTask in ``out``."""
+    try:
+        q.submit(_make_task(wq, msg))
+    except Exception as exc:  # noqa: BLE001 - reported to the task, not fatal to the loop
+        logger.exception("Work Queue refused task %s", msg.id)
+        out.append(WqToTask(id=msg.id, result="UNKNOWN", return_status=-1,
+                            output=f"Work Queue refused the task: {exc!r}"))
+        return
+    pending[msg.id] = msg
 
 
 def allocation_of(t: Any) -> dict[str, float]:
@@ -343,74 +358,15 @@ class _LargestWorker:
         return self.memory
 
 
-class _StallWatch:
-    """Warns once per stall when tasks wait while connected workers run none of them.
-
-    Work Queue itself says nothing when no worker fits a task: the workflow just hangs.
-    """
-
-    def __init__(self, q: Any, after: float) -> None:
-        self.q, self.after = q, after
-        self.checked, self.since, self.warned = 0.0, None, False
-
-    def __call__(self, pending: Mapping[str, TaskToWq]) -> None:
-        now = time.monotonic()
-        if now - self.checked < min(5.0, self.after / 2):
-            return
-        self.checked = now
-        try:
-            s = self.q.stats
-            stalled = s.tasks_waiting > 0 and s.tasks_on_workers == 0 and s.workers_connected > 0
-            workers = int(s.workers_connected)
-            largest = {name: int(getattr(s, f"max_{name}")) for name in BOX}
-        except Exception:  # noqa: BLE001 - a diagnosis, never fatal to the loop
-            return
-        if not stalled:
-            self.since, self.warned = None, False
-        elif self.since is None:
-            self.since = now
-        elif not self.warned and now - self.since >= self.after:
-            self.warned = True
-            logger.warning(stall_message(len(pending), workers, now - self.since, largest,
-                                         [msg.resources for msg in pending.values()]))
-
-
-def stall_message(tasks: int, workers: int, waited: float, largest: Mapping[str, int],
-                  requests: Sequence[Mapping[str, Any]]) -> str:
-    """Why ``tasks`` may have waited ``waited`` s with ``workers`` connected and none running:
-    the largest worker's offer against the smallest request, naming what does not fit."""
-    asked = {name: min((float(r[name]) for r in requests if r.get(name) is not None),
-                       default=None) for name in BOX}
-    text = (f"{tasks} task(s) have waited {waited:.0f} s while {workers} connected Work Queue "
-            f"worker(s) run none. The largest worker offers {_box(largest)} (MB); the "
-            f"smallest request is {_box(asked)}.")
-    too_big = [name for name in BOX
-               if asked[name] is not None and asked[name] > largest[name]]
-    if too_big:
-        text += (f" No worker has enough {' or '.join(too_big)}: start bigger workers "
-                 "(worker_options) or ask for less in parsl_resource_specification.")
-    if asked["disk"] is not None and asked["disk"] > largest["memory"]:
-        text += (f" Work Queue (Debian's cctools 8.0.0 at least) gives no worker a task whose "
-                 f"disk exceeds the worker's memory: give workers --memory of at least "
-                 f"{asked['disk']:g} MB, or lower default_disk (a task's disk is its env tarball "
-                 "plus default_disk).")
-    return text
-
-
-def _box(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{name} unset" if values[name] is None else f"{name} {values[name]:g}"
-                     for name in BOX)
-
-
-def _report(t: Any, names: Mapping[int, str], pending: dict, out: Any,
+def _report(t: Any, names: Mapping[int, str], pending: dict, out: list,
             largest: Any = lambda: 0) -> None:
-    """Send a WqToTask for a finished Work Queue task."""
+    """Add to ``out`` the WqToTask of a finished Work Queue task."""
     msg = pending.pop(t.tag, None)
     if msg is None:
         logger.warning("Work Queue returned unknown task tag %r", t.tag)
         return
     have_result = os.path.exists(msg.result_file)
-    out.put(WqToTask(
+    out.append(WqToTask(
         id=msg.id,
         result=names.get(t.result, str(t.result)),
         return_status=int(t.return_status),
@@ -427,9 +383,10 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
                 port_mailbox: Any, should_stop: Any) -> None:
     """Body of the manager process: submit TaskToWq messages, report WqToTask until stopped.
 
-    The chosen port (or None on failure) is put into ``port_mailbox`` first. When
-    ``should_stop`` is set, or the parent dies, connected workers are told to exit and the
-    queue is closed, which releases the port.
+    Messages come one by one or as lists; results go out as lists (one per round). The chosen
+    port (or None on failure) is put into ``port_mailbox`` first. When ``should_stop`` is set,
+    or the parent dies, connected workers are told to exit and the queue is closed, which
+    releases the port.
     """
     try:
         wq = load_work_queue()
@@ -440,28 +397,49 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
     port_mailbox.put(q.port)
     names = result_names(wq)
     largest = _LargestWorker(q)
-    stall = _StallWatch(q, settings.stall_warning)
-    pending: dict[str, TaskToWq] = {}
+    stall = StallWatch(q, settings.stall_warning)
+    # wait(0) never sleeps: the loop sleeps on the executor's queue and the workers' sockets.
+    sleeper = Sleeper(_inbox_fd(task_queue)) if enable_prompt_wait(q) else None
+    pending: dict[str, TaskToWq] = {}  # in Work Queue
+    backlog = Backlog()
     parent = os.getppid()
     idle = _MIN_IDLE
     try:
         while not should_stop.is_set() and os.getppid() == parent:
-            # Block on the executor's queue only while nothing happens: a new task wakes us at
-            # once, and Work Queue is polled with wait(0) (its own timeout is whole seconds).
-            before = len(pending)
-            _submit_pending(wq, q, task_queue, pending, result_queue, idle)
-            busy = len(pending) != before
-            t = q.wait(0)  # also accepts connecting workers when no task is queued
-            while t is not None:
-                busy = True
-                _report(t, names, pending, result_queue, largest)
-                t = q.wait(0)
+            done: list[WqToTask] = []
+            # Without a sleeper, block on the executor's queue only while nothing happens (a
+            # new task wakes us at once); Work Queue's own wait may then sleep up to 1 s.
+            busy = _submit_pending(q, task_queue, backlog, 0 if sleeper else idle)
+            for msg in backlog.take(len(pending), q):
+                _submit_one(wq, q, msg, pending, done)
+            # Until None; with a sleeper, until None twice: a worker's line that Work Queue
+            # read ahead into its buffer is handled by the second (no socket would wake us).
+            for _ in range(_DRAINS if sleeper else 1):
+                t = q.wait(0)  # also accepts connecting workers when no task is queued
+                while t is not None:
+                    _report(t, names, pending, done, largest)
+                    t = q.wait(0)
+            if done:
+                result_queue.put(done)
+            busy = busy or bool(done)
             idle = _MIN_IDLE if busy else min(idle * 2, settings.max_idle)
+            if sleeper is not None and not busy:
+                sleeper.sleep(_IN_FLIGHT_NAP if pending else settings.max_idle)
             stall(pending)
     finally:
         t = None
         _close_queue(q)
         del q  # frees the C queue now (closing the port), not at interpreter exit
+
+
+def _inbox_fd(task_queue: Any) -> int | None:
+    """The descriptor that becomes readable when the executor sends (a multiprocessing
+    Queue's reading end), or None if it has none (the sleeps then just time out)."""
+    reader = getattr(task_queue, "_reader", None)
+    try:
+        return reader.fileno() if reader is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def _close_queue(q: Any) -> None:

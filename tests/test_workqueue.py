@@ -24,6 +24,14 @@ from parsl_poncho.workqueue import (
 )
 
 
+def _results(results, n: int, timeout: float = 60) -> list[WqToTask]:
+    """The next ``n`` WqToTask messages (the manager sends a list per round)."""
+    got: list[WqToTask] = []
+    while len(got) < n:
+        got += results.get(timeout=timeout)
+    return got
+
+
 def test_explain_result_names_code_and_shim_meaning():
     text = explain_result("OUTPUT_MISSING", 65, "poncho_run: checksum mismatch\n")
     assert "OUTPUT_MISSING" in text
@@ -114,10 +122,7 @@ def test_manager_process_runs_tasks_and_caches_inputs(tmp_path):
                 category="c", inputs=(FileToWq(str(big), "env-x.tar.gz", cache=True),),
                 outputs=(FileToWq(str(out), "out"),), result_file=str(out),
                 resources={"cores": 1}))
-        got: dict[str, WqToTask] = {}
-        while len(got) < 4:
-            msg = results.get(timeout=60)
-            got[msg.id] = msg
+        got = {msg.id: msg for msg in _results(results, 4)}
     finally:
         stop.set()
         proc.join(timeout=30)
@@ -149,7 +154,7 @@ def test_manager_reports_missing_output(tmp_path):
         res = tmp_path / "result.pkl"
         tasks.put(TaskToWq(id="7", command="echo broken; exit 20", category="c", inputs=(),
                            outputs=(FileToWq(str(res), "result.pkl"),), result_file=str(res)))
-        msg = results.get(timeout=60)
+        [msg] = _results(results, 1)
     finally:
         stop.set()
         proc.join(timeout=30)
@@ -223,7 +228,7 @@ def test_manager_applies_a_category_request_to_tasks_without_their_own(tmp_path)
             tasks.put(TaskToWq(id=str(i), command="echo $MEMORY > out", category="fit",
                                inputs=(), outputs=(FileToWq(str(out), "out"),),
                                result_file=str(out), resources=resources))
-        got = {m.id: m for m in (results.get(timeout=60) for _ in range(2))}
+        got = {m.id: m for m in _results(results, 2)}
     finally:
         stop.set()
         proc.join(timeout=30)
@@ -237,7 +242,7 @@ def test_manager_applies_a_category_request_to_tasks_without_their_own(tmp_path)
 
 
 def test_stall_message_names_what_no_worker_offers():
-    from parsl_poncho.workqueue import stall_message
+    from parsl_poncho.stall import stall_message
 
     largest = {"cores": 2, "memory": 1000, "disk": 50000}
     disk_over_memory = stall_message(3, 1, 61.2, largest, [{"cores": 1, "disk": 1100},
@@ -261,7 +266,7 @@ class _FakeStats:
 def test_stall_watch_warns_once_per_stall(monkeypatch, caplog):
     from types import SimpleNamespace
 
-    from parsl_poncho.workqueue import _StallWatch
+    from parsl_poncho.stall import StallWatch as _StallWatch
 
     clock = [100.0]
     monkeypatch.setattr(workqueue.time, "monotonic", lambda: clock[0])
