@@ -44,6 +44,9 @@ _EXPORTS = {
     "get_start_method": "parsl_poncho.multiprocessing.context",
     "set_start_method": "parsl_poncho.multiprocessing.context",
     "get_all_start_methods": "parsl_poncho.multiprocessing.context",
+    "configure_store": "parsl_poncho.multiprocessing.store",
+    "get_store": "parsl_poncho.multiprocessing.store",
+    "StoreUnavailable": "parsl_poncho.multiprocessing.store",
 }
 
 __all__ = ["AuthenticationError", "BufferTooShort", "ProcessError", "TimeoutError",
@@ -57,7 +60,7 @@ def freeze_support() -> None:
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        if name in ("pool", "context", "link", "embedded"):
+        if name in ("pool", "context", "link", "embedded", "store"):
             return import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(module), name)
