@@ -334,3 +334,211 @@ def test_imap_reads_its_input_as_slots_free_up(embedded):
         # two sent, the first done, a third sent, a fourth read and waiting (the stdlib reads
         # all 50 at once)
         assert len(taken) <= 4, taken
+
+
+# -- shared state (issue 20): ours on a real redis-server, side by side with the stdlib -------
+# The "other processes" are forks of this driver (the stdlib's fork context) for both.
+@pytest.fixture(params=["stdlib", "poncho"])
+def shared(request):
+    """The module whose primitives are under test: the stdlib's, or ours on a real
+    redis-server started by the store."""
+    if request.param == "stdlib":
+        return STD
+    from tools import require_tool
+
+    require_tool("redis-server")
+    return poncho_mp
+
+
+def in_other_process(target, *args):
+    """Run ``target(*args)`` in a forked process; the process, started."""
+    proc = STD.Process(target=target, args=args)
+    proc.start()
+    return proc
+
+
+def hold_lock(lock, held, release_it):
+    with lock:
+        held.set()
+        release_it.wait(30)
+
+
+def test_queue_full_and_empty_with_timeouts(shared):
+    q = shared.Queue(maxsize=2)
+    assert q.empty() and not q.full() and q.qsize() == 0
+    q.put("a")
+    q.put(["b"], timeout=1)
+    started = time.monotonic()
+    with pytest.raises(__import__("queue").Full):
+        q.put("c", timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 3
+    with pytest.raises(__import__("queue").Full):
+        q.put_nowait("c")
+    assert q.full() and q.qsize() == 2
+    assert q.get() == "a" and q.get(timeout=1) == ["b"]
+    started = time.monotonic()
+    with pytest.raises(__import__("queue").Empty):
+        q.get(timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 3
+    with pytest.raises(__import__("queue").Empty):
+        q.get(block=False)
+    q.close()
+    with pytest.raises(ValueError, match="is closed"):
+        q.put(1)
+
+
+def put_later(q, item, delay):
+    time.sleep(delay)
+    q.put(item)
+
+
+def test_a_get_blocked_in_one_process_wakes_when_another_puts(shared):
+    q = shared.Queue()
+    proc = in_other_process(put_later, q, {"x": 1}, 0.3)
+    assert q.get(timeout=20) == {"x": 1}
+    proc.join(10)
+    assert proc.exitcode == 0
+
+
+def test_a_lock_held_by_another_process_times_out_here(shared):
+    lock, held, release_it = shared.Lock(), shared.Event(), shared.Event()
+    proc = in_other_process(hold_lock, lock, held, release_it)
+    assert held.wait(20)
+    started = time.monotonic()
+    assert lock.acquire(timeout=0.3) is False
+    assert 0.25 < time.monotonic() - started < 3
+    assert lock.acquire(False) is False
+    release_it.set()
+    assert lock.acquire(timeout=20) is True
+    lock.release()
+    proc.join(10)
+    with pytest.raises(ValueError, match="released too many times"):
+        lock.release()
+
+
+def test_rlock_counts_re_entries_and_only_its_owner_releases(shared):
+    rlock = shared.RLock()
+    assert rlock.acquire() and rlock.acquire(timeout=1) and rlock.acquire(False)
+    errors = []
+
+    def other_thread():
+        errors.append(rlock.acquire(timeout=0.2))
+        try:
+            rlock.release()
+        except AssertionError:
+            errors.append("refused")
+
+    for _ in range(3):
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        rlock.release()
+    assert errors == [False, "refused", False, "refused", False, "refused"]
+    with pytest.raises((AssertionError, RuntimeError)):
+        rlock.release()
+    thread = threading.Thread(target=other_thread)  # free now: another thread gets it
+    thread.start()
+    thread.join()
+    assert errors[-1] is True
+
+
+def bounded_release(sem):
+    sem.release()
+
+
+def test_semaphores_count_and_a_bounded_one_refuses_extra_releases(shared):
+    sem = shared.Semaphore(2)
+    assert sem.acquire() and sem.acquire(timeout=1) and not sem.acquire(timeout=0.2)
+    sem.release()
+    sem.release()
+    sem.release()  # unbounded: fine
+    assert sem.get_value() == 3
+    bounded = shared.BoundedSemaphore(1)
+    with pytest.raises(ValueError, match="released too many times"):
+        bounded.release()
+
+
+def meet(barrier, out):
+    out.put(barrier.wait(20))
+
+
+def test_a_barrier_across_3_processes_then_broken_by_a_timeout(shared):
+    barrier, out = shared.Barrier(3), shared.Queue()
+    procs = [in_other_process(meet, barrier, out) for _ in range(2)]
+    mine = barrier.wait(20)
+    theirs = sorted([out.get(timeout=20) for _ in procs])
+    assert sorted([mine, *theirs]) == [0, 1, 2]
+    for proc in procs:
+        proc.join(10)
+    assert barrier.parties == 3 and barrier.n_waiting == 0 and not barrier.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        barrier.wait(0.3)  # alone: times out and breaks it
+    assert barrier.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        barrier.wait(1)
+    barrier.reset()
+    assert not barrier.broken
+
+
+def set_later(event, delay):
+    time.sleep(delay)
+    event.set()
+
+
+def test_event_wakes_a_waiter_and_times_out_when_not_set(shared):
+    event = shared.Event()
+    assert event.wait(0.2) is False and not event.is_set()
+    proc = in_other_process(set_later, event, 0.3)
+    started = time.monotonic()
+    assert event.wait(20) is True
+    assert time.monotonic() - started < 10
+    proc.join(10)
+    event.clear()
+    assert not event.is_set()
+
+
+def notify_later(cond, box):
+    with cond:
+        box.put("ready")
+        cond.notify()
+
+
+def test_condition_wait_is_notified_and_wait_for_times_out(shared):
+    cond, box = shared.Condition(), shared.Queue()
+    with cond:
+        proc = in_other_process(notify_later, cond, box)
+        assert cond.wait(20) is True
+    assert box.get(timeout=5) == "ready"
+    proc.join(10)
+    with cond:
+        assert cond.wait_for(lambda: False, timeout=0.2) is False
+    with pytest.raises((AssertionError, RuntimeError)):
+        cond.wait(0.1)  # not holding the lock
+
+
+def consume(q, seen):
+    while True:
+        item = q.get(timeout=20)
+        seen.put(item)
+        q.task_done()
+        if item is None:
+            return
+
+
+def test_joinable_queue_join_waits_for_every_task_done(shared):
+    q, seen = shared.JoinableQueue(), shared.Queue()
+    proc = in_other_process(consume, q, seen)
+    for item in [1, 2, None]:
+        q.put(item)
+    q.join()
+    assert [seen.get(timeout=5) for _ in range(3)] == [1, 2, None]
+    proc.join(10)
+    with pytest.raises(ValueError, match="too many times"):
+        q.task_done()
+
+
+def test_simple_queue(shared):
+    q = shared.SimpleQueue()
+    assert q.empty()
+    q.put((1, "a"))
+    assert not q.empty() and q.get() == (1, "a")
