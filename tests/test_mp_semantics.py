@@ -542,3 +542,87 @@ def test_simple_queue(shared):
     assert q.empty()
     q.put((1, "a"))
     assert not q.empty() and q.get() == (1, "a")
+
+
+def bump(d, lst, ns, lock, n):
+    for _ in range(n):
+        with lock:
+            d["count"] = d.get("count", 0) + 1
+        lst.append(os.getpid())
+    ns.done = True
+
+
+def test_manager_proxies_behave_as_the_stdlibs_and_are_shared(shared):
+    with shared.Manager() as manager:
+        d = manager.dict({"a": 1}, b=2)
+        d["c"] = 3
+        d["a"] = 10
+        assert d.keys() == ["a", "b", "c"] and d.items() == [("a", 10), ("b", 2), ("c", 3)]
+        assert d.get("zz", 5) == 5 and "b" in d and len(d) == 3
+        assert d.pop("b") == 2 and d.pop("b", None) is None
+        with pytest.raises(KeyError):
+            d["b"]
+        assert d.setdefault("e", [1]) == [1] and d.popitem() == ("e", [1])
+        assert d.copy() == {"a": 10, "c": 3}
+        lst = manager.list([3, 1, 2])
+        lst.append(4)
+        lst.insert(1, "x")
+        lst.insert(-1, "y")
+        assert list(lst) == [3, "x", 1, 2, "y", 4] and lst[-1] == 4 and lst[1:3] == ["x", 1]
+        assert lst.pop(1) == "x" and lst.pop() == 4
+        del lst[-1]
+        lst.remove(1)
+        with pytest.raises(ValueError):
+            lst.remove(99)
+        with pytest.raises(IndexError):
+            lst[10]
+        lst.extend([0, 5])
+        lst.sort()
+        assert list(lst) == [0, 2, 3, 5] and len(lst) == 4
+        lst[0] = 9
+        assert lst[0] == 9
+        ns = manager.Namespace(x=1)
+        ns.y = "two"
+        assert (ns.x, ns.y) == (1, "two")
+        with pytest.raises(AttributeError):
+            _ = ns.missing
+        value, array = manager.Value("i", 7), manager.Array("i", [1, 2, 3])
+        value.value += 1
+        array[1] = 20
+        assert value.value == 8 and value.get() == 8 and list(array) == [1, 20, 3]
+        assert len(array) == 3
+        counts, pids, flags, lock = manager.dict(), manager.list(), manager.Namespace(), \
+            manager.Lock()
+        procs = [in_other_process(bump, counts, pids, flags, lock, 20) for _ in range(3)]
+        for proc in procs:
+            proc.join(30)
+        assert counts["count"] == 60 and len(pids) == 60 and flags.done is True
+
+
+SHARED: dict = {}
+
+
+def keep_shared(d, q):
+    SHARED.update(d=d, q=q)
+
+
+def use_shared(args):
+    i, lock, event = args
+    with lock:
+        SHARED["d"][i] = i * i
+    SHARED["q"].put(i)
+    return event.wait(30) and SHARED["d"]["factor"] * i
+
+
+def test_manager_proxies_in_pool_initargs_and_primitives_in_tasks_on_workers(embedded):
+    manager = poncho_mp.Manager()
+    d, q = manager.dict(factor=3), manager.Queue()
+    lock, event = poncho_mp.Lock(), poncho_mp.Event()
+    event.set()
+    with poncho_mp.Pool(2, initializer=keep_shared, initargs=(d, q)) as pool:
+        out = pool.map(use_shared, [(i, lock, event) for i in range(6)], chunksize=1)
+    assert out == [3 * i for i in range(6)]
+    assert sorted(q.get(timeout=10) for _ in range(6)) == list(range(6))
+    assert {k: d[k] for k in range(6)} == {i: i * i for i in range(6)}
+    manager.shutdown()
+    assert [k for k in poncho_mp.get_store().scan_keys() if ":manager:" in k] == []

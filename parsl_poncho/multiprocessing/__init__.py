@@ -56,6 +56,7 @@ _EXPORTS = {
     "RLock": "parsl_poncho.multiprocessing.synchronize",
     "Semaphore": "parsl_poncho.multiprocessing.synchronize",
     "Queue": "parsl_poncho.multiprocessing.queues",
+    "Manager": "parsl_poncho.multiprocessing.managers",
     "SimpleQueue": "parsl_poncho.multiprocessing.queues",
     "JoinableQueue": "parsl_poncho.multiprocessing.queues",
 }
@@ -72,7 +73,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         if name in ("pool", "context", "link", "embedded", "store", "synchronize",
-                    "queues"):
+                    "queues", "managers"):
             return import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(module), name)
