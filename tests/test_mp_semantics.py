@@ -626,3 +626,61 @@ def test_manager_proxies_in_pool_initargs_and_primitives_in_tasks_on_workers(emb
     assert {k: d[k] for k in range(6)} == {i: i * i for i in range(6)}
     manager.shutdown()
     assert [k for k in poncho_mp.get_store().scan_keys() if ":manager:" in k] == []
+
+
+# A library that imports the stdlib's multiprocessing itself, as pandarallel does: a context
+# taken at import, Manager().Queue() for progress, Pool.starmap_async for the work.
+LIBRARY = '''
+import multiprocessing
+
+CONTEXT = multiprocessing.get_context("fork")
+
+
+def _work(fn, progress, index, chunk):
+    out = [fn(x) for x in chunk]
+    progress.put((index, len(out)))
+    return out
+
+
+def parallel_map(fn, data, nb_workers=2):
+    manager = CONTEXT.Manager()
+    progress = manager.Queue()
+    chunks = [data[i::nb_workers] for i in range(nb_workers)]
+    pool = CONTEXT.Pool(nb_workers)
+    promise = pool.starmap_async(_work, [(fn, progress, i, c) for i, c in enumerate(chunks)])
+    done = sorted(progress.get(timeout=120) for _ in chunks)
+    results = promise.get(timeout=300)
+    pool.close()
+    pool.join()
+    manager.shutdown()
+    return done, results
+'''
+
+
+def import_library(tmp_path, name):
+    import importlib.util
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(LIBRARY)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    cloudpickle.register_pickle_by_value(module)  # not installed on the workers
+    return module
+
+
+def test_patch_runs_a_library_that_imports_multiprocessing_itself_on_workers(embedded,
+                                                                              tmp_path):
+    plain = import_library(tmp_path, "mp_library_plain")
+    with poncho_mp.patch() as patched:
+        assert sys.modules["multiprocessing"] is patched
+        ours = import_library(tmp_path, "mp_library_patched")
+    assert sys.modules["multiprocessing"] is multiprocessing
+    assert isinstance(ours.CONTEXT, poncho_mp.context.PonchoContext)
+    assert plain.CONTEXT is STD
+    data = list(range(40))
+    expected = plain.parallel_map(square, data)
+    assert ours.parallel_map(square, data) == expected
+    assert expected == ([(0, 20), (1, 20)], [[x * x for x in data[0::2]],
+                                             [x * x for x in data[1::2]]])

@@ -57,6 +57,8 @@ _EXPORTS = {
     "Semaphore": "parsl_poncho.multiprocessing.synchronize",
     "Queue": "parsl_poncho.multiprocessing.queues",
     "Manager": "parsl_poncho.multiprocessing.managers",
+    "patch": "parsl_poncho.multiprocessing.patching",
+    "unpatch": "parsl_poncho.multiprocessing.patching",
     "SimpleQueue": "parsl_poncho.multiprocessing.queues",
     "JoinableQueue": "parsl_poncho.multiprocessing.queues",
 }
