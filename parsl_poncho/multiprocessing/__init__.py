@@ -18,8 +18,11 @@ runs once per node, in that server, before it forks; as with fork, what a call w
 globals is gone after its chunk.
 
 Modules, as in CPython's ``Lib/multiprocessing``: ``context.py`` (the entry points),
-``pool.py`` (``Pool`` and its result classes); ours: ``link.py`` (the narrow interface to the
-executor), ``embedded.py`` (the default executor), ``_chunk.py`` (what a chunk ships).
+``pool.py`` (``Pool`` and its result classes), ``synchronize.py`` (locks, semaphores,
+conditions, events, barriers), ``queues.py``, ``managers.py`` (``Manager`` and its proxies);
+ours: ``link.py`` (the narrow interface to the executor), ``embedded.py`` (the default
+executor), ``_chunk.py`` (what a chunk ships), ``store.py`` (the Redis store of the shared
+state; ``_redis_server.py`` starts the driver's server), ``patching.py`` (``patch()``).
 
 Hooks for layers built on the pool (the joblib backend, ``concurrent.futures``):
 
