@@ -205,3 +205,17 @@ def test_a_pickled_store_round_trips(store):
     assert (again.url, again.prefix) == (store.url, store.prefix)
     assert "***" in repr(again) and redis.connection.parse_url(store.url)["password"] \
         not in repr(again)
+
+
+def test_blocking_commands_wait_past_one_round_trip(store, monkeypatch):
+    from parsl_poncho.multiprocessing import store as store_module
+
+    monkeypatch.setattr(store_module, "BLOCK_SLICE", 0.2)
+    client = store.client()
+    threading.Timer(1.0, client.rpush, (store.key("late"), b"x")).start()
+    started = time.monotonic()
+    assert client.blpop([store.key("late")], timeout=0) == (store.key("late").encode(), b"x")
+    assert 0.9 < time.monotonic() - started < 5
+    started = time.monotonic()
+    assert client.blpop([store.key("never")], timeout=0.7) is None  # its own timeout holds
+    assert 0.6 < time.monotonic() - started < 3
