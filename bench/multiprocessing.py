@@ -7,6 +7,9 @@ Prints, from one run on this machine (one local worker offering its cores), medi
     loky backend (the standard library's row), Ray's joblib backend and ours ("poncho"; also
     with ``max_nbytes="100K"``, which sends X once per node); loky and ours take turns, round
     after round, in the same phase;
+  * shared state, driver side: ``Queue.put``+``get`` pairs/s and ``Manager().dict()``
+    set+get pairs/s, --pairs per round (ours: one network round trip each to the run's
+    redis-server; the stdlib's: a pipe and feeder thread, and its manager process);
 for ``multiprocessing.get_context("fork").Pool(2)``, ``ray.util.multiprocessing.Pool()`` (a
 local Ray with this host's cores) and ``parsl_poncho.multiprocessing.Pool()`` (the embedded
 default executor: one local worker with this host's cores; serverless). Beside them, a
@@ -26,6 +29,7 @@ layers on .venv (so it sees the same scikit-learn), made once with:
 
 Usage: python bench/multiprocessing.py [--items 10000] [--round-trips 200] [--rounds 3]
                                        [--ray-python .bench/ray-venv/bin/python]
+                                       [--pairs 2000] [--shared-only]
 """
 
 import os
@@ -234,6 +238,41 @@ def run_parsl(args: argparse.Namespace, cache: Path, work: Path) -> dict[str, fl
 
 
 # -- report --------------------------------------------------------------------------------------
+def shared_state_rates(module: Any, pairs: int, rounds: int) -> dict[str, float]:
+    """Median pairs/s of ``Queue.put``+``get`` and ``Manager().dict()`` set+get."""
+    queue = module.Queue()
+    rates: dict[str, list[float]] = {"queue": [], "dict": []}
+    with module.Manager() as manager:
+        shared = manager.dict()
+        for _ in range(rounds + 1):  # the first round is a warm-up
+            started = time.perf_counter()
+            for i in range(pairs):
+                queue.put(i)
+                queue.get()
+            rates["queue"].append(pairs / (time.perf_counter() - started))
+            started = time.perf_counter()
+            for i in range(pairs):
+                shared[i % 100] = i
+                shared[i % 100]  # noqa: B018 - the get being measured
+            rates["dict"].append(pairs / (time.perf_counter() - started))
+    return {k: statistics.median(v[1:]) for k, v in rates.items()}
+
+
+def print_shared_state(args: argparse.Namespace) -> None:
+    import multiprocessing
+
+    import parsl_poncho.multiprocessing as ours
+
+    stdlib = shared_state_rates(multiprocessing.get_context("fork"), args.pairs, args.rounds)
+    poncho = shared_state_rates(ours, args.pairs, args.rounds)
+    print(f"\nshared state, driver side: medians of {args.rounds} rounds of {args.pairs} pairs"
+          "\n(ours: a network round trip per call to the run's redis-server on this host)")
+    print(f"{'pairs/s':<34} {'stdlib':>10} {'poncho':>10} {'poncho/stdlib':>14}")
+    for name, key in (("Queue.put + get", "queue"), ("Manager().dict() set + get", "dict")):
+        print(f"{name:<34} {stdlib[key]:>10,.0f} {poncho[key]:>10,.0f} "
+              f"{_ratio(poncho[key], stdlib[key]):>14.2f}")
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b and a == a and b == b else float("nan")
 
@@ -301,10 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-python", default=str(DEFAULT_RAY_PYTHON))
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="env store (default: PARSL_PONCHO_CACHE or ~/.cache/parsl-poncho)")
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--shared-only", action="store_true",
+                        help="only the shared-state rows (queue and manager dict)")
     parser.add_argument("--ray-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ray_child:
         return run_ray_child(args)
+    if args.shared_only:
+        print_shared_state(args)
+        return 0
     from parsl_poncho.paths import default_cache_dir
 
     cache = (args.cache_dir or default_cache_dir()).absolute()
@@ -324,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_report(rows, parsl_row, args, (load_start, os.getloadavg()[0]))
+    print_shared_state(args)
     return 0
 
 

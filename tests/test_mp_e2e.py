@@ -73,3 +73,22 @@ def test_a_node_killed_in_the_middle_of_a_map_loses_no_item_and_runs_none_twice(
     assert report["started_on_doomed"], report
     assert report["results"] == [i * 10 for i in range(12)]
     assert report["done"] == {str(i): 1 for i in range(12)}, report["done"]
+
+
+def test_shared_state_from_pool_tasks_on_hidden_workers_and_nothing_left_after(tmp_path,
+                                                                              request):
+    report = run_script("shared.py", tmp_path, request)
+
+    assert report["out"] == list(range(8))
+    assert report["results"] == {"total": 28, **{str(i): i * 10 for i in range(8)}}
+    assert sorted(c["item"] for c in report["calls"]) == [f"job-{i}" for i in range(8)]
+    for call in report["calls"]:  # redis came with the environment, not from this host
+        assert call["redis"].startswith(call["prefix"]), call
+        assert call["prefix"].startswith(str(tmp_path / "wcache")), call
+        assert call["saw_checkout"] is False and call["pyenv"] == [], call
+    # after the driver exited: no redis-server, so no key either
+    assert not Path(f"/proc/{report['server_pid']}").exists()
+    host, port = report["url"].rsplit("@", 1)[1].split("/")[0].rsplit(":", 1)
+    refused = subprocess.run(["redis-cli", "-h", host, "-p", port, "PING"],
+                             capture_output=True, text=True)
+    assert "refused" in refused.stdout + refused.stderr

@@ -18,8 +18,11 @@ runs once per node, in that server, before it forks; as with fork, what a call w
 globals is gone after its chunk.
 
 Modules, as in CPython's ``Lib/multiprocessing``: ``context.py`` (the entry points),
-``pool.py`` (``Pool`` and its result classes); ours: ``link.py`` (the narrow interface to the
-executor), ``embedded.py`` (the default executor), ``_chunk.py`` (what a chunk ships).
+``pool.py`` (``Pool`` and its result classes), ``synchronize.py`` (locks, semaphores,
+conditions, events, barriers), ``queues.py``, ``managers.py`` (``Manager`` and its proxies);
+ours: ``link.py`` (the narrow interface to the executor), ``embedded.py`` (the default
+executor), ``_chunk.py`` (what a chunk ships), ``store.py`` (the Redis store of the shared
+state; ``_redis_server.py`` starts the driver's server), ``patching.py`` (``patch()``).
 
 Hooks for layers built on the pool (the joblib backend, ``concurrent.futures``):
 
@@ -44,6 +47,23 @@ _EXPORTS = {
     "get_start_method": "parsl_poncho.multiprocessing.context",
     "set_start_method": "parsl_poncho.multiprocessing.context",
     "get_all_start_methods": "parsl_poncho.multiprocessing.context",
+    "configure_store": "parsl_poncho.multiprocessing.store",
+    "get_store": "parsl_poncho.multiprocessing.store",
+    "StoreUnavailable": "parsl_poncho.multiprocessing.store",
+    "Barrier": "parsl_poncho.multiprocessing.synchronize",
+    "BoundedSemaphore": "parsl_poncho.multiprocessing.synchronize",
+    "BrokenBarrierError": "parsl_poncho.multiprocessing.synchronize",
+    "Condition": "parsl_poncho.multiprocessing.synchronize",
+    "Event": "parsl_poncho.multiprocessing.synchronize",
+    "Lock": "parsl_poncho.multiprocessing.synchronize",
+    "RLock": "parsl_poncho.multiprocessing.synchronize",
+    "Semaphore": "parsl_poncho.multiprocessing.synchronize",
+    "Queue": "parsl_poncho.multiprocessing.queues",
+    "Manager": "parsl_poncho.multiprocessing.managers",
+    "patch": "parsl_poncho.multiprocessing.patching",
+    "unpatch": "parsl_poncho.multiprocessing.patching",
+    "SimpleQueue": "parsl_poncho.multiprocessing.queues",
+    "JoinableQueue": "parsl_poncho.multiprocessing.queues",
 }
 
 __all__ = ["AuthenticationError", "BufferTooShort", "ProcessError", "TimeoutError",
@@ -57,7 +77,8 @@ def freeze_support() -> None:
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        if name in ("pool", "context", "link", "embedded"):
+        if name in ("pool", "context", "link", "embedded", "store", "synchronize",
+                    "queues", "managers"):
             return import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(module), name)

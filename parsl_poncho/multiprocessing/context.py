@@ -74,6 +74,15 @@ class PonchoContext:
         """The start methods accepted."""
         return list(_START_METHODS)
 
+    def __getattr__(self, name: str) -> Any:
+        """The rest of the module's API (``Manager``, ``Queue``, ``Lock``, ...), as the
+        standard library's contexts have it."""
+        import parsl_poncho.multiprocessing as package
+
+        if name.startswith("_") or name not in package.__all__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(package, name)
+
 
 _default_context = PonchoContext()
 get_context = _default_context.get_context
