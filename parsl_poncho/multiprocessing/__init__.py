@@ -44,6 +44,11 @@ _EXPORTS = {
     "get_start_method": "parsl_poncho.multiprocessing.context",
     "set_start_method": "parsl_poncho.multiprocessing.context",
     "get_all_start_methods": "parsl_poncho.multiprocessing.context",
+    "Process": "parsl_poncho.multiprocessing.process",
+    "current_process": "parsl_poncho.multiprocessing.process",
+    "active_children": "parsl_poncho.multiprocessing.process",
+    "parent_process": "parsl_poncho.multiprocessing.process",
+    "Pipe": "parsl_poncho.multiprocessing.connection",
 }
 
 __all__ = ["AuthenticationError", "BufferTooShort", "ProcessError", "TimeoutError",
@@ -57,7 +62,7 @@ def freeze_support() -> None:
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        if name in ("pool", "context", "link", "embedded"):
+        if name in ("pool", "context", "link", "embedded", "process", "connection", "hub"):
             return import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(module), name)
