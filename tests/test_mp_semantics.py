@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -334,3 +335,139 @@ def test_imap_reads_its_input_as_slots_free_up(embedded):
         # two sent, the first done, a third sent, a fourth read and waiting (the stdlib reads
         # all 50 at once)
         assert len(taken) <= 4, taken
+
+
+# -- Process and Pipe ------------------------------------------------------------------------
+def echo_then_close(conn):
+    conn.send(conn.recv() + "!")
+    conn.send_bytes(b"raw")
+    conn.close()
+
+
+def exit_with(how):
+    if how == "raise":
+        raise RuntimeError("the target raised")
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "exit3":
+        sys.exit(3)
+    if how == "exit-message":
+        sys.exit("a message, not a code")
+
+
+def nap(seconds):
+    time.sleep(seconds)
+
+
+def who_am_i(conn):
+    me, parent = multiprocessing.current_process(), multiprocessing.parent_process()
+    conn.send((me.name, me.daemon, parent.pid if parent else None, os.getppid()))
+    conn.close()
+
+
+def send_later(conn, delay):
+    time.sleep(delay)
+    conn.send("late")
+    conn.close()
+
+
+def test_pipe_ends_talk_and_recv_raises_eoferror_after_the_other_end_closes(mp):
+    here, there = mp.Pipe()
+    process = mp.Process(target=echo_then_close, args=(there,))
+    process.start()
+    there.close()  # the driver's copy: closing it does nothing to the Process's copy
+    assert not here.poll(0.3)
+    here.send("ping")
+    assert here.recv() == "ping!"
+    assert here.recv_bytes() == b"raw"
+    with pytest.raises(EOFError):
+        here.recv()
+    assert here.poll(0)  # EOF is something to read
+    process.join(120)
+    assert process.exitcode == 0
+    here.close()
+    with pytest.raises(OSError, match=r"handle is closed"):
+        here.recv()
+
+
+def test_pipe_in_one_process_and_a_simplex_pipe(mp):
+    a, b = mp.Pipe()
+    a.send({"x": 1})
+    assert b.recv() == {"x": 1}
+    b.close()
+    with pytest.raises(EOFError):
+        a.recv()
+    reader, writer = mp.Pipe(duplex=False)
+    with pytest.raises(OSError, match=r"connection is read-only"):
+        reader.send(1)
+    with pytest.raises(OSError, match=r"connection is write-only"):
+        writer.recv()
+    process = mp.Process(target=send_later, args=(writer, 1.0))
+    process.start()
+    writer.close()
+    assert not reader.poll(0.2)
+    assert reader.poll(120) and reader.recv() == "late"
+    process.join(120)
+
+
+@pytest.mark.parametrize("how, code", [("return", 0), ("raise", 1), ("sigkill", -9),
+                                       ("exit3", 3), ("exit-message", 1)])
+def test_exitcode_as_in_the_stdlib(mp, how, code):
+    process = mp.Process(target=exit_with, args=(how,))
+    assert process.exitcode is None and not process.is_alive()
+    process.start()
+    process.join(120)
+    assert process.exitcode == code
+    assert not process.is_alive()
+    assert process not in mp.active_children()
+
+
+def test_join_timeout_is_alive_and_terminate(mp):
+    process = mp.Process(target=nap, args=(60,), name="napper", daemon=True)
+    with pytest.raises(AssertionError, match=r"can only join a started process"):
+        process.join()
+    process.start()
+    with pytest.raises(AssertionError, match=r"cannot start a process twice"):
+        process.start()
+    started = time.monotonic()
+    process.join(timeout=1.0)
+    assert 0.9 <= time.monotonic() - started < 10
+    assert process.is_alive() and process.exitcode is None
+    assert process in mp.active_children()
+    with pytest.raises(ValueError, match=r"Cannot close a process while it is still running"):
+        process.close()
+    process.terminate()
+    process.join(120)
+    assert process.exitcode == -signal.SIGTERM and not process.is_alive()
+    process.close()
+    with pytest.raises(ValueError, match=r"process object is closed"):
+        process.is_alive()
+
+
+def test_kill_and_the_target_sees_its_own_name_and_the_driver_as_parent(mp):
+    process = mp.Process(target=nap, args=(60,))
+    process.start()
+    time.sleep(0.5)
+    process.kill()
+    process.join(120)
+    assert process.exitcode == -signal.SIGKILL
+    here, there = mp.Pipe()
+    process = mp.Process(target=who_am_i, args=(there,), name="asker", daemon=True)
+    process.start()
+    there.close()
+    name, daemon, parent_pid, _ppid = here.recv()
+    process.join(120)
+    assert (name, daemon, parent_pid) == ("asker", True, os.getpid())
+
+
+def test_a_process_whose_task_dies_reports_a_nonzero_exitcode(embedded):
+    process = poncho_mp.Process(target=nap, args=(60,))
+    process.start()
+    deadline = time.monotonic() + 120
+    while process.pid is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the task's process on the node (the target's parent), killed as when a node goes
+    runner = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(runner, signal.SIGKILL)
+    process.join(30)
+    assert process.exitcode == -signal.SIGKILL
