@@ -73,3 +73,48 @@ def test_a_node_killed_in_the_middle_of_a_map_loses_no_item_and_runs_none_twice(
     assert report["started_on_doomed"], report
     assert report["results"] == [i * 10 for i in range(12)]
     assert report["done"] == {str(i): 1 for i in range(12)}, report["done"]
+
+
+PROCESS_SCENARIO = Path(__file__).parent / "e2e" / "mp_process"
+
+
+def ours(program: Path, dest: Path) -> Path:
+    """``program`` with its ``import multiprocessing as mp`` line, and only that, changed."""
+    lines = program.read_text().splitlines(keepends=True)
+    changed = [line.replace("import multiprocessing as mp", "import parsl_poncho.multiprocessing"
+                            " as mp") for line in lines]
+    assert sum(a != b for a, b in zip(lines, changed)) == 1
+    dest.write_text("".join(changed))
+    return dest
+
+
+def run_both(program: Path, tmp_path: Path, request: pytest.FixtureRequest, **extra: str
+             ) -> tuple[dict, dict]:
+    """The program under the standard library, then under ours on hidden-Python workers."""
+    require(can_hide_host_python(), "unshare --mount with tmpfs needs root")
+    cache = request.config.cache.mkdir("parsl-poncho-mp-envs")
+    env = {**os.environ, "PONCHO_CACHE": str(cache), "WORKER": str(HIDDEN_WORKER),
+           "PARSL_PONCHO_WORKER_CACHE": str(tmp_path / "wcache"), **extra}
+    reports = []
+    for command in ([sys.executable, str(program)],
+                    [sys.executable, str(PROCESS_SCENARIO / "run_embedded.py"),
+                     str(ours(program, tmp_path / program.name))]):
+        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=800)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return reports[0], reports[1]
+
+
+def test_a_subprocvecenv_program_steps_cartpole_in_processes_on_hidden_workers(tmp_path,
+                                                                             request):
+    stdlib, poncho = run_both(PROCESS_SCENARIO / "vecenv.py", tmp_path, request, STEPS="300")
+
+    for key in ("totals", "episodes", "last_obs", "exitcodes"):
+        assert poncho[key] == stdlib[key], key
+    assert poncho["exitcodes"] == [0, 0, 0, 0]
+    assert sum(poncho["episodes"]) >= 4  # random actions: many short episodes
+    for seen in poncho["where"]:
+        assert seen["prefix"].startswith(str(tmp_path / "wcache")), seen
+        assert seen["pyenv"] == [], seen
+    assert len({seen["pid"] for seen in poncho["where"]}) == 4

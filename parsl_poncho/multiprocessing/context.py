@@ -39,6 +39,19 @@ class PonchoContext:
         """A :class:`~parsl_poncho.multiprocessing.pool.Pool`."""
         return Pool(processes, initializer, initargs, maxtasksperchild, context=self)
 
+    @property
+    def Process(self) -> type:  # noqa: N802
+        """:class:`~parsl_poncho.multiprocessing.process.Process`."""
+        from parsl_poncho.multiprocessing.process import Process
+
+        return Process
+
+    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:  # noqa: N802
+        """See :func:`~parsl_poncho.multiprocessing.connection.Pipe`."""
+        from parsl_poncho.multiprocessing.connection import Pipe
+
+        return Pipe(duplex)
+
     def cpu_count(self) -> int:
         """See :func:`cpu_count`."""
         return cpu_count()
