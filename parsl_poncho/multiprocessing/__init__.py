@@ -49,6 +49,10 @@ _EXPORTS = {
     "active_children": "parsl_poncho.multiprocessing.process",
     "parent_process": "parsl_poncho.multiprocessing.process",
     "Pipe": "parsl_poncho.multiprocessing.connection",
+    "Value": "parsl_poncho.multiprocessing.sharedctypes",
+    "Array": "parsl_poncho.multiprocessing.sharedctypes",
+    "RawValue": "parsl_poncho.multiprocessing.sharedctypes",
+    "RawArray": "parsl_poncho.multiprocessing.sharedctypes",
 }
 
 __all__ = ["AuthenticationError", "BufferTooShort", "ProcessError", "TimeoutError",
@@ -62,7 +66,8 @@ def freeze_support() -> None:
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        if name in ("pool", "context", "link", "embedded", "process", "connection", "hub"):
+        if name in ("pool", "context", "link", "embedded", "process", "connection", "hub",
+                    "sharedctypes"):
             return import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(module), name)

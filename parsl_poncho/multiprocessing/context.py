@@ -39,18 +39,13 @@ class PonchoContext:
         """A :class:`~parsl_poncho.multiprocessing.pool.Pool`."""
         return Pool(processes, initializer, initargs, maxtasksperchild, context=self)
 
-    @property
-    def Process(self) -> type:  # noqa: N802
-        """:class:`~parsl_poncho.multiprocessing.process.Process`."""
-        from parsl_poncho.multiprocessing.process import Process
+    def __getattr__(self, name: str) -> Any:
+        """The package's other entry points (``Process``, ``Pipe``, ``Value``, ...)."""
+        import parsl_poncho.multiprocessing as package
 
-        return Process
-
-    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:  # noqa: N802
-        """See :func:`~parsl_poncho.multiprocessing.connection.Pipe`."""
-        from parsl_poncho.multiprocessing.connection import Pipe
-
-        return Pipe(duplex)
+        if name.startswith("_") or name not in package._EXPORTS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(package, name)
 
     def cpu_count(self) -> int:
         """See :func:`cpu_count`."""

@@ -39,7 +39,7 @@ class Hub:
 
         from parsl_poncho.multiprocessing import _remote
 
-        _register_by_value(_remote)
+        register_by_value(_remote)
         self.authkey = os.urandom(32)
         self._listener = Listener(("", 0), family="AF_INET", authkey=self.authkey)
         self.address = (host, self._listener.address[1])
@@ -109,7 +109,8 @@ def _close_all() -> None:
         hub.close()
 
 
-def _register_by_value(module: Any) -> None:
+def register_by_value(module: Any) -> None:
+    """Have cloudpickle pickle ``module`` by value (worker-side code of this package)."""
     import cloudpickle
 
     if module.__name__ not in cloudpickle.list_registry_pickle_by_value():
