@@ -53,6 +53,9 @@ _EXPORTS = {
     "Array": "parsl_poncho.multiprocessing.sharedctypes",
     "RawValue": "parsl_poncho.multiprocessing.sharedctypes",
     "RawArray": "parsl_poncho.multiprocessing.sharedctypes",
+    "configure_store": "parsl_poncho.multiprocessing.store",
+    "get_store": "parsl_poncho.multiprocessing.store",
+    "StoreUnavailable": "parsl_poncho.multiprocessing.store",
 }
 
 __all__ = ["AuthenticationError", "BufferTooShort", "ProcessError", "TimeoutError",
@@ -67,7 +70,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         if name in ("pool", "context", "link", "embedded", "process", "connection", "hub",
-                    "sharedctypes"):
+                    "sharedctypes", "store"):
             return import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(module), name)
