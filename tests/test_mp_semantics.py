@@ -471,3 +471,25 @@ def test_a_process_whose_task_dies_reports_a_nonzero_exitcode(embedded):
     os.kill(runner, signal.SIGKILL)
     process.join(30)
     assert process.exitcode == -signal.SIGKILL
+
+
+# -- Value and Array made here, used in a Process (ours: in the real redis-server store) --------
+def fill(array, counter, factor):
+    for i in range(len(array)):
+        array[i] = i * factor
+    counter.value = counter.value + factor
+
+
+def test_raw_value_and_array_made_here_are_shared_with_a_process(mp):
+    array, counter = mp.RawArray("d", 5), mp.RawValue("i", 1)
+    process = mp.Process(target=fill, args=(array, counter, 3))
+    process.start()
+    process.join(120)
+    assert process.exitcode == 0
+    assert array[:] == [0.0, 3.0, 6.0, 9.0, 12.0] and counter.value == 4
+    if mp is poncho_mp:
+        import numpy as np
+
+        assert np.ctypeslib.as_array(array.get_obj()).tolist() == array[:]
+        store = poncho_mp.get_store()
+        assert store.client().strlen(array._key) == 5 * 8  # one blob, the doubles' bytes
