@@ -493,3 +493,44 @@ def test_raw_value_and_array_made_here_are_shared_with_a_process(mp):
         assert np.ctypeslib.as_array(array.get_obj()).tolist() == array[:]
         store = poncho_mp.get_store()
         assert store.client().strlen(array._key) == 5 * 8  # one blob, the doubles' bytes
+
+
+def take_all(conn, other, out, producer_dies):
+    other.close()
+    seen = [conn.recv() for _ in range(3)]
+    seen.append(conn.recv_bytes())
+    try:
+        conn.recv()
+        seen.append("no EOF")
+    except EOFError:
+        seen.append("EOF")
+    out.send((seen, producer_dies))
+    out.close()
+
+
+def send_three_then(conn, other, how):
+    other.close()
+    for i in range(3):
+        conn.send(i)
+    conn.send_bytes(b"last")
+    if how == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    conn.close()
+
+
+@pytest.mark.parametrize("how", ["close", "die"])
+def test_a_pipe_between_two_processes_and_eof_when_the_sender_closes_or_dies(mp, how):
+    a, b = mp.Pipe()
+    result, out = mp.Pipe(duplex=False)
+    sender = mp.Process(target=send_three_then, args=(a, b, how))
+    receiver = mp.Process(target=take_all, args=(b, a, out, how))
+    sender.start()
+    receiver.start()
+    a.close()
+    b.close()
+    out.close()
+    assert result.recv() == ([0, 1, 2, b"last", "EOF"], how)
+    for process in (sender, receiver):
+        process.join(120)
+    assert receiver.exitcode == 0
+    assert sender.exitcode == (0 if how == "close" else -signal.SIGKILL)

@@ -18,14 +18,17 @@ say who they are in their first message:
     target is killed, since no one can join it.
 ``("pipe", pipe_id, side)``
     the first use of a Pipe end here; the hub answers ``("direct",)``: this connection *is*
-    the pipe (its other end is the driver's end of the Pipe: one hop), or ``("refused",
-    why)``.
+    the pipe (its other end is the driver's end of the Pipe: one hop); ``("store", url,
+    inbox, outbox)``: the other end is in another Process, so the two talk through two Redis
+    lists of the store (``_StoreLink``); or ``("refused", why)``.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -33,6 +36,10 @@ import types
 from typing import Any, Callable
 
 PR_SET_PDEATHSIG = 1
+#: Set in a Process's target: its key, which its Pipe ends name to the hub.
+PROCESS_KEY_ENV = "PARSL_PONCHO_PROCESS_KEY"
+#: A blocking store read waits at most this long per round trip (a lost store shows).
+BLOCK_SLICE = 5.0
 
 
 class Hub(tuple):
@@ -69,6 +76,7 @@ def run_process(info: ProcessInfo, target: Callable | None, args: tuple, kwargs:
             os.close(out_r)
             os.close(err_r)
             _die_with_parent()
+            os.environ[PROCESS_KEY_ENV] = info[0]
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             code = _bootstrap(info, target, args, kwargs)
@@ -211,9 +219,13 @@ class RemoteEnd:
         if self._closed:
             raise OSError("handle is closed")
         if self._conn is None:
-            conn = self._hub.connect(("pipe", self._pipe_id, self._side))
+            conn = self._hub.connect(("pipe", self._pipe_id, self._side,
+                                      os.environ.get(PROCESS_KEY_ENV)))
             reply = conn.recv()
-            if reply[0] != "direct":
+            if reply[0] == "store":
+                conn.close()
+                conn = _StoreLink(*reply[1:])
+            elif reply[0] != "direct":
                 conn.close()
                 raise OSError(f"Pipe end cannot be used here: {reply[1]}")
             self._conn = conn
@@ -269,3 +281,90 @@ class RemoteEnd:
         conn = getattr(self, "_conn", None)
         if conn is not None and not self._closed:
             conn.close()
+
+
+class _StoreLink:
+    """A Pipe end's transport through the store, when both ends are in Processes: a message
+    is one ``RPUSH`` onto the other end's list and one ``BLPOP`` there (no polling); closing
+    pushes an end-of-file mark (the hub pushes one too when a Process ends without closing).
+
+    :param url: the store's URL (with its password); ``inbox``/``outbox``: the two list keys.
+    """
+
+    def __init__(self, url: str, inbox: str, outbox: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url, socket_timeout=BLOCK_SLICE + 5)
+        self._inbox, self._outbox = inbox, outbox
+        self._held: collections.deque = collections.deque()
+        self._eof = False
+
+    def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
+        view = memoryview(buf).cast("B")
+        end = len(view) if size is None else offset + size
+        if offset < 0 or end > len(view) or end < offset:
+            raise ValueError("buffer length < offset + size")
+        self._client.rpush(self._outbox, b"m" + bytes(view[offset:end]))
+
+    def send(self, obj: Any) -> None:
+        self.send_bytes(pickle.dumps(obj))
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether a message (or EOF) is there, waiting up to ``timeout`` (None: forever)."""
+        if self._held or self._eof:
+            return True
+        if timeout is not None and timeout <= 0:
+            item = self._client.lpop(self._inbox)
+        else:
+            item = self._blpop(timeout)
+        if item is None:
+            return False
+        if item[:1] == b"e":
+            self._eof = True
+        else:
+            self._held.append(item[1:])
+        return True
+
+    def _blpop(self, timeout: float | None) -> bytes | None:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = BLOCK_SLICE if deadline is None else min(BLOCK_SLICE,
+                                                            deadline - time.monotonic())
+            if left <= 0:
+                return None
+            got = self._client.blpop([self._inbox], timeout=max(left, 0.01))
+            if got is not None:
+                return got[1]
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        self.poll(None)
+        if not self._held:
+            raise EOFError
+        data = self._held.popleft()
+        if maxlength is not None and len(data) > maxlength:
+            raise OSError("bad message length")
+        return data
+
+    def recv(self) -> Any:
+        return pickle.loads(self.recv_bytes())
+
+    def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
+        from multiprocessing import BufferTooShort
+
+        data = self.recv_bytes()
+        view = memoryview(buf).cast("B")
+        if len(view) - offset < len(data):
+            raise BufferTooShort(data)
+        view[offset:offset + len(data)] = data
+        return len(data)
+
+    def fileno(self) -> int:
+        raise OSError("a Pipe end that talks through the store has no file descriptor")
+
+    def close(self) -> None:
+        try:
+            self._client.rpush(self._outbox, b"e")
+        finally:
+            self._client.close()

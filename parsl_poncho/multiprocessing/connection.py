@@ -14,8 +14,10 @@ An end in a Process (``_remote.RemoteEnd``) connects to the hub on its first use
 makes it the direct pipe to the driver's copy of the other end once that copy is used here,
 or closed while no Process holds it (the Process then reads EOF). Until then it waits: the
 driver may still use that copy (as ``SubprocVecEnv``'s parent does after handing both ends to
-the child, which closes the parent's). A pipe whose two ends are both used in Processes is
-refused with a clear error (it needs the store; see the README).
+the child, which closes the parent's). When both ends are used in Processes (the driver
+closed its copy of the other end, or the other end's Process connected too), the pipe goes
+through the store instead: two Redis lists, ``RPUSH`` and ``BLPOP`` (``_remote._StoreLink``);
+an end-of-file mark is pushed when an end closes or its Process ends.
 
 Closing a copy of an end that was never used does nothing to the other end (another copy may
 be in use), as closing one of several file descriptors of a pipe does nothing.
@@ -75,13 +77,15 @@ class _PipeState:
         self.used = [False, False]  # ... has been used here
         self.holders: list[list[Any]] = [[], []]  # Processes given a copy of each end
         self.waiting: list[Any] = [None, None]  # a Process's copy, connected, not answered
-        self.mode: str | None = None  # "local" or "direct"
+        self.mode: str | None = None  # "local", "direct" or "store"
+        self.store_users: list[tuple[str | None, int]] = []  # (Process key, side) via the store
+        self.links: list[Any] = [None, None]  # the driver's store links, in store mode
         self.local: tuple[Any, Any] | None = None
         self.direct: tuple[int, Any] | None = None  # (the driver's side, its connection)
 
     def held_elsewhere(self, side: int) -> bool:
         """Whether a Process that may still use a copy of ``side`` runs (or will)."""
-        return any(h is _UNKNOWN or h.exitcode is None for h in self.holders[side])
+        return any(h is _UNKNOWN or h._p_exitcode is None for h in self.holders[side])
 
     # -- the driver's side -------------------------------------------------------------------
     def transport(self, side: int, timeout: float | None) -> Any:
@@ -94,6 +98,10 @@ class _PipeState:
             while True:
                 if self.mode == "local":
                     return self.local[side]
+                if self.mode == "store":
+                    if self.links[side] is None:
+                        self.links[side] = _remote._StoreLink(*self.store_route(side))
+                    return self.links[side]
                 if self.mode == "direct":
                     if self.direct[0] == side:
                         return self.direct[1]
@@ -114,11 +122,38 @@ class _PipeState:
                 self.cond.wait(0.2 if left is None else min(left, 0.2))  # holders may end
 
     def _go_direct(self, side: int) -> None:
-        conn = self.waiting[1 - side]
+        conn = self.waiting[1 - side][0]
         self.waiting[1 - side] = None
         self.mode, self.direct = "direct", (side, conn)
         conn.send(("direct",))
         self.cond.notify_all()
+
+    def store_route(self, side: int) -> tuple[str, str, str]:
+        """``(url, inbox, outbox)`` of ``side`` through the store."""
+        store = _get_store()
+        return (store.url, store.key("pipe", self.id, f"to{side}"),
+                store.key("pipe", self.id, f"to{1 - side}"))
+
+    def _go_store(self, *arrivals: tuple[int, Any, str | None]) -> None:
+        """Both ends are in Processes: answer every copy waiting (and ``arrivals``) with the
+        route through the store."""
+        self.mode = "store"
+        waiting = [(s, *w) for s, w in enumerate(self.waiting) if w is not None]
+        self.waiting = [None, None]
+        for side, conn, key in (*waiting, *arrivals):
+            self.store_users.append((key, side))
+            try:
+                conn.send(("store", *self.store_route(side)))
+            finally:
+                conn.close()
+        self.cond.notify_all()
+
+    def ended(self, key: str) -> None:
+        """Process ``key`` ended: what it held through the store reads EOF on the other side."""
+        with self.cond:
+            sides = [side for k, side in self.store_users if k == key]
+        for side in sides:
+            _get_store().client().rpush(self.store_route(side)[2], b"e")
 
     def close(self, side: int) -> None:
         """The driver closes its copy of ``side``."""
@@ -130,33 +165,45 @@ class _PipeState:
                 self.local[side].close()
             elif self.mode == "direct" and self.direct[0] == side:
                 self.direct[1].close()
+            elif self.mode == "store" and self.links[side] is not None:
+                self.links[side].close()
             elif self.waiting[1 - side] is not None and not self.held_elsewhere(side):
                 self._go_direct(side)  # the Process's end reads EOF
                 self.direct[1].close()
+            elif self.waiting[1 - side] is not None:
+                self._go_store()  # this end lives on in a Process
             self.cond.notify_all()
-        if not any(self.open) and self.mode != "direct" and not any(self.waiting):
+        if self.finished():
             with _pipes_lock:
                 _pipes.pop(self.id, None)
 
+    def finished(self) -> bool:
+        """Whether no copy of either end can be used any more (the driver's are closed, no
+        Process holding one runs, none is connected)."""
+        with self.cond:
+            return (not any(self.open) and not any(self.waiting) and self.mode != "direct"
+                    and not self.held_elsewhere(0) and not self.held_elsewhere(1))
+
     # -- a Process's side (the hub's thread) ---------------------------------------------------
-    def attach(self, side: int, conn: Any) -> None:
-        """A Process's copy of ``side`` connected: make it the pipe, or park it."""
+    def attach(self, side: int, conn: Any, key: str | None) -> None:
+        """A Process's copy of ``side`` (in Process ``key``) connected: make it the pipe, send
+        it to the store, or park it until that is known."""
         peer = 1 - side
         with self.cond:
-            if self.mode is not None or self.waiting[side] is not None:
+            if self.mode == "store":
+                self._go_store((side, conn, key))
+            elif self.mode is not None or self.waiting[side] is not None:
                 _refuse(conn, "this Pipe end is already in use in another process; use each "
                               "end of a Pipe in one process")
             elif self.used[peer] or (self.open[peer] and not self.held_elsewhere(peer)):
-                self.waiting[side] = conn
+                self.waiting[side] = (conn, key)
                 self._go_direct(peer)
                 if not self.open[peer]:
                     conn.close()
             elif not self.open[peer] or self.waiting[peer] is not None:
-                _refuse(conn, "both ends of this Pipe are used in Processes; this version "
-                              "connects a Pipe to the driver only: keep one end in the driver, "
-                              "or use a Queue")
+                self._go_store((side, conn, key))
             else:
-                self.waiting[side] = conn  # answered when the driver uses or closes its peer
+                self.waiting[side] = (conn, key)  # answered once the driver uses or closes peer
             self.cond.notify_all()
 
 
@@ -174,7 +221,24 @@ def attach_remote(hello: tuple, conn: Any) -> None:
     if state is None:
         _refuse(conn, "the driver has closed both ends of this Pipe")
         return
-    state.attach(int(hello[2]), conn)
+    state.attach(int(hello[2]), conn, hello[3] if len(hello) > 3 else None)
+
+
+def process_ended(key: str) -> None:
+    """Process ``key`` ended: its ends that went through the store read EOF on the far side."""
+    with _pipes_lock:
+        states = [s for s in _pipes.values() if any(k == key for k, _ in s.store_users)]
+    for state in states:
+        state.ended(key)
+    with _pipes_lock:
+        for pipe_id in [i for i, s in _pipes.items() if s.finished()]:
+            del _pipes[pipe_id]
+
+
+def _get_store() -> Any:
+    from parsl_poncho.multiprocessing.store import get_store
+
+    return get_store()
 
 
 class Connection:

@@ -77,7 +77,11 @@ class Hub:
             logger.warning("hub: unknown client %r", hello)
             conn.close()
             return
-        handler(hello, conn)
+        try:
+            handler(hello, conn)
+        except Exception:  # noqa: BLE001 - the client must not wait for an answer forever
+            logger.exception("hub: handling %r failed", hello[:2])
+            conn.close()
 
     def close(self) -> None:
         """Stop listening (connections already made stay open)."""

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from parsl_poncho.exec_modes import EXEC_MODE_KEY
 from parsl_poncho.multiprocessing import _remote
-from parsl_poncho.multiprocessing.connection import Connection, carried_by
+from parsl_poncho.multiprocessing.connection import Connection, carried_by, process_ended
 
 __all__ = ["Process", "active_children", "current_process", "parent_process"]
 
@@ -262,6 +262,11 @@ class Process:
             self._p_exitcode = code
         with _lock:
             _running.pop(self._p_key, None)
+        try:
+            process_ended(self._p_key)
+        except Exception:  # noqa: BLE001 - the store is gone: nobody reads those pipes
+            logger.warning("process %s: could not mark its store pipes closed", self._name,
+                           exc_info=True)
         os.close(self._p_sentinel[1])
         self._p_done.set()
 
