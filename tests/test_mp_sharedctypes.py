@@ -108,6 +108,16 @@ def test_a_given_lock_is_get_lock_and_the_object_is_its_context_manager(store):
     assert sharedctypes.Array("i", 2, lock=False)[:] == [0, 0]
 
 
+def test_lock_true_gets_the_store_rlock_or_a_clear_error(store):
+    try:
+        from parsl_poncho.multiprocessing.synchronize import RLock
+    except ImportError:
+        with pytest.raises(sharedctypes.SharedCTypesError, match=r"pass lock=False"):
+            sharedctypes.Value("i", 0)
+    else:
+        assert isinstance(sharedctypes.Array("i", 3).get_lock(), RLock)
+
+
 def test_made_in_a_worker_they_are_the_stdlib_shared_memory(monkeypatch):
     monkeypatch.setenv(sharedctypes.WORKER_MARK, "/tmp/sandbox")
     array = sharedctypes.Array("d", [1.0, 2.0])

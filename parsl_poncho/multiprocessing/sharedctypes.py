@@ -21,9 +21,14 @@ import os
 import uuid
 from typing import Any
 
+from parsl_poncho.errors import PonchoError
 from parsl_poncho.multiprocessing import _shared
 
-__all__ = ["Array", "RawArray", "RawValue", "Value"]
+__all__ = ["Array", "RawArray", "RawValue", "SharedCTypesError", "Value"]
+
+
+class SharedCTypesError(PonchoError):
+    """A shared ctypes object cannot be made as asked; the message says what to do."""
 
 #: Set in every Work Queue task's environment: we are in a worker's process.
 WORKER_MARK = "WORK_QUEUE_SANDBOX"
@@ -63,8 +68,13 @@ def _in_store(ctype: Any, length: int | None, data: bytes, lock: Any) -> _shared
 
 def _lock_for(lock: Any) -> Any:
     if lock is True:
-        from parsl_poncho.multiprocessing.synchronize import RLock
-
+        try:
+            from parsl_poncho.multiprocessing.synchronize import RLock
+        except ImportError as exc:
+            raise SharedCTypesError(
+                "a Value or Array made in the driver with lock=True needs the store's RLock "
+                "(parsl_poncho.multiprocessing.synchronize), which this installation lacks: "
+                "pass lock=False, or use RawValue / RawArray") from exc
         return RLock()
     if lock is False or lock is None:
         return None
