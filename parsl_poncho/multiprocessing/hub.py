@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import socket
 import threading
 from multiprocessing import AuthenticationError
@@ -35,8 +36,6 @@ class Hub:
     """
 
     def __init__(self, host: str) -> None:
-        import os
-
         from parsl_poncho.multiprocessing import _remote
 
         register_by_value(_remote)
@@ -63,6 +62,7 @@ class Hub:
                 continue
             except OSError:
                 return  # closed
+            _keepalive(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True,
                              name="poncho-mp-hub-client").start()
 
@@ -88,6 +88,28 @@ class Hub:
         self._closed = True
         try:
             self._listener.close()
+        except OSError:
+            pass
+
+
+#: TCP keepalive of the hub's connections: idle seconds, probe interval, probes. A node that
+#: vanishes without closing its sockets (power, network) ends them within ~30 s.
+KEEPALIVE = (10, 5, 4)
+
+
+def _keepalive(conn: Any) -> None:
+    """Turn on TCP keepalive for an accepted connection (Linux options; best effort)."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except OSError:
+        return
+    with sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in zip(("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"),
+                                     KEEPALIVE):
+                if hasattr(socket, option):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
         except OSError:
             pass
 
