@@ -534,3 +534,295 @@ def test_a_pipe_between_two_processes_and_eof_when_the_sender_closes_or_dies(mp,
         process.join(120)
     assert receiver.exitcode == 0
     assert sender.exitcode == (0 if how == "close" else -signal.SIGKILL)
+
+
+# -- shared state (issue 20): ours on a real redis-server, side by side with the stdlib -------
+# The "other processes" are forks of this driver (the stdlib's fork context) for both.
+@pytest.fixture(params=["stdlib", "poncho"])
+def shared(request):
+    """The module whose primitives are under test: the stdlib's, or ours on a real
+    redis-server started by the store."""
+    if request.param == "stdlib":
+        return STD
+    from tools import require_tool
+
+    require_tool("redis-server")
+    return poncho_mp
+
+
+def in_other_process(target, *args):
+    """Run ``target(*args)`` in a forked process; the process, started."""
+    proc = STD.Process(target=target, args=args)
+    proc.start()
+    return proc
+
+
+def hold_lock(lock, held, release_it):
+    with lock:
+        held.set()
+        release_it.wait(30)
+
+
+def test_queue_full_and_empty_with_timeouts(shared):
+    q = shared.Queue(maxsize=2)
+    assert q.empty() and not q.full() and q.qsize() == 0
+    q.put("a")
+    q.put(["b"], timeout=1)
+    started = time.monotonic()
+    with pytest.raises(__import__("queue").Full):
+        q.put("c", timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 3
+    with pytest.raises(__import__("queue").Full):
+        q.put_nowait("c")
+    assert q.full() and q.qsize() == 2
+    assert q.get() == "a" and q.get(timeout=1) == ["b"]
+    started = time.monotonic()
+    with pytest.raises(__import__("queue").Empty):
+        q.get(timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 3
+    with pytest.raises(__import__("queue").Empty):
+        q.get(block=False)
+    q.close()
+    with pytest.raises(ValueError, match="is closed"):
+        q.put(1)
+
+
+def put_later(q, item, delay):
+    time.sleep(delay)
+    q.put(item)
+
+
+def test_a_get_blocked_in_one_process_wakes_when_another_puts(shared):
+    q = shared.Queue()
+    proc = in_other_process(put_later, q, {"x": 1}, 0.3)
+    assert q.get(timeout=20) == {"x": 1}
+    proc.join(10)
+    assert proc.exitcode == 0
+
+
+def test_a_lock_held_by_another_process_times_out_here(shared):
+    lock, held, release_it = shared.Lock(), shared.Event(), shared.Event()
+    proc = in_other_process(hold_lock, lock, held, release_it)
+    assert held.wait(20)
+    started = time.monotonic()
+    assert lock.acquire(timeout=0.3) is False
+    assert 0.25 < time.monotonic() - started < 3
+    assert lock.acquire(False) is False
+    release_it.set()
+    assert lock.acquire(timeout=20) is True
+    lock.release()
+    proc.join(10)
+    with pytest.raises(ValueError, match="released too many times"):
+        lock.release()
+
+
+def test_rlock_counts_re_entries_and_only_its_owner_releases(shared):
+    rlock = shared.RLock()
+    assert rlock.acquire() and rlock.acquire(timeout=1) and rlock.acquire(False)
+    errors = []
+
+    def other_thread():
+        errors.append(rlock.acquire(timeout=0.2))
+        try:
+            rlock.release()
+        except AssertionError:
+            errors.append("refused")
+
+    for _ in range(3):
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        rlock.release()
+    assert errors == [False, "refused", False, "refused", False, "refused"]
+    with pytest.raises((AssertionError, RuntimeError)):
+        rlock.release()
+    thread = threading.Thread(target=other_thread)  # free now: another thread gets it
+    thread.start()
+    thread.join()
+    assert errors[-1] is True
+
+
+def bounded_release(sem):
+    sem.release()
+
+
+def test_semaphores_count_and_a_bounded_one_refuses_extra_releases(shared):
+    sem = shared.Semaphore(2)
+    assert sem.acquire() and sem.acquire(timeout=1) and not sem.acquire(timeout=0.2)
+    sem.release()
+    sem.release()
+    sem.release()  # unbounded: fine
+    assert sem.get_value() == 3
+    bounded = shared.BoundedSemaphore(1)
+    with pytest.raises(ValueError, match="released too many times"):
+        bounded.release()
+
+
+def meet(barrier, out):
+    out.put(barrier.wait(20))
+
+
+def test_a_barrier_across_3_processes_then_broken_by_a_timeout(shared):
+    barrier, out = shared.Barrier(3), shared.Queue()
+    procs = [in_other_process(meet, barrier, out) for _ in range(2)]
+    mine = barrier.wait(20)
+    theirs = sorted([out.get(timeout=20) for _ in procs])
+    assert sorted([mine, *theirs]) == [0, 1, 2]
+    for proc in procs:
+        proc.join(10)
+    assert barrier.parties == 3 and barrier.n_waiting == 0 and not barrier.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        barrier.wait(0.3)  # alone: times out and breaks it
+    assert barrier.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        barrier.wait(1)
+    barrier.reset()
+    assert not barrier.broken
+
+
+def set_later(event, delay):
+    time.sleep(delay)
+    event.set()
+
+
+def test_event_wakes_a_waiter_and_times_out_when_not_set(shared):
+    event = shared.Event()
+    assert event.wait(0.2) is False and not event.is_set()
+    proc = in_other_process(set_later, event, 0.3)
+    started = time.monotonic()
+    assert event.wait(20) is True
+    assert time.monotonic() - started < 10
+    proc.join(10)
+    event.clear()
+    assert not event.is_set()
+
+
+def notify_later(cond, box):
+    with cond:
+        box.put("ready")
+        cond.notify()
+
+
+def test_condition_wait_is_notified_and_wait_for_times_out(shared):
+    cond, box = shared.Condition(), shared.Queue()
+    with cond:
+        proc = in_other_process(notify_later, cond, box)
+        assert cond.wait(20) is True
+    assert box.get(timeout=5) == "ready"
+    proc.join(10)
+    with cond:
+        assert cond.wait_for(lambda: False, timeout=0.2) is False
+    with pytest.raises((AssertionError, RuntimeError)):
+        cond.wait(0.1)  # not holding the lock
+
+
+def consume(q, seen):
+    while True:
+        item = q.get(timeout=20)
+        seen.put(item)
+        q.task_done()
+        if item is None:
+            return
+
+
+def test_joinable_queue_join_waits_for_every_task_done(shared):
+    q, seen = shared.JoinableQueue(), shared.Queue()
+    proc = in_other_process(consume, q, seen)
+    for item in [1, 2, None]:
+        q.put(item)
+    q.join()
+    assert [seen.get(timeout=5) for _ in range(3)] == [1, 2, None]
+    proc.join(10)
+    with pytest.raises(ValueError, match="too many times"):
+        q.task_done()
+
+
+def test_simple_queue(shared):
+    q = shared.SimpleQueue()
+    assert q.empty()
+    q.put((1, "a"))
+    assert not q.empty() and q.get() == (1, "a")
+
+
+def bump(d, lst, ns, lock, n):
+    for _ in range(n):
+        with lock:
+            d["count"] = d.get("count", 0) + 1
+        lst.append(os.getpid())
+    ns.done = True
+
+
+def test_manager_proxies_behave_as_the_stdlibs_and_are_shared(shared):
+    with shared.Manager() as manager:
+        d = manager.dict({"a": 1}, b=2)
+        d["c"] = 3
+        d["a"] = 10
+        assert d.keys() == ["a", "b", "c"] and d.items() == [("a", 10), ("b", 2), ("c", 3)]
+        assert d.get("zz", 5) == 5 and "b" in d and len(d) == 3
+        assert d.pop("b") == 2 and d.pop("b", None) is None
+        with pytest.raises(KeyError):
+            d["b"]
+        assert d.setdefault("e", [1]) == [1] and d.popitem() == ("e", [1])
+        assert d.copy() == {"a": 10, "c": 3}
+        lst = manager.list([3, 1, 2])
+        lst.append(4)
+        lst.insert(1, "x")
+        lst.insert(-1, "y")
+        assert list(lst) == [3, "x", 1, 2, "y", 4] and lst[-1] == 4 and lst[1:3] == ["x", 1]
+        assert lst.pop(1) == "x" and lst.pop() == 4
+        del lst[-1]
+        lst.remove(1)
+        with pytest.raises(ValueError):
+            lst.remove(99)
+        with pytest.raises(IndexError):
+            lst[10]
+        lst.extend([0, 5])
+        lst.sort()
+        assert list(lst) == [0, 2, 3, 5] and len(lst) == 4
+        lst[0] = 9
+        assert lst[0] == 9
+        ns = manager.Namespace(x=1)
+        ns.y = "two"
+        assert (ns.x, ns.y) == (1, "two")
+        with pytest.raises(AttributeError):
+            _ = ns.missing
+        value, array = manager.Value("i", 7), manager.Array("i", [1, 2, 3])
+        value.value += 1
+        array[1] = 20
+        assert value.value == 8 and value.get() == 8 and list(array) == [1, 20, 3]
+        assert len(array) == 3
+        counts, pids, flags, lock = manager.dict(), manager.list(), manager.Namespace(), \
+            manager.Lock()
+        procs = [in_other_process(bump, counts, pids, flags, lock, 20) for _ in range(3)]
+        for proc in procs:
+            proc.join(30)
+        assert counts["count"] == 60 and len(pids) == 60 and flags.done is True
+
+
+SHARED: dict = {}
+
+
+def keep_shared(d, q):
+    SHARED.update(d=d, q=q)
+
+
+def use_shared(args):
+    i, lock, event = args
+    with lock:
+        SHARED["d"][i] = i * i
+    SHARED["q"].put(i)
+    return event.wait(30) and SHARED["d"]["factor"] * i
+
+
+def test_manager_proxies_in_pool_initargs_and_primitives_in_tasks_on_workers(embedded):
+    manager = poncho_mp.Manager()
+    d, q = manager.dict(factor=3), manager.Queue()
+    lock, event = poncho_mp.Lock(), poncho_mp.Event()
+    event.set()
+    with poncho_mp.Pool(2, initializer=keep_shared, initargs=(d, q)) as pool:
+        out = pool.map(use_shared, [(i, lock, event) for i in range(6)], chunksize=1)
+    assert out == [3 * i for i in range(6)]
+    assert sorted(q.get(timeout=10) for _ in range(6)) == list(range(6))
+    assert {k: d[k] for k in range(6)} == {i: i * i for i in range(6)}
+    manager.shutdown()
+    assert [k for k in poncho_mp.get_store().scan_keys() if ":manager:" in k] == []

@@ -56,6 +56,18 @@ _EXPORTS = {
     "configure_store": "parsl_poncho.multiprocessing.store",
     "get_store": "parsl_poncho.multiprocessing.store",
     "StoreUnavailable": "parsl_poncho.multiprocessing.store",
+    "Barrier": "parsl_poncho.multiprocessing.synchronize",
+    "BoundedSemaphore": "parsl_poncho.multiprocessing.synchronize",
+    "BrokenBarrierError": "parsl_poncho.multiprocessing.synchronize",
+    "Condition": "parsl_poncho.multiprocessing.synchronize",
+    "Event": "parsl_poncho.multiprocessing.synchronize",
+    "Lock": "parsl_poncho.multiprocessing.synchronize",
+    "RLock": "parsl_poncho.multiprocessing.synchronize",
+    "Semaphore": "parsl_poncho.multiprocessing.synchronize",
+    "Queue": "parsl_poncho.multiprocessing.queues",
+    "Manager": "parsl_poncho.multiprocessing.managers",
+    "SimpleQueue": "parsl_poncho.multiprocessing.queues",
+    "JoinableQueue": "parsl_poncho.multiprocessing.queues",
 }
 
 __all__ = ["AuthenticationError", "BufferTooShort", "ProcessError", "TimeoutError",
@@ -70,7 +82,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         if name in ("pool", "context", "link", "embedded", "process", "connection", "hub",
-                    "sharedctypes", "store"):
+                    "sharedctypes", "store", "synchronize", "queues", "managers"):
             return import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(module), name)

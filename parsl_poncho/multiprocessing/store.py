@@ -18,6 +18,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 import types
 from typing import Any, Callable
 
@@ -233,10 +234,34 @@ class _Pipeline(redis.client.Pipeline):
             raise
 
 
+#: Blocking commands whose last argument is the timeout (0: forever).
+_BLOCKING = frozenset({"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX"})
+
+
 class _Client(redis.Redis):
-    """``redis.Redis`` whose failures to reach the server raise :class:`StoreUnavailable`."""
+    """``redis.Redis`` whose failures to reach the server raise :class:`StoreUnavailable`, and
+    whose blocking commands wait any timeout (0: forever) in round trips of at most
+    :data:`BLOCK_SLICE` seconds, so a vanished server is noticed within seconds."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
+        name = str(args[0]).upper() if args else ""
+        if name in _BLOCKING:
+            return self._sliced(args, options)
+        return self._execute(*args, **options)
+
+    def _sliced(self, args: tuple, options: dict) -> Any:
+        timeout = float(args[-1])
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        while True:
+            wait = BLOCK_SLICE if deadline is None else min(BLOCK_SLICE,
+                                                            deadline - time.monotonic())
+            if wait <= 0:
+                return None
+            result = self._execute(*args[:-1], wait, **options)
+            if result is not None:
+                return result
+
+    def _execute(self, *args: Any, **options: Any) -> Any:
         try:
             return super().execute_command(*args, **options)
         except _FAILURES as exc:
