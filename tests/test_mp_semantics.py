@@ -826,3 +826,56 @@ def test_manager_proxies_in_pool_initargs_and_primitives_in_tasks_on_workers(emb
     assert {k: d[k] for k in range(6)} == {i: i * i for i in range(6)}
     manager.shutdown()
     assert [k for k in poncho_mp.get_store().scan_keys() if ":manager:" in k] == []
+
+
+# -- a Lock between Processes; a Value's lock (ours: Processes on workers, the store's Lock) --
+def hold_lock_then_nap(lock, conn, seconds):
+    lock.acquire()
+    conn.send("held")
+    time.sleep(seconds)
+    lock.release()
+    conn.close()
+
+
+def try_lock(lock, conn):
+    started = time.monotonic()
+    got = lock.acquire(timeout=1.0)
+    conn.send((got, time.monotonic() - started))
+    conn.close()
+
+
+def count_up(counter, times):
+    for _ in range(times):
+        with counter.get_lock():
+            counter.value += 1
+
+
+def test_a_lock_held_by_one_process_times_out_in_another(mp):
+    lock = mp.Lock()
+    holder_says, holder_end = mp.Pipe()
+    trier_says, trier_end = mp.Pipe()
+    holder = mp.Process(target=hold_lock_then_nap, args=(lock, holder_end, 4.0))
+    holder.start()
+    holder_end.close()
+    assert holder_says.recv() == "held"
+    trier = mp.Process(target=try_lock, args=(lock, trier_end))
+    trier.start()
+    trier_end.close()
+    got, waited = trier_says.recv()
+    assert got is False and 0.9 <= waited < 3.0
+    assert lock.acquire(timeout=60)  # the holder releases it after its nap
+    lock.release()
+    for process in (holder, trier):
+        process.join(120)
+        assert process.exitcode == 0
+
+
+def test_a_value_made_here_counts_under_its_lock_across_processes(mp):
+    counter = mp.Value("i", 0)
+    processes = [mp.Process(target=count_up, args=(counter, 40)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    assert counter.value == 80
