@@ -118,3 +118,14 @@ def test_a_subprocvecenv_program_steps_cartpole_in_processes_on_hidden_workers(t
         assert seen["prefix"].startswith(str(tmp_path / "wcache")), seen
         assert seen["pyenv"] == [], seen
     assert len({seen["pid"] for seen in poncho["where"]}) == 4
+
+
+def test_a_poet_like_program_with_manager_dicts_and_a_noise_table_on_hidden_workers(tmp_path,
+                                                                                   request):
+    stdlib, poncho = run_both(PROCESS_SCENARIO / "poet.py", tmp_path, request, ITERS="3",
+                              POP="200")
+
+    assert poncho["history"] == stdlib["history"]
+    assert poncho["final"] == stdlib["final"]
+    assert len(poncho["history"]) == 6
+    assert poncho["history"][-2] > poncho["history"][0]  # the ES steps improve "flat"
