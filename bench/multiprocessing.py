@@ -21,7 +21,10 @@ Processes (issue 20), in the same run, the standard library's ``fork`` context b
   * the SubprocVecEnv-like program of tests/e2e/mp_process/vecenv.py (4 Processes stepping
     gymnasium's CartPole over Pipes, --vecenv-steps steps), its seconds to start the 4
     processes, to step, and in all (median of --rounds runs, after one untimed run), each a
-    fresh Python; ours is the same file with only its import line changed.
+    fresh Python; ours is the same file with only its import line changed;
+  * the POET-like program of tests/e2e/mp_process/poet.py (a Manager, a Pool whose
+    initializer builds a noise table, 3 iterations of 200 apply_async), its seconds, the same
+    way.
 ``--section processes`` runs only these (``pools`` only the rest).
 
 Ray is not in the test lock; it runs in a child process from its own virtual environment that
@@ -252,6 +255,7 @@ def run_parsl(args: argparse.Namespace, cache: Path, work: Path) -> dict[str, fl
 
 # -- processes (issue 20) -------------------------------------------------------------------------
 VECENV = Path(_HERE).parent / "tests" / "e2e" / "mp_process" / "vecenv.py"
+POET = VECENV.parent / "poet.py"
 RUN_EMBEDDED = VECENV.parent / "run_embedded.py"
 
 
@@ -276,14 +280,14 @@ def pipe_round_trip(mp: Any, trips: int) -> float:
     return statistics.median(times)
 
 
-def vecenv_seconds(ours: bool, cache: Path, work: Path, args: argparse.Namespace
-                   ) -> dict[str, float]:
-    """The medians of the SubprocVecEnv-like program's own timings, each run a fresh Python."""
-    program = VECENV
+def program_seconds(source: Path, ours: bool, cache: Path, work: Path, args: argparse.Namespace
+                    ) -> dict[str, float]:
+    """The medians of a program's own timings (its "seconds"), each run a fresh Python."""
+    program = source
     command = [sys.executable, str(program)]
     if ours:
-        program = work / "vecenv_ours.py"
-        program.write_text(VECENV.read_text().replace(
+        program = work / f"ours_{source.name}"
+        program.write_text(source.read_text().replace(
             "import multiprocessing as mp", "import parsl_poncho.multiprocessing as mp"))
         command = [sys.executable, str(RUN_EMBEDDED), str(program)]
     env = {**os.environ, "PONCHO_CACHE": str(cache), "WORKER": "work_queue_worker",
@@ -295,7 +299,8 @@ def vecenv_seconds(ours: bool, cache: Path, work: Path, args: argparse.Namespace
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
         if r:
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
+            seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+            runs.append(seconds if isinstance(seconds, dict) else {"total": seconds})
     return {k: statistics.median(run[k] for run in runs) for k in runs[0]}
 
 
@@ -314,10 +319,10 @@ def run_processes(args: argparse.Namespace, cache: Path, work: Path) -> dict[str
     finally:
         pmp.embedded.shutdown()
     nan = {"start": float("nan"), "steps": float("nan"), "total": float("nan")}
-    out["vecenv stdlib"] = _try("stdlib vecenv", lambda: vecenv_seconds(False, cache, work, args),
-                                nan)
-    out["vecenv ours"] = _try("poncho vecenv", lambda: vecenv_seconds(True, cache, work, args),
-                              nan)
+    for name, source in (("vecenv", VECENV), ("poet", POET)):
+        for who, ours in (("stdlib", False), ("ours", True)):
+            out[f"{name} {who}"] = _try(f"{who} {name}", lambda s=source, o=ours: program_seconds(
+                s, o, cache, work, args), nan)
     return out
 
 
@@ -334,6 +339,10 @@ def print_processes(row: dict[str, Any], args: argparse.Namespace) -> None:
     for who in ("stdlib", "ours"):
         s = row[f"vecenv {who}"]
         print(f"  {who:<8} {s['start']:>8.2f} {s['steps']:>8.2f} {s['total']:>8.2f}")
+    print(f"POET-like: a Manager, Pool(2), 3 iterations x 200 apply_async, seconds (median of "
+          f"{args.rounds} fresh runs)")
+    for who in ("stdlib", "ours"):
+        print(f"  {who:<8} {row[f'poet {who}']['total']:>8.2f}")
 
 
 # -- report --------------------------------------------------------------------------------------

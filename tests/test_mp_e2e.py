@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,17 @@ def test_a_poet_like_program_with_manager_dicts_and_a_noise_table_on_hidden_work
     assert poncho["final"] == stdlib["final"]
     assert len(poncho["history"]) == 6
     assert poncho["history"][-2] > poncho["history"][0]  # the ES steps improve "flat"
+
+
+def test_at_exit_daemon_processes_are_terminated_and_the_others_joined(tmp_path, request):
+    started = time.monotonic()
+    run_both(PROCESS_SCENARIO / "at_exit.py", tmp_path, request,
+             MARK=str(tmp_path / "mark"), PIDS=str(tmp_path / "pids"))
+    assert time.monotonic() - started < 300  # the daemon's 10-minute nap was cut short
+    for module in ("multiprocessing", "parsl_poncho.multiprocessing"):
+        assert (tmp_path / f"mark-{module}").read_text() == "joined", module
+        pids = (tmp_path / f"pids-{module}").read_text().split()
+        assert len(pids) == 2
+        for pid in pids:  # none left running (a zombie is not running)
+            stat = Path(f"/proc/{pid}/stat")
+            assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
