@@ -17,6 +17,19 @@ serverless Parsl app's serial round trip (PonchoExecutor ``function_exec_mode="s
 and Parsl HTEX's no-op tasks/s (bench/serverless.py's helpers). Then the ratios the issue sets
 targets for. Everything is warm: envs built, servers started, one untimed run of each case.
 
+Processes (issue 20), in the same run, the standard library's ``fork`` context beside ours
+(the embedded executor; serverless process tasks):
+  * a ``Pipe`` round trip (``send`` + ``recv`` of a small tuple) between the driver and a
+    remote ``Process`` echoing it, median of --pipe-trips (default 1,000), in ms;
+  * the SubprocVecEnv-like program of tests/e2e/mp_process/vecenv.py (4 Processes stepping
+    gymnasium's CartPole over Pipes, --vecenv-steps steps), its seconds to start the 4
+    processes, to step, and in all (median of --rounds runs, after one untimed run), each a
+    fresh Python; ours is the same file with only its import line changed;
+  * the POET-like program of tests/e2e/mp_process/poet.py (a Manager, a Pool whose
+    initializer builds a noise table, 3 iterations of 200 apply_async), its seconds, the same
+    way.
+``--section processes`` runs only these (``pools`` only the rest).
+
 Ray is not in the test lock; it runs in a child process from its own virtual environment that
 layers on .venv (so it sees the same scikit-learn), made once with:
 
@@ -29,7 +42,9 @@ layers on .venv (so it sees the same scikit-learn), made once with:
 
 Usage: python bench/multiprocessing.py [--items 10000] [--round-trips 200] [--rounds 3]
                                        [--ray-python .bench/ray-venv/bin/python]
-                                       [--pairs 2000] [--shared-only]
+                                       [--pairs 2000] [--section all|pools|processes|shared]
+                                       [--pipe-trips 1000]
+                                       [--vecenv-steps 300]
 """
 
 import os
@@ -59,6 +74,16 @@ DEFAULT_RAY_PYTHON = Path(_HERE).parent / ".bench" / "ray-venv" / "bin" / "pytho
 
 def noop(x: Any = None) -> None:
     return None
+
+
+def echo(conn: Any) -> None:
+    """A Process's target: send back what it receives, until None."""
+    while True:
+        message = conn.recv()
+        if message is None:
+            break
+        conn.send(message)
+    conn.close()
 
 
 def _serverless_bench() -> Any:
@@ -237,6 +262,100 @@ def run_parsl(args: argparse.Namespace, cache: Path, work: Path) -> dict[str, fl
             "htex no-op": statistics.median(rates.values()), "versions": sl._versions()}
 
 
+# -- processes (issue 20) -------------------------------------------------------------------------
+VECENV = Path(_HERE).parent / "tests" / "e2e" / "mp_process" / "vecenv.py"
+POET = VECENV.parent / "poet.py"
+RUN_EMBEDDED = VECENV.parent / "run_embedded.py"
+
+
+def pipe_round_trip(mp: Any, trips: int) -> float:
+    """Median seconds of a send + recv between here and a Process of ``mp`` that echoes."""
+    here, there = mp.Pipe()
+    process = mp.Process(target=echo, args=(there,), daemon=True)
+    process.start()
+    there.close()
+    for _ in range(50):  # warm: the connection made, the pickler's caches
+        here.send(("step", 1))
+        here.recv()
+    times = []
+    for _ in range(trips):
+        t0 = time.perf_counter()
+        here.send(("step", 1))
+        here.recv()
+        times.append(time.perf_counter() - t0)
+    here.send(None)
+    process.join()
+    here.close()
+    return statistics.median(times)
+
+
+def program_seconds(source: Path, ours: bool, cache: Path, work: Path, args: argparse.Namespace
+                    ) -> dict[str, float]:
+    """The medians of a program's own timings (its "seconds"), each run a fresh Python."""
+    program = source
+    command = [sys.executable, str(program)]
+    if ours:
+        program = work / f"ours_{source.name}"
+        program.write_text(source.read_text().replace(
+            "import multiprocessing as mp", "import parsl_poncho.multiprocessing as mp"))
+        command = [sys.executable, str(RUN_EMBEDDED), str(program)]
+    env = {**os.environ, "PONCHO_CACHE": str(cache), "WORKER": "work_queue_worker",
+           "STEPS": str(args.vecenv_steps)}
+    runs = []
+    for r in range(args.rounds + 1):
+        proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
+                              timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        if r:
+            seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+            runs.append(seconds if isinstance(seconds, dict) else {"total": seconds})
+    return {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+
+
+def run_processes(args: argparse.Namespace, cache: Path, work: Path) -> dict[str, Any]:
+    import multiprocessing
+
+    import parsl_poncho.multiprocessing as pmp
+    from parsl_poncho import EnvOptions, WorkerOptions
+
+    out: dict[str, Any] = {}
+    out["pipe stdlib"] = _try("stdlib pipe", lambda: pipe_round_trip(
+        multiprocessing.get_context("fork"), args.pipe_trips), float("nan"))
+    pmp.embedded.configure(envs=EnvOptions(cache_dir=str(cache)),
+                           workers=WorkerOptions(server_idle_timeout=600))
+    try:
+        out["pipe ours"] = _try("poncho pipe", lambda: pipe_round_trip(pmp, args.pipe_trips),
+                                float("nan"))
+    finally:
+        pmp.embedded.shutdown()
+    nan = {"start": float("nan"), "steps": float("nan"), "total": float("nan")}
+    for name, source in (("vecenv", VECENV), ("poet", POET)):
+        for who, ours in (("stdlib", False), ("ours", True)):
+            out[f"{name} {who}"] = _try(f"{who} {name}", lambda s=source, o=ours: program_seconds(
+                s, o, cache, work, args), nan)
+    return out
+
+
+def print_processes(row: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\nprocesses: Pipe round trip driver <-> remote Process (median of "
+          f"{args.pipe_trips}), target < 2 ms")
+    for who in ("stdlib", "ours"):
+        ms = row[f"pipe {who}"] * 1e3
+        verdict = "" if who == "stdlib" else ("  met" if ms < 2 else "  NOT met")
+        print(f"  {who:<8} {ms:>8.3f} ms{verdict}")
+    print(f"SubprocVecEnv-like: 4 Processes x {args.vecenv_steps} CartPole steps, seconds "
+          f"(median of {args.rounds} fresh runs)")
+    print(f"  {'':<8} {'start':>8} {'steps':>8} {'total':>8}")
+    for who in ("stdlib", "ours"):
+        s = row[f"vecenv {who}"]
+        print(f"  {who:<8} {s['start']:>8.2f} {s['steps']:>8.2f} {s['total']:>8.2f}")
+    print(f"POET-like: a Manager, Pool(2), 3 iterations x 200 apply_async, seconds (median of "
+          f"{args.rounds} fresh runs)")
+    for who in ("stdlib", "ours"):
+        print(f"  {who:<8} {row[f'poet {who}']['total']:>8.2f}")
+
+
 # -- report --------------------------------------------------------------------------------------
 def shared_state_rates(module: Any, pairs: int, rounds: int) -> dict[str, float]:
     """Median pairs/s of ``Queue.put``+``get`` and ``Manager().dict()`` set+get."""
@@ -341,13 +460,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="env store (default: PARSL_PONCHO_CACHE or ~/.cache/parsl-poncho)")
     parser.add_argument("--pairs", type=int, default=2000)
-    parser.add_argument("--shared-only", action="store_true",
-                        help="only the shared-state rows (queue and manager dict)")
+    parser.add_argument("--section", choices=("all", "pools", "processes", "shared"),
+                        default="all", help="shared: only the queue and manager-dict rows")
+    parser.add_argument("--pipe-trips", type=int, default=1000)
+    parser.add_argument("--vecenv-steps", type=int, default=300)
     parser.add_argument("--ray-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ray_child:
         return run_ray_child(args)
-    if args.shared_only:
+    if args.section == "shared":
         print_shared_state(args)
         return 0
     from parsl_poncho.paths import default_cache_dir
@@ -357,6 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PARSL_PONCHO_WORKER_CACHE", str(work / "worker-cache"))
     load_start = os.getloadavg()[0]
     rows: dict[str, dict[str, Any] | None] = {}
+    if args.section in ("all", "processes"):
+        try:
+            processes = run_processes(args, cache, work)
+        finally:
+            if args.section == "processes":
+                shutil.rmtree(work, ignore_errors=True)
+        print_processes(processes, args)
+        if args.section == "processes":
+            return 0
     try:
         rows["stdlib Pool(2) / loky"] = run_stdlib(args)
         print("stdlib done", file=sys.stderr)
@@ -369,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_report(rows, parsl_row, args, (load_start, os.getloadavg()[0]))
-    print_shared_state(args)
+    if args.section == "all":
+        print_shared_state(args)
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,73 @@ def test_shared_state_from_pool_tasks_on_hidden_workers_and_nothing_left_after(t
     refused = subprocess.run(["redis-cli", "-h", host, "-p", port, "PING"],
                              capture_output=True, text=True)
     assert "refused" in refused.stdout + refused.stderr
+
+
+PROCESS_SCENARIO = Path(__file__).parent / "e2e" / "mp_process"
+
+
+def ours(program: Path, dest: Path) -> Path:
+    """``program`` with its ``import multiprocessing as mp`` line, and only that, changed."""
+    lines = program.read_text().splitlines(keepends=True)
+    changed = [line.replace("import multiprocessing as mp", "import parsl_poncho.multiprocessing"
+                            " as mp") for line in lines]
+    assert sum(a != b for a, b in zip(lines, changed)) == 1
+    dest.write_text("".join(changed))
+    return dest
+
+
+def run_both(program: Path, tmp_path: Path, request: pytest.FixtureRequest, **extra: str
+             ) -> tuple[dict, dict]:
+    """The program under the standard library, then under ours on hidden-Python workers."""
+    require(can_hide_host_python(), "unshare --mount with tmpfs needs root")
+    cache = request.config.cache.mkdir("parsl-poncho-mp-envs")
+    env = {**os.environ, "PONCHO_CACHE": str(cache), "WORKER": str(HIDDEN_WORKER),
+           "PARSL_PONCHO_WORKER_CACHE": str(tmp_path / "wcache"), **extra}
+    reports = []
+    for command in ([sys.executable, str(program)],
+                    [sys.executable, str(PROCESS_SCENARIO / "run_embedded.py"),
+                     str(ours(program, tmp_path / program.name))]):
+        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=800)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return reports[0], reports[1]
+
+
+def test_a_subprocvecenv_program_steps_cartpole_in_processes_on_hidden_workers(tmp_path,
+                                                                             request):
+    stdlib, poncho = run_both(PROCESS_SCENARIO / "vecenv.py", tmp_path, request, STEPS="300")
+
+    for key in ("totals", "episodes", "last_obs", "exitcodes"):
+        assert poncho[key] == stdlib[key], key
+    assert poncho["exitcodes"] == [0, 0, 0, 0]
+    assert sum(poncho["episodes"]) >= 4  # random actions: many short episodes
+    for seen in poncho["where"]:
+        assert seen["prefix"].startswith(str(tmp_path / "wcache")), seen
+        assert seen["pyenv"] == [], seen
+    assert len({seen["pid"] for seen in poncho["where"]}) == 4
+
+
+def test_a_poet_like_program_with_manager_dicts_and_a_noise_table_on_hidden_workers(tmp_path,
+                                                                                   request):
+    stdlib, poncho = run_both(PROCESS_SCENARIO / "poet.py", tmp_path, request, ITERS="3",
+                              POP="200")
+
+    assert poncho["history"] == stdlib["history"]
+    assert poncho["final"] == stdlib["final"]
+    assert len(poncho["history"]) == 6
+    assert poncho["history"][-2] > poncho["history"][0]  # the ES steps improve "flat"
+
+
+def test_at_exit_daemon_processes_are_terminated_and_the_others_joined(tmp_path, request):
+    started = time.monotonic()
+    run_both(PROCESS_SCENARIO / "at_exit.py", tmp_path, request,
+             MARK=str(tmp_path / "mark"), PIDS=str(tmp_path / "pids"))
+    assert time.monotonic() - started < 300  # the daemon's 10-minute nap was cut short
+    for module in ("multiprocessing", "parsl_poncho.multiprocessing"):
+        assert (tmp_path / f"mark-{module}").read_text() == "joined", module
+        pids = (tmp_path / f"pids-{module}").read_text().split()
+        assert len(pids) == 2
+        for pid in pids:  # none left running (a zombie is not running)
+            stat = Path(f"/proc/{pid}/stat")
+            assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -336,6 +337,205 @@ def test_imap_reads_its_input_as_slots_free_up(embedded):
         # two sent, the first done, a third sent, a fourth read and waiting (the stdlib reads
         # all 50 at once)
         assert len(taken) <= 4, taken
+
+
+# -- Process and Pipe ------------------------------------------------------------------------
+def echo_then_close(conn):
+    conn.send(conn.recv() + "!")
+    conn.send_bytes(b"raw")
+    conn.close()
+
+
+def exit_with(how):
+    if how == "raise":
+        raise RuntimeError("the target raised")
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "exit3":
+        sys.exit(3)
+    if how == "exit-message":
+        sys.exit("a message, not a code")
+
+
+def nap(seconds):
+    time.sleep(seconds)
+
+
+def who_am_i(conn):
+    me, parent = multiprocessing.current_process(), multiprocessing.parent_process()
+    conn.send((me.name, me.daemon, parent.pid if parent else None, os.getppid()))
+    conn.close()
+
+
+def send_later(conn, delay):
+    time.sleep(delay)
+    conn.send("late")
+    conn.close()
+
+
+def test_pipe_ends_talk_and_recv_raises_eoferror_after_the_other_end_closes(mp):
+    here, there = mp.Pipe()
+    process = mp.Process(target=echo_then_close, args=(there,))
+    process.start()
+    there.close()  # the driver's copy: closing it does nothing to the Process's copy
+    assert not here.poll(0.3)
+    here.send("ping")
+    assert here.recv() == "ping!"
+    assert here.recv_bytes() == b"raw"
+    with pytest.raises(EOFError):
+        here.recv()
+    assert here.poll(0)  # EOF is something to read
+    process.join(120)
+    assert process.exitcode == 0
+    here.close()
+    with pytest.raises(OSError, match=r"handle is closed"):
+        here.recv()
+
+
+def test_pipe_in_one_process_and_a_simplex_pipe(mp):
+    a, b = mp.Pipe()
+    a.send({"x": 1})
+    assert b.recv() == {"x": 1}
+    b.close()
+    with pytest.raises(EOFError):
+        a.recv()
+    reader, writer = mp.Pipe(duplex=False)
+    with pytest.raises(OSError, match=r"connection is read-only"):
+        reader.send(1)
+    with pytest.raises(OSError, match=r"connection is write-only"):
+        writer.recv()
+    process = mp.Process(target=send_later, args=(writer, 1.0))
+    process.start()
+    writer.close()
+    assert not reader.poll(0.2)
+    assert reader.poll(120) and reader.recv() == "late"
+    process.join(120)
+
+
+@pytest.mark.parametrize("how, code", [("return", 0), ("raise", 1), ("sigkill", -9),
+                                       ("exit3", 3), ("exit-message", 1)])
+def test_exitcode_as_in_the_stdlib(mp, how, code):
+    process = mp.Process(target=exit_with, args=(how,))
+    assert process.exitcode is None and not process.is_alive()
+    process.start()
+    process.join(120)
+    assert process.exitcode == code
+    assert not process.is_alive()
+    assert process not in mp.active_children()
+
+
+def test_join_timeout_is_alive_and_terminate(mp):
+    process = mp.Process(target=nap, args=(60,), name="napper", daemon=True)
+    with pytest.raises(AssertionError, match=r"can only join a started process"):
+        process.join()
+    process.start()
+    with pytest.raises(AssertionError, match=r"cannot start a process twice"):
+        process.start()
+    started = time.monotonic()
+    process.join(timeout=1.0)
+    assert 0.9 <= time.monotonic() - started < 10
+    assert process.is_alive() and process.exitcode is None
+    assert process in mp.active_children()
+    with pytest.raises(ValueError, match=r"Cannot close a process while it is still running"):
+        process.close()
+    process.terminate()
+    process.join(120)
+    assert process.exitcode == -signal.SIGTERM and not process.is_alive()
+    process.close()
+    with pytest.raises(ValueError, match=r"process object is closed"):
+        process.is_alive()
+
+
+def test_kill_and_the_target_sees_its_own_name_and_the_driver_as_parent(mp):
+    process = mp.Process(target=nap, args=(60,))
+    process.start()
+    time.sleep(0.5)
+    process.kill()
+    process.join(120)
+    assert process.exitcode == -signal.SIGKILL
+    here, there = mp.Pipe()
+    process = mp.Process(target=who_am_i, args=(there,), name="asker", daemon=True)
+    process.start()
+    there.close()
+    name, daemon, parent_pid, _ppid = here.recv()
+    process.join(120)
+    assert (name, daemon, parent_pid) == ("asker", True, os.getpid())
+
+
+def test_a_process_whose_task_dies_reports_a_nonzero_exitcode(embedded):
+    process = poncho_mp.Process(target=nap, args=(60,))
+    process.start()
+    deadline = time.monotonic() + 120
+    while process.pid is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the task's process on the node (the target's parent), killed as when a node goes
+    runner = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(runner, signal.SIGKILL)
+    process.join(30)
+    assert process.exitcode == -signal.SIGKILL
+
+
+# -- Value and Array made here, used in a Process (ours: in the real redis-server store) --------
+def fill(array, counter, factor):
+    for i in range(len(array)):
+        array[i] = i * factor
+    counter.value = counter.value + factor
+
+
+def test_raw_value_and_array_made_here_are_shared_with_a_process(mp):
+    array, counter = mp.RawArray("d", 5), mp.RawValue("i", 1)
+    process = mp.Process(target=fill, args=(array, counter, 3))
+    process.start()
+    process.join(120)
+    assert process.exitcode == 0
+    assert array[:] == [0.0, 3.0, 6.0, 9.0, 12.0] and counter.value == 4
+    if mp is poncho_mp:
+        import numpy as np
+
+        assert np.ctypeslib.as_array(array.get_obj()).tolist() == array[:]
+        store = poncho_mp.get_store()
+        assert store.client().strlen(array._key) == 5 * 8  # one blob, the doubles' bytes
+
+
+def take_all(conn, other, out, producer_dies):
+    other.close()
+    seen = [conn.recv() for _ in range(3)]
+    seen.append(conn.recv_bytes())
+    try:
+        conn.recv()
+        seen.append("no EOF")
+    except EOFError:
+        seen.append("EOF")
+    out.send((seen, producer_dies))
+    out.close()
+
+
+def send_three_then(conn, other, how):
+    other.close()
+    for i in range(3):
+        conn.send(i)
+    conn.send_bytes(b"last")
+    if how == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    conn.close()
+
+
+@pytest.mark.parametrize("how", ["close", "die"])
+def test_a_pipe_between_two_processes_and_eof_when_the_sender_closes_or_dies(mp, how):
+    a, b = mp.Pipe()
+    result, out = mp.Pipe(duplex=False)
+    sender = mp.Process(target=send_three_then, args=(a, b, how))
+    receiver = mp.Process(target=take_all, args=(b, a, out, how))
+    sender.start()
+    receiver.start()
+    a.close()
+    b.close()
+    out.close()
+    assert result.recv() == ([0, 1, 2, b"last", "EOF"], how)
+    for process in (sender, receiver):
+        process.join(120)
+    assert receiver.exitcode == 0
+    assert sender.exitcode == (0 if how == "close" else -signal.SIGKILL)
 
 
 # -- shared state (issue 20): ours on a real redis-server, side by side with the stdlib -------
@@ -686,3 +886,56 @@ def test_patch_runs_a_library_that_imports_multiprocessing_itself_on_workers(emb
     assert ours.parallel_map(square, data) == expected
     assert expected == ([(0, 20), (1, 20)], [[x * x for x in data[0::2]],
                                              [x * x for x in data[1::2]]])
+
+
+# -- a Lock between Processes; a Value's lock (ours: Processes on workers, the store's Lock) --
+def hold_lock_then_nap(lock, conn, seconds):
+    lock.acquire()
+    conn.send("held")
+    time.sleep(seconds)
+    lock.release()
+    conn.close()
+
+
+def try_lock(lock, conn):
+    started = time.monotonic()
+    got = lock.acquire(timeout=1.0)
+    conn.send((got, time.monotonic() - started))
+    conn.close()
+
+
+def count_up(counter, times):
+    for _ in range(times):
+        with counter.get_lock():
+            counter.value += 1
+
+
+def test_a_lock_held_by_one_process_times_out_in_another(mp):
+    lock = mp.Lock()
+    holder_says, holder_end = mp.Pipe()
+    trier_says, trier_end = mp.Pipe()
+    holder = mp.Process(target=hold_lock_then_nap, args=(lock, holder_end, 4.0))
+    holder.start()
+    holder_end.close()
+    assert holder_says.recv() == "held"
+    trier = mp.Process(target=try_lock, args=(lock, trier_end))
+    trier.start()
+    trier_end.close()
+    got, waited = trier_says.recv()
+    assert got is False and 0.9 <= waited < 3.0
+    assert lock.acquire(timeout=60)  # the holder releases it after its nap
+    lock.release()
+    for process in (holder, trier):
+        process.join(120)
+        assert process.exitcode == 0
+
+
+def test_a_value_made_here_counts_under_its_lock_across_processes(mp):
+    counter = mp.Value("i", 0)
+    processes = [mp.Process(target=count_up, args=(counter, 40)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    assert counter.value == 80

@@ -47,6 +47,15 @@ _EXPORTS = {
     "get_start_method": "parsl_poncho.multiprocessing.context",
     "set_start_method": "parsl_poncho.multiprocessing.context",
     "get_all_start_methods": "parsl_poncho.multiprocessing.context",
+    "Process": "parsl_poncho.multiprocessing.process",
+    "current_process": "parsl_poncho.multiprocessing.process",
+    "active_children": "parsl_poncho.multiprocessing.process",
+    "parent_process": "parsl_poncho.multiprocessing.process",
+    "Pipe": "parsl_poncho.multiprocessing.connection",
+    "Value": "parsl_poncho.multiprocessing.sharedctypes",
+    "Array": "parsl_poncho.multiprocessing.sharedctypes",
+    "RawValue": "parsl_poncho.multiprocessing.sharedctypes",
+    "RawArray": "parsl_poncho.multiprocessing.sharedctypes",
     "configure_store": "parsl_poncho.multiprocessing.store",
     "get_store": "parsl_poncho.multiprocessing.store",
     "StoreUnavailable": "parsl_poncho.multiprocessing.store",
@@ -77,8 +86,8 @@ def freeze_support() -> None:
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        if name in ("pool", "context", "link", "embedded", "store", "synchronize",
-                    "queues", "managers"):
+        if name in ("pool", "context", "link", "embedded", "process", "connection", "hub",
+                    "sharedctypes", "store", "synchronize", "queues", "managers"):
             return import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(import_module(module), name)

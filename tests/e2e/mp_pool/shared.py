@@ -14,7 +14,7 @@ from parsl.config import Config
 from parsl.providers import LocalProvider
 
 import parsl_poncho.multiprocessing as mp
-from parsl_poncho import PonchoExecutor
+from parsl_poncho import EnvOptions, PonchoExecutor, SizingOptions, WorkerOptions
 
 SHARED = {}
 
@@ -45,9 +45,12 @@ def step(args):
 
 def main():
     executor = PonchoExecutor(
-        cache_dir=os.environ["PONCHO_CACHE"], worker_executable=os.environ["WORKER"],
-        worker_options="--cores 2", scaling_cores_per_worker=2, server_idle_timeout=30,
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        envs=EnvOptions(cache_dir=os.environ["PONCHO_CACHE"]),
+        workers=WorkerOptions(executable=os.environ["WORKER"], options="--cores 2",
+                              server_idle_timeout=30),
+        sizing=SizingOptions(scaling_cores_per_worker=2),
+    )
     config = Config(executors=[executor], run_dir=os.environ["RUN_DIR"], strategy="none")
     report = {}
     with parsl.load(config):

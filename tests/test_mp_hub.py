@@ -1,0 +1,54 @@
+"""The driver's hub: only clients with the run's key get through; connections keep alive."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
+
+import pytest
+
+from parsl_poncho.multiprocessing.hub import KEEPALIVE, Hub
+
+
+@pytest.fixture
+def hub():
+    hub = Hub("127.0.0.1")
+    yield hub
+    hub.close()
+
+
+def test_a_client_without_the_key_is_refused_and_one_with_it_is_served(hub):
+    seen: list = []
+    served = threading.Event()
+
+    def handler(hello, conn):
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        seen.append((hello, sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)))
+        sock.close()
+        conn.send("hello back")
+        served.set()
+
+    hub.on("test", handler)
+    with pytest.raises(AuthenticationError, match=r"digest sent was rejected"):
+        Client(("127.0.0.1", hub.address[1]), authkey=os.urandom(32))
+    conn = hub.remote.connect(("test", 1))
+    assert conn.recv() == "hello back" and served.wait(5)
+    assert seen == [(("test", 1), 1, KEEPALIVE[0])]
+    conn.close()
+
+
+def test_an_unknown_or_failing_client_is_closed_not_left_waiting(hub):
+    def broken(hello, conn):
+        raise RuntimeError("handler bug")
+
+    hub.on("broken", broken)
+    for hello in (("nobody",), ("broken",)):
+        conn = hub.remote.connect(hello)
+        assert conn.poll(10)
+        with pytest.raises(EOFError):
+            conn.recv()
+        conn.close()
