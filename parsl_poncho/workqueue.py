@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Mapping
 
-from parsl_poncho.backlog import Backlog
+from parsl_poncho.backlog import Backlog, holds_no_core
 from parsl_poncho.errors import ExecutorError
 from parsl_poncho.stall import StallWatch
 from parsl_poncho.wq_wait import Sleeper, enable_prompt_wait
@@ -410,7 +410,8 @@ def run_manager(*, settings: ManagerSettings, task_queue: Any, result_queue: Any
             # Without a sleeper, block on the executor's queue only while nothing happens (a
             # new task wakes us at once); Work Queue's own wait may then sleep up to 1 s.
             busy = _submit_pending(q, task_queue, backlog, 0 if sleeper else idle)
-            for msg in backlog.take(len(pending), q):
+            in_flight = sum(not holds_no_core(m) for m in pending.values())
+            for msg in backlog.take(in_flight, q):
                 _submit_one(wq, q, msg, pending, done)
             # Until None; with a sleeper, until None twice: a worker's line that Work Queue
             # read ahead into its buffer is handled by the second (no socket would wake us).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from parsl_poncho.backlog import MIN_IN_FLIGHT, Backlog
+from parsl_poncho.backlog import MIN_IN_FLIGHT, Backlog, holds_no_core
 from parsl_poncho.workqueue import TaskToWq
 
 
@@ -46,3 +46,17 @@ def test_a_failing_stats_call_keeps_the_last_cap():
 
     backlog = Backlog()
     assert backlog.cap(Broken()) == MIN_IN_FLIGHT
+
+
+def test_tasks_asking_for_no_cores_are_never_held():
+    """multiprocessing Processes (cores 0) may wait on each other: holding one back past the
+    cap could leave its siblings waiting for it forever."""
+    backlog = Backlog()
+    for i in range(MIN_IN_FLIGHT):
+        backlog.add(_task(f"busy{i}", cores=1))
+    for i in range(3):
+        backlog.add(_task(f"process{i}", cores=0))
+    got = [m.id for m in backlog.take(in_flight=MIN_IN_FLIGHT, q=_queue(cores=0))]
+    assert got == ["process0", "process1", "process2"]
+    assert len(backlog) == MIN_IN_FLIGHT
+    assert holds_no_core(_task("p", cores=0)) and not holds_no_core(_task("t"))
