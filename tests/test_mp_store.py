@@ -171,6 +171,37 @@ def test_the_driver_leaves_no_key_and_no_server_at_exit():
     assert "refused" in cli(report["url"], "PING").stderr + cli(report["url"], "PING").stdout
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a reaper may be slow to collect it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_driver_leaves_no_server_behind():
+    """SIGKILL skips the exit handlers: the watchdog stops the server within seconds."""
+    require_tool("redis-server")
+    code = textwrap.dedent("""
+        import json, os, signal
+        from parsl_poncho.multiprocessing.store import get_store
+        store = get_store()
+        store.client().set(store.key("left"), b"1")
+        print(json.dumps({"url": store.url, "pid": int(store.client().info()["process_id"])}),
+              flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 10
+    while _running(report["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(report["pid"]), "redis-server outlived its driver"
+    assert "refused" in cli(report["url"], "PING").stderr + cli(report["url"], "PING").stdout
+
+
 def test_an_existing_redis_keeps_running_and_loses_only_this_runs_keys(server):
     client = redis.Redis.from_url(server.url)
     client.set("someone-else", b"1")

@@ -3,11 +3,16 @@
 The server listens on the address the workers connect to, with a random ``requirepass`` (given
 on its stdin, so ``ps`` does not show it), no persistence (``save ""``, no AOF), a ``maxmemory``
 with ``noeviction`` (a full store refuses writes rather than drop keys) and no key expiry.
+
+A watchdog (a tiny ``sh`` loop in its own session) stops the server when the driver is gone
+without running its exit handlers (SIGKILL, an out-of-memory kill), so no server and no key
+outlive a dead driver for more than about a second.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -79,6 +84,7 @@ def start_server(host: str | None, maxmemory: str) -> RedisServer:
         server = _try_start(binary, host, bind, maxmemory)
         if isinstance(server, RedisServer):
             logger.info("store: redis-server pid %d on %s", server.process.pid, bind)
+            _watch(server)
             return server
         last = server
     raise StoreUnavailable(f"redis-server did not start on {bind} (its log ends: {last!r}); "
@@ -117,6 +123,24 @@ def _try_start(binary: str, host: str, bind: str, maxmemory: str) -> RedisServer
     tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
     server.stop()
     return tail or f"exit code {process.returncode}"
+
+
+# $1 the driver, $2 the server, $3 its directory. Ends with whichever ends first; a server that
+# outlives its driver gets SIGTERM (no persistence: its keys go with it).
+_WATCHDOG = ('while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; '
+             'if kill -0 "$2" 2>/dev/null; then kill "$2"; sleep 1; rm -rf "$3"; fi')
+
+
+def _watch(server: RedisServer) -> None:
+    """Start the watchdog that stops ``server`` if this process dies without stopping it."""
+    try:
+        subprocess.Popen(["sh", "-c", _WATCHDOG, "poncho-redis-watchdog", str(os.getpid()),
+                          str(server.process.pid), str(server.workdir)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:  # no sh: the exit handler still stops it on a normal exit
+        logger.warning("store: no watchdog for redis-server pid %d (a killed driver leaves "
+                       "it running)", server.process.pid, exc_info=True)
 
 
 def worker_facing_host() -> str:
