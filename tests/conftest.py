@@ -15,6 +15,27 @@ def _stable_dir(request: _pytest.FixtureRequest, name: str) -> _Path:
     return request.getfixturevalue("tmp_path_factory").mktemp(name)
 
 
+@_pytest.fixture(scope="session", autouse=True)
+def _worker_cache_in_session_tmp(tmp_path_factory: _pytest.TempPathFactory):
+    """Point local workers' node cache into this session's temp dir, removed at the end.
+
+    Workers inherit the test's environment; without this, every env a test unpacks would
+    pile up in the default /tmp/parsl-poncho-<uid> across runs (several GB each).
+    """
+    import shutil
+
+    if "PARSL_PONCHO_WORKER_CACHE" in _os.environ:
+        yield
+        return
+    cache = tmp_path_factory.mktemp("worker-cache")
+    _os.environ["PARSL_PONCHO_WORKER_CACHE"] = str(cache)
+    try:
+        yield
+    finally:
+        del _os.environ["PARSL_PONCHO_WORKER_CACHE"]
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 @_pytest.fixture(scope="session")
 def seeded_channel(request: _pytest.FixtureRequest) -> _Path:
     """A local conda channel with this CPython and pip, seeded once (cheap when current).
