@@ -32,7 +32,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from parsl_poncho.build._util import sha256_file
 from parsl_poncho.build_logs import as_build_error, with_build_log
 from parsl_poncho.errors import BuildError, PonchoError, StoreError
 from parsl_poncho.filelocks import flock, fsync_path, write_json
@@ -425,13 +425,8 @@ def _intact(env: Env) -> bool:
 
 
 def _file_digest(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
+    # The tarball is never rewritten in place (temp name, then rename), so stat agrees.
+    return sha256_file(path), path.stat().st_size
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
