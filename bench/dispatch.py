@@ -26,6 +26,7 @@ import argparse  # noqa: E402
 import cProfile  # noqa: E402
 import io  # noqa: E402
 import pstats  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -129,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = cProfile.Profile() if args.profile else None
     root = Path(tempfile.mkdtemp(prefix="pp-dispatch-"))
-    medians, _ = measure(root, args.tasks, args.rounds, args.slots, profile)
+    try:
+        medians, _ = measure(root, args.tasks, args.rounds, args.slots, profile)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     submit_host = medians["submitting"] + medians["manager"]
     print(f"warm serverless no-op tasks, {args.tasks} per round, median of {args.rounds} "
           f"rounds, one local worker with {args.slots} slots")

@@ -355,8 +355,11 @@ def part_c(tmp: Path, tasks: int, rounds: int) -> None:
              (str(shim_file("run_function.py")), "run_function.py"),
              (str(env.tarball), env.tarball.name), (str(fn_pkl), "fn.pkl")]
     args = argparse.Namespace(tasks=tasks, slots=slots, warmup=20)
-    floor = statistics.median(serverless.run_wq_floor(args, files, tmp)["work queue floor"]
-                              for _ in range(rounds))
+    wq_cpu: list[float] = []
+    floor = statistics.median(serverless.run_wq_floor(args, files, tmp, wq_cpu)
+                              ["work queue floor"] for _ in range(rounds))
+    parsl_cpu = statistics.median(_parsl_alone_cpu(tasks, tmp / f"threads{turn}")
+                                  for turn in range(rounds))
     serverless._setup()
     htex = statistics.median(_htex_noop(serverless, args, tmp / f"htex{turn}")
                              for turn in range(rounds))
@@ -371,12 +374,40 @@ def part_c(tmp: Path, tasks: int, rounds: int) -> None:
           f"   target <= 0.5 ({host / 0.5:.1f}x it)")
     print(f"{'work_queue_worker process':<36}{BEFORE['worker']:>10.2f}{after['worker']:>10.2f}")
     print(f"{'one submit-host core, tasks/s':<36}{1e3 / before_host:>10.0f}{1e3 / host:>10.0f}")
+    # The floors under the target: what Parsl and Work Queue cost per task with no Poncho.
+    print("floors, this run (CPU ms per task on the submit host):")
+    print(f"  Parsl alone: DataFlowKernel + ThreadPoolExecutor, no-op apps  {parsl_cpu:>6.2f}")
+    print(f"  Work Queue alone: manager + a Python submit/wait loop, cp task "
+          f"{statistics.median(wq_cpu) if wq_cpu else float('nan'):>6.2f}")
     print("('before': recorded at commit 655ab73 on this host; 'after': measured now)")
     rate = after["tasks/s"]
     print(f"tasks/s, this run: serverless no-op {rate:.0f} (before, recorded: "
           f"{BEFORE['tasks/s']:.0f}); Work Queue floor {floor:.0f}; HTEX no-op {htex:.0f}")
     print(f"serverless / floor = {rate / floor:.2f} (target >= 0.5); "
           f"serverless / HTEX = {rate / htex:.2f}")
+
+
+def _parsl_alone_cpu(tasks: int, run_dir: Path) -> float:
+    """CPU ms per task of Parsl's DataFlowKernel with its cheapest executor (threads in this
+    process) running no-op apps: the submitting process's share that Poncho cannot remove."""
+    import parsl
+    from parsl.config import Config
+    from parsl.executors.threads import ThreadPoolExecutor
+
+    app = parsl.python_app(_noop_app, executors=["threads"])
+    config = Config(executors=[ThreadPoolExecutor(label="threads", max_threads=2)],
+                    run_dir=str(run_dir), strategy="none")
+    with parsl.load(config):
+        for future in [app() for _ in range(50)]:
+            future.result()
+        cpu0 = time.process_time()
+        for future in [app() for _ in range(tasks)]:
+            future.result()
+        return (time.process_time() - cpu0) / tasks * 1e3
+
+
+def _noop_app() -> None:
+    return None
 
 
 def _htex_noop(serverless: Any, args: argparse.Namespace, run_dir: Path) -> float:

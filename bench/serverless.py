@@ -151,9 +151,12 @@ def run_htex(args: argparse.Namespace, run_dir: Path, turn: int) -> dict[str, fl
     return _run_dfk(executor, run_dir, _rotate(cases, turn), args.warmup)
 
 
-def run_wq_floor(args: argparse.Namespace, files: list[tuple[str, str]], work: Path
-                 ) -> dict[str, float]:
-    """Work Queue alone: a manager here, one local worker, Poncho's files, ``cp`` as command."""
+def run_wq_floor(args: argparse.Namespace, files: list[tuple[str, str]], work: Path,
+                 cpu_ms: list[float] | None = None) -> dict[str, float]:
+    """Work Queue alone: a manager here, one local worker, Poncho's files, ``cp`` as command.
+
+    With ``cpu_ms``, appends this process's CPU ms per task: Work Queue's manager and a
+    Python loop that submits and waits, nothing else."""
     from parsl_poncho.workqueue import load_work_queue
 
     wq = load_work_queue()
@@ -164,17 +167,24 @@ def run_wq_floor(args: argparse.Namespace, files: list[tuple[str, str]], work: P
          "localhost", str(q.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wq_batch(wq, q, files, work, _warmup_for(args.tasks, args.warmup))
-        return {"work queue floor": _try("work queue floor",
-                                         lambda: _wq_batch(wq, q, files, work, args.tasks))}
+        def batch() -> float:
+            rate, cpu = _wq_batch(wq, q, files, work, args.tasks)
+            if cpu_ms is not None:
+                cpu_ms.append(cpu)
+            return rate
+
+        return {"work queue floor": _try("work queue floor", batch)}
     finally:
         worker.terminate()
         worker.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wq_batch(wq: Any, q: Any, files: list[tuple[str, str]], work: Path, n: int) -> float:
+def _wq_batch(wq: Any, q: Any, files: list[tuple[str, str]], work: Path, n: int
+              ) -> tuple[float, float]:
+    """(tasks/s, this process's CPU ms per task) for ``n`` ``cp`` tasks."""
     out = Path(tempfile.mkdtemp(prefix="wq-out-", dir=work))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for i in range(n):
         t = wq.Task("cp fn.pkl result.pkl")
         for local, remote in files:
@@ -188,10 +198,11 @@ def _wq_batch(wq: Any, q: Any, files: list[tuple[str, str]], work: Path, n: int)
         if t is not None and (t.result != 0 or t.return_status != 0):
             failed += 1
     rate = n / (time.perf_counter() - t0)
+    cpu_ms = (time.process_time() - cpu0) / n * 1e3
     shutil.rmtree(out, ignore_errors=True)
     if failed:
         raise RuntimeError(f"{failed} of {n} Work Queue tasks failed")
-    return rate
+    return rate, cpu_ms
 
 
 def _rotate(items: list, turn: int) -> list:
