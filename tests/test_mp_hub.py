@@ -52,3 +52,25 @@ def test_an_unknown_or_failing_client_is_closed_not_left_waiting(hub):
         with pytest.raises(EOFError):
             conn.recv()
         conn.close()
+
+
+def test_a_silent_client_neither_stalls_the_others_nor_stays_connected(hub, monkeypatch):
+    from parsl_poncho.multiprocessing import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "HANDSHAKE_TIMEOUT", 1.0, raising=False)
+    hub.on("test", lambda hello, conn: conn.send("served"))
+    silent = socket.create_connection(("127.0.0.1", hub.address[1]))
+    try:
+        # Before, the accept thread ran the handshake itself and waited on the silent one.
+        served: list = []
+        client = threading.Thread(target=lambda: served.append(
+            hub.remote.connect(("test",)).recv()), daemon=True)
+        client.start()
+        client.join(5)
+        assert served == ["served"]
+        silent.settimeout(10)
+        challenge = silent.recv(4096)  # the hub's challenge, then it hangs up on us
+        assert challenge
+        assert silent.recv(4096) == b""
+    finally:
+        silent.close()

@@ -18,9 +18,10 @@ import atexit
 import logging
 import os
 import socket
+import struct
 import threading
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Listener
+from multiprocessing.connection import Listener, answer_challenge, deliver_challenge
 from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ class Hub:
 
         register_by_value(_remote)
         self.authkey = os.urandom(32)
-        self._listener = Listener(("", 0), family="AF_INET", authkey=self.authkey)
+        # No authkey on the Listener: its accept() would run the handshake on the one accept
+        # thread, where a client that connects and stays silent stalls every later one.
+        self._listener = Listener(("", 0), family="AF_INET")
         self.address = (host, self._listener.address[1])
         self.remote = _remote.Hub((host, self._listener.address[1], self.authkey))
         self._handlers: dict[str, Callable[[tuple, Any], None]] = {}
@@ -57,9 +60,6 @@ class Hub:
         while not self._closed:
             try:
                 conn = self._listener.accept()
-            except (AuthenticationError, EOFError, ConnectionError) as exc:
-                logger.warning("hub: refused a client: %s", exc)
-                continue
             except OSError:
                 return  # closed
             _keepalive(conn)
@@ -67,6 +67,14 @@ class Hub:
                              name="poncho-mp-hub-client").start()
 
     def _serve(self, conn: Any) -> None:
+        try:
+            with _receive_timeout(conn, HANDSHAKE_TIMEOUT):
+                deliver_challenge(conn, self.authkey)
+                answer_challenge(conn, self.authkey)
+        except (AuthenticationError, EOFError, OSError) as exc:
+            logger.warning("hub: refused a client: %s", exc or type(exc).__name__)
+            conn.close()
+            return
         try:
             hello = conn.recv()
             handler = self._handlers.get(hello[0]) if isinstance(hello, tuple) else None
@@ -90,6 +98,33 @@ class Hub:
             self._listener.close()
         except OSError:
             pass
+
+
+#: Seconds a client has to complete the key handshake before it is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class _receive_timeout:
+    """SO_RCVTIMEO on a connection's socket for a ``with`` block (reads then fail with
+    ``OSError`` instead of blocking forever); the connection blocks normally after it."""
+
+    def __init__(self, conn: Any, seconds: float) -> None:
+        self._sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self._seconds = seconds
+
+    def _set(self, seconds: float) -> None:
+        whole = int(seconds)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                              struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+    def __enter__(self) -> None:
+        self._set(self._seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._set(0)
+        finally:
+            self._sock.close()
 
 
 #: TCP keepalive of the hub's connections: idle seconds, probe interval, probes. A node that
