@@ -2,13 +2,18 @@
 host's Python or the checkout (tests/e2e/mp_pool/hidden_worker.sh): a Pool with an initializer
 building a table used by hundreds of apply_async calls, imap, imap_unordered, starmap and map
 with chunksize, a raising function with error_callback (script.py); and a node killed in the
-middle of a map (fault.py).
+middle of a map (fault.py). Programs with Processes run both under the standard library and
+under ours (tests/e2e/mp_process); a daemon Process no worker took leaves no task, manager
+process or open port behind when the driver exits (queued_at_exit.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,3 +168,51 @@ def test_at_exit_daemon_processes_are_terminated_and_the_others_joined(tmp_path,
         for pid in pids:  # none left running (a zombie is not running)
             stat = Path(f"/proc/{pid}/stat")
             assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_process_no_worker_took_leaves_no_task_queued_after_the_driver_exits(tmp_path,
+                                                                            request):
+    require(can_hide_host_python(), "unshare --mount with tmpfs needs root")
+    cache = request.config.cache.mkdir("parsl-poncho-mp-envs")
+    mark, go = tmp_path / "mark", tmp_path / "go"
+    env = {**os.environ, "PONCHO_CACHE": str(cache), "MARK": str(mark), "GO": str(go),
+           "WORKER": str(PROCESS_SCENARIO / "no_worker.sh"),
+           "PARSL_PONCHO_WORKER_CACHE": str(tmp_path / "wcache")}
+    driver = subprocess.Popen(
+        [sys.executable, str(PROCESS_SCENARIO / "run_embedded.py"),
+         str(PROCESS_SCENARIO / "queued_at_exit.py")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    report: dict = {}
+    try:
+        report = json.loads(driver.stdout.readline())
+        port = str(report["port"])
+        deadline = time.monotonic() + 120
+        while True:  # the Process's task waits in Work Queue: no worker took it
+            status = subprocess.run(["work_queue_status", "-T", "127.0.0.1", port],
+                                    capture_output=True, text=True, timeout=60)
+            if "WAITING" in status.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "WAITING" in status.stdout, status.stdout + status.stderr
+        go.touch()
+        started = time.monotonic()
+        assert driver.wait(timeout=120) == 0, driver.stderr.read()[-5000:]
+    finally:
+        if driver.poll() is None:  # a hang: kill it and what it started
+            driver.kill()
+            driver.wait()
+            for pid in report.get("children", []):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert time.monotonic() - started < 20, time.monotonic() - started  # promptly
+
+    assert len(report["children"]) >= 2  # the manager process and the (stand-in) worker
+    for pid in report["children"]:  # none left running (a zombie is not running)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
+    with pytest.raises(ConnectionRefusedError, match="refused"):  # the manager's port closed
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
+    late = subprocess.run([str(HIDDEN_WORKER), "-t", "5", "127.0.0.1", port],
+                          capture_output=True, text=True, timeout=120)
+    assert "creating workspace" in late.stderr + late.stdout  # it did start
+    assert not mark.exists()  # and ran nothing
