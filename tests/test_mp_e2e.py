@@ -176,8 +176,9 @@ def start_queued_at_exit(tmp_path: Path, request: pytest.FixtureRequest, worker:
     """queued_at_exit.py's driver with ``worker`` as its local worker, and its report."""
     require(can_hide_host_python(), "unshare --mount with tmpfs needs root")
     cache = request.config.cache.mkdir("parsl-poncho-mp-envs")
+    (tmp_path / "tmp").mkdir()  # the run dir a killed driver cannot remove goes there
     env = {**os.environ, "PONCHO_CACHE": str(cache), "MARK": str(tmp_path / "mark"),
-           "GO": str(tmp_path / "go"), "WORKER": str(worker),
+           "GO": str(tmp_path / "go"), "WORKER": str(worker), "TMPDIR": str(tmp_path / "tmp"),
            "PARSL_PONCHO_WORKER_CACHE": str(tmp_path / "wcache")}
     driver = subprocess.Popen(
         [sys.executable, str(PROCESS_SCENARIO / "run_embedded.py"),
