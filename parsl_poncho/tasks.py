@@ -210,6 +210,7 @@ def remote_exception(report: Mapping[str, Any], *, env_hash: str = "?",
             exc.remote_traceback = tb  # type: ignore[attr-defined]
             if hasattr(exc, "add_note"):
                 exc.add_note(f"Remote traceback ({where}):\n{tb}")
+                _note_submit_host_file(exc)
         except Exception:  # noqa: BLE001 - exotic exception types
             pass
         return exc
@@ -219,6 +220,20 @@ def remote_exception(report: Mapping[str, Any], *, env_hash: str = "?",
         f"Remote traceback:\n{tb}",
         remote_traceback=tb,
     )
+
+
+def _note_submit_host_file(exc: BaseException) -> None:
+    """A task that failed to open a file this (the submit) host has: say why, since the path
+    looks right to the user (pandarallel's default passes chunks as files in /dev/shm)."""
+    name = getattr(exc, "filename", None) if isinstance(exc, FileNotFoundError) else None
+    if not isinstance(name, str) or not os.path.isabs(name) or not os.path.exists(name):
+        return
+    hint = ("pass the data in the task's arguments instead (pandarallel: "
+            "pandarallel.initialize(use_memory_fs=False))"
+            if os.path.basename(name).startswith("pandarallel_") else
+            "pass the data in the task's arguments, or put the file where the workers see it")
+    exc.add_note(f"{name} is a file on the submit host, but the task ran on a worker node, "
+                 f"which does not see the submit host's files: {hint}")
 
 
 def render_remote_traceback(report: Mapping[str, Any]) -> str:

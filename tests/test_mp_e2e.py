@@ -2,13 +2,19 @@
 host's Python or the checkout (tests/e2e/mp_pool/hidden_worker.sh): a Pool with an initializer
 building a table used by hundreds of apply_async calls, imap, imap_unordered, starmap and map
 with chunksize, a raising function with error_callback (script.py); and a node killed in the
-middle of a map (fault.py).
+middle of a map (fault.py). Programs with Processes run both under the standard library and
+under ours (tests/e2e/mp_process); a daemon Process no worker took leaves no task, manager
+process or open port behind when the driver exits, and a driver killed with its process group
+leaves no local worker (queued_at_exit.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,3 +169,89 @@ def test_at_exit_daemon_processes_are_terminated_and_the_others_joined(tmp_path,
         for pid in pids:  # none left running (a zombie is not running)
             stat = Path(f"/proc/{pid}/stat")
             assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def start_queued_at_exit(tmp_path: Path, request: pytest.FixtureRequest, worker: Path
+                         ) -> tuple[subprocess.Popen, dict]:
+    """queued_at_exit.py's driver with ``worker`` as its local worker, and its report."""
+    require(can_hide_host_python(), "unshare --mount with tmpfs needs root")
+    cache = request.config.cache.mkdir("parsl-poncho-mp-envs")
+    (tmp_path / "tmp").mkdir()  # the run dir a killed driver cannot remove goes there
+    env = {**os.environ, "PONCHO_CACHE": str(cache), "MARK": str(tmp_path / "mark"),
+           "GO": str(tmp_path / "go"), "WORKER": str(worker), "TMPDIR": str(tmp_path / "tmp"),
+           "PARSL_PONCHO_WORKER_CACHE": str(tmp_path / "wcache")}
+    driver = subprocess.Popen(
+        [sys.executable, str(PROCESS_SCENARIO / "run_embedded.py"),
+         str(PROCESS_SCENARIO / "queued_at_exit.py")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group, which a test may kill
+    try:
+        return driver, json.loads(driver.stdout.readline())
+    except BaseException:
+        stop_driver(driver, {})
+        raise
+
+
+def stop_driver(driver: subprocess.Popen, report: dict) -> None:
+    """After a failure: kill the driver, if it still runs, and what it started."""
+    if driver.poll() is None:
+        driver.kill()
+        driver.wait()
+    for pid in report.get("children", []):
+        if running(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_process_no_worker_took_leaves_no_task_queued_after_the_driver_exits(tmp_path,
+                                                                            request):
+    driver, report = start_queued_at_exit(tmp_path, request, PROCESS_SCENARIO / "no_worker.sh")
+    try:
+        port = str(report["port"])
+        deadline = time.monotonic() + 120
+        while True:  # the Process's task waits in Work Queue: no worker took it
+            status = subprocess.run(["work_queue_status", "-T", "127.0.0.1", port],
+                                    capture_output=True, text=True, timeout=60)
+            if "WAITING" in status.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "WAITING" in status.stdout, status.stdout + status.stderr
+        (tmp_path / "go").touch()
+        started = time.monotonic()
+        assert driver.wait(timeout=120) == 0, driver.stderr.read()[-5000:]
+    finally:
+        stop_driver(driver, report)
+    assert time.monotonic() - started < 20, time.monotonic() - started  # promptly
+
+    assert len(report["children"]) >= 2  # the manager process and the (stand-in) worker
+    assert not [pid for pid in report["children"] if running(pid)]
+    with pytest.raises(ConnectionRefusedError, match="refused"):  # the manager's port closed
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
+    late = subprocess.run([str(HIDDEN_WORKER), "-t", "5", "127.0.0.1", port],
+                          capture_output=True, text=True, timeout=120)
+    assert "creating workspace" in late.stderr + late.stdout  # it did start
+    assert not (tmp_path / "mark").exists()  # and ran nothing
+
+
+def test_a_killed_driver_group_leaves_no_local_worker_behind(tmp_path, request):
+    driver, report = start_queued_at_exit(tmp_path, request, HIDDEN_WORKER)
+    try:
+        assert len(report["children"]) >= 2  # the manager process and the local worker
+        # SIGKILL to the driver's process group (as a batch system's kill may do): neither
+        # the driver's exit handlers nor its manager process's shutdown of the workers runs
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 30
+        while [pid for pid in report["children"] if running(pid)]:
+            assert time.monotonic() < deadline, [
+                Path(f"/proc/{pid}/cmdline").read_text() for pid in report["children"]
+                if running(pid)]
+            time.sleep(0.2)
+    finally:
+        stop_driver(driver, report)

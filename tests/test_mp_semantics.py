@@ -888,6 +888,20 @@ def test_patch_runs_a_library_that_imports_multiprocessing_itself_on_workers(emb
                                              [x * x for x in data[1::2]]])
 
 
+def test_patch_gives_the_machinery_the_real_module_and_dill_the_globals_by_value():
+    dill = pytest.importorskip("dill")
+    before = dill.settings["recurse"]
+    code = "import multiprocessing\nget_context = multiprocessing.get_context\n"
+    with poncho_mp.patch():
+        library, late_part_of_ours = {"__name__": "a_library"}, {"__name__": "parsl.x"}
+        exec(code, library)  # noqa: S102 - imports as a module first imported while patched
+        exec(code, late_part_of_ours)  # noqa: S102
+        assert library["get_context"] == poncho_mp.get_context
+        assert late_part_of_ours["get_context"] == multiprocessing.get_context  # no recursion
+        assert dill.settings["recurse"] is True  # pandarallel's functions need no __main__
+    assert dill.settings["recurse"] == before
+
+
 # -- a Lock between Processes; a Value's lock (ours: Processes on workers, the store's Lock) --
 def hold_lock_then_nap(lock, conn, seconds):
     lock.acquire()

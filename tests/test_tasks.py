@@ -73,6 +73,20 @@ def test_remote_exception_keeps_type_and_traceback():
     assert any("env-ab on n1" in note for note in exc.__notes__)
 
 
+def test_a_submit_host_file_the_worker_could_not_open_gets_a_note(tmp_path: Path):
+    here = tmp_path / "pandarallel_input_x.pickle"
+    here.write_bytes(b"")
+
+    def notes(path: Path) -> str:
+        exc = FileNotFoundError(2, "No such file or directory", str(path))
+        return "\n".join(remote_exception({"status": "raised", "exception": exc,
+                                            "traceback": "tb"}).__notes__)
+
+    assert f"{here} is a file on the submit host, but the task ran on a worker" in notes(here)
+    assert "use_memory_fs=False" in notes(here)
+    assert "submit host" not in notes(tmp_path / "not-here")  # missing here too: no note
+
+
 def test_remote_exception_stands_in_for_unpicklable_exception():
     exc = remote_exception({"status": "raised", "exception": None, "exc_type": "x.Weird",
                             "message": "odd", "traceback": "tb"})

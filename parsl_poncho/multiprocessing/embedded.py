@@ -103,7 +103,8 @@ def _start() -> None:
     try:
         for n in per_worker:
             command = shlex.split(executor.worker_command)
-            command[1:1] = ["--cores", str(max(1, n))]
+            # --parent-death: a driver killed without its exit handlers leaves no worker
+            command[1:1] = ["--cores", str(max(1, n)), "--parent-death"]
             with open(run_dir / "worker.log", "ab") as log:
                 workers.append(subprocess.Popen(
                     command, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=log,

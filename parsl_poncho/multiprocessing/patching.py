@@ -7,12 +7,17 @@ becomes a module whose names are ours where ``parsl_poncho.multiprocessing`` has
 (``Pool``, ``get_context``, ``Manager``, ``Queue``, ``Lock``, ...) and the standard library's
 otherwise (``multiprocessing.util``, ``parent_process``, submodules such as
 ``multiprocessing.managers``). Modules that imported ``multiprocessing`` before keep the real
-one (so import the library after ``patch()``); workers always run the real standard library.
-``unpatch()`` (or leaving the ``with patch():`` block) restores it.
+one (so import the library after ``patch()``); so does the machinery (this package, Parsl and
+the standard library itself) whenever it imports it; workers always run the real standard
+library.
+If dill is installed, ``patch()`` also sets ``dill.settings["recurse"]`` (see
+:func:`_dill_globals_by_value`). ``unpatch()`` (or leaving the ``with patch():`` block)
+restores both.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
 from typing import Any
@@ -33,9 +38,21 @@ class _Patched(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:
         ours = self._poncho_ours
-        if name in ours.__all__:
+        if name in ours.__all__ and not _is_machinery(sys._getframe(1).f_globals):
             return getattr(ours, name)
         return getattr(self._poncho_real, name)
+
+
+def _is_machinery(caller_globals: dict) -> bool:
+    """Whether the code asking is ours, Parsl's or the standard library's own: modules first
+    imported while patched (the executor, Parsl, lazily imported parts of this package) must
+    still get the real ``multiprocessing``, or ours would call itself."""
+    top = str(caller_globals.get("__name__", "")).partition(".")[0]
+    return top in _MACHINERY
+
+
+#: Top-level packages that always get the real standard library.
+_MACHINERY = frozenset({"parsl_poncho", "parsl", "multiprocessing", "concurrent"})
 
 
 class patch:  # noqa: N801 - used as a function or a context manager
@@ -54,6 +71,7 @@ class patch:  # noqa: N801 - used as a function or a context manager
 
         real = current._poncho_real if isinstance(current, _Patched) else current
         sys.modules[_NAME] = _Patched(ours, real)
+        _dill_globals_by_value()
 
     def __enter__(self) -> types.ModuleType:
         return sys.modules[_NAME]
@@ -67,3 +85,24 @@ def unpatch() -> None:
     current = sys.modules.get(_NAME)
     if isinstance(current, _Patched):
         sys.modules[_NAME] = current._poncho_real
+    if "recurse" in _dill_saved:
+        import dill
+
+        dill.settings["recurse"] = _dill_saved.pop("recurse")
+
+
+#: dill's ``recurse`` setting before :func:`patch` changed it.
+_dill_saved: dict[str, Any] = {}
+
+
+def _dill_globals_by_value() -> None:
+    """Have dill pickle the globals a function of the main script uses, by value (its
+    documented ``recurse`` setting). By default dill refers to ``__main__``'s globals; on a
+    worker ``__main__`` is not the user's script, so pandarallel's functions, which it ships
+    with dill, would raise NameError there for every module or constant of the script."""
+    if importlib.util.find_spec("dill") is None:
+        return
+    import dill
+
+    _dill_saved.setdefault("recurse", dill.settings.get("recurse", False))
+    dill.settings["recurse"] = True
