@@ -68,7 +68,16 @@ def worker_pids(port: int) -> list[int]:
             continue
         if argv and argv[0].endswith(b"work_queue_worker") and str(port).encode() in argv:
             found.append(int(entry))
-    return found
+    # A worker forks a child per task with the same command line; keep the long-lived ones.
+    return [pid for pid in found if _parent(pid) not in found]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def one_round(executor: PonchoExecutor, tasks: int, profile: cProfile.Profile | None
