@@ -152,11 +152,13 @@ def run_htex(args: argparse.Namespace, run_dir: Path, turn: int) -> dict[str, fl
 
 
 def run_wq_floor(args: argparse.Namespace, files: list[tuple[str, str]], work: Path,
-                 cpu_ms: list[float] | None = None) -> dict[str, float]:
+                 cpu_ms: list[float] | None = None, queued: int | None = None
+                 ) -> dict[str, float]:
     """Work Queue alone: a manager here, one local worker, Poncho's files, ``cp`` as command.
 
     With ``cpu_ms``, appends this process's CPU ms per task: Work Queue's manager and a
-    Python loop that submits and waits, nothing else."""
+    Python loop that submits and waits, nothing else. ``queued`` caps the tasks in Work Queue
+    at once (as Poncho's backlog does); by default all are submitted first."""
     from parsl_poncho.workqueue import load_work_queue
 
     wq = load_work_queue()
@@ -166,9 +168,10 @@ def run_wq_floor(args: argparse.Namespace, files: list[tuple[str, str]], work: P
         ["work_queue_worker", "--cores", str(args.slots), "-s", str(workdir),
          "localhost", str(q.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wq_batch(wq, q, files, work, _warmup_for(args.tasks, args.warmup))
+        _wq_batch(wq, q, files, work, _warmup_for(args.tasks, args.warmup), queued)
+
         def batch() -> float:
-            rate, cpu = _wq_batch(wq, q, files, work, args.tasks)
+            rate, cpu = _wq_batch(wq, q, files, work, args.tasks, queued)
             if cpu_ms is not None:
                 cpu_ms.append(cpu)
             return rate
@@ -180,23 +183,27 @@ def run_wq_floor(args: argparse.Namespace, files: list[tuple[str, str]], work: P
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wq_batch(wq: Any, q: Any, files: list[tuple[str, str]], work: Path, n: int
-              ) -> tuple[float, float]:
-    """(tasks/s, this process's CPU ms per task) for ``n`` ``cp`` tasks."""
+def _wq_batch(wq: Any, q: Any, files: list[tuple[str, str]], work: Path, n: int,
+              queued: int | None = None) -> tuple[float, float]:
+    """(tasks/s, this process's CPU ms per task) for ``n`` ``cp`` tasks, at most ``queued``
+    of them in Work Queue at once (None: all)."""
     out = Path(tempfile.mkdtemp(prefix="wq-out-", dir=work))
     t0, cpu0 = time.perf_counter(), time.process_time()
-    for i in range(n):
-        t = wq.Task("cp fn.pkl result.pkl")
-        for local, remote in files:
-            t.specify_input_file(local, remote, cache=remote != "fn.pkl")
-        t.specify_output_file(str(out / f"result-{i}.pkl"), "result.pkl", cache=False)
-        t.specify_cores(1)
-        q.submit(t)
-    failed = 0
-    while not q.empty():
+    submitted = finished = failed = 0
+    while finished < n:
+        while submitted < n and (queued is None or submitted - finished < queued):
+            t = wq.Task("cp fn.pkl result.pkl")
+            for local, remote in files:
+                t.specify_input_file(local, remote, cache=remote != "fn.pkl")
+            t.specify_output_file(str(out / f"result-{submitted}.pkl"), "result.pkl",
+                                  cache=False)
+            t.specify_cores(1)
+            q.submit(t)
+            submitted += 1
         t = q.wait(5)
-        if t is not None and (t.result != 0 or t.return_status != 0):
-            failed += 1
+        if t is not None:
+            finished += 1
+            failed += t.result != 0 or t.return_status != 0
     rate = n / (time.perf_counter() - t0)
     cpu_ms = (time.process_time() - cpu0) / n * 1e3
     shutil.rmtree(out, ignore_errors=True)

@@ -233,7 +233,7 @@ def _note_submit_host_file(exc: BaseException) -> None:
             if os.path.basename(name).startswith("pandarallel_") else
             "pass the data in the task's arguments, or put the file where the workers see it")
     exc.add_note(f"{name} is a file on the submit host, but the task ran on a worker node, "
-                 f"which does not see the submit host's files: {hint}")
+                 f"which may not see the submit host's files: {hint}")
 
 
 def render_remote_traceback(report: Mapping[str, Any]) -> str:

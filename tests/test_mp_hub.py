@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 
@@ -57,7 +58,7 @@ def test_an_unknown_or_failing_client_is_closed_not_left_waiting(hub):
 def test_a_silent_client_neither_stalls_the_others_nor_stays_connected(hub, monkeypatch):
     from parsl_poncho.multiprocessing import hub as hub_module
 
-    monkeypatch.setattr(hub_module, "HANDSHAKE_TIMEOUT", 1.0, raising=False)
+    monkeypatch.setattr(hub_module, "HANDSHAKE_TIMEOUT", 1.0)
     hub.on("test", lambda hello, conn: conn.send("served"))
     silent = socket.create_connection(("127.0.0.1", hub.address[1]))
     try:
@@ -74,3 +75,30 @@ def test_a_silent_client_neither_stalls_the_others_nor_stays_connected(hub, monk
         assert silent.recv(4096) == b""
     finally:
         silent.close()
+
+
+def test_clients_beyond_the_handshake_limit_are_dropped_at_once(monkeypatch):
+    from parsl_poncho.multiprocessing import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "HANDSHAKE_TIMEOUT", 1.0)
+    monkeypatch.setattr(hub_module, "MAX_HANDSHAKES", 2)
+    hub = Hub("127.0.0.1")
+    hub.on("test", lambda hello, conn: conn.send("served"))
+    silent = [socket.create_connection(("127.0.0.1", hub.address[1])) for _ in range(2)]
+    try:
+        for sock in silent:  # both are mid-handshake: each got its challenge
+            sock.settimeout(10)
+            assert sock.recv(4096)
+        extra = socket.create_connection(("127.0.0.1", hub.address[1]))
+        extra.settimeout(10)
+        assert extra.recv(4096) == b""  # closed without a challenge
+        extra.close()
+        for sock in silent:  # dropped after HANDSHAKE_TIMEOUT
+            assert sock.recv(4096) == b""
+        time.sleep(0.2)  # the hub frees a place just after it closes the socket
+        # their places are free again: a client with the key is served
+        assert hub.remote.connect(("test",)).recv() == "served"
+    finally:
+        for sock in silent:
+            sock.close()
+        hub.close()

@@ -899,7 +899,34 @@ def test_patch_gives_the_machinery_the_real_module_and_dill_the_globals_by_value
         assert library["get_context"] == poncho_mp.get_context
         assert late_part_of_ours["get_context"] == multiprocessing.get_context  # no recursion
         assert dill.settings["recurse"] is True  # pandarallel's functions need no __main__
+        # from-imports go through importlib's frames: the importer decides
+        from_code = "from multiprocessing import get_context\n"
+        library, parsl_part = {"__name__": "a_library"}, {"__name__": "parsl.y"}
+        exec(from_code, library)  # noqa: S102
+        exec(from_code, parsl_part)  # noqa: S102
+        assert library["get_context"] == poncho_mp.get_context
+        assert parsl_part["get_context"] == multiprocessing.get_context
     assert dill.settings["recurse"] == before
+
+
+def test_a_submodule_first_imported_while_patched_stays_on_the_real_module():
+    import sys
+
+    real = sys.modules["multiprocessing"]
+    saved = sys.modules.pop("multiprocessing.dummy", None)
+    had = "dummy" in vars(real)
+    if had:
+        delattr(real, "dummy")
+    try:
+        with poncho_mp.patch():
+            import multiprocessing.dummy  # noqa: F401
+        assert sys.modules["multiprocessing"] is real
+        assert real.dummy is sys.modules["multiprocessing.dummy"]
+        assert not hasattr(real, "_poncho_ours")
+    finally:
+        if saved is not None:
+            sys.modules["multiprocessing.dummy"] = saved
+            real.dummy = saved
 
 
 # -- a Lock between Processes; a Value's lock (ours: Processes on workers, the store's Lock) --

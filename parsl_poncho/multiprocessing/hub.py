@@ -15,11 +15,14 @@ first use to its pipe (``connection.py``), which makes that very connection the 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import socket
 import struct
 import threading
+import time
+from collections.abc import Iterator
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Listener, answer_challenge, deliver_challenge
 from typing import Any, Callable
@@ -43,7 +46,8 @@ class Hub:
         self.authkey = os.urandom(32)
         # No authkey on the Listener: its accept() would run the handshake on the one accept
         # thread, where a client that connects and stays silent stalls every later one.
-        self._listener = Listener(("", 0), family="AF_INET")
+        self._listener = Listener(("", 0), family="AF_INET", backlog=128)
+        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self.address = (host, self._listener.address[1])
         self.remote = _remote.Hub((host, self._listener.address[1], self.authkey))
         self._handlers: dict[str, Callable[[tuple, Any], None]] = {}
@@ -60,11 +64,25 @@ class Hub:
         while not self._closed:
             try:
                 conn = self._listener.accept()
-            except OSError:
-                return  # closed
+            except OSError as exc:
+                if self._closed:
+                    return
+                # accept(2): a connection that failed while queued, or out of descriptors
+                logger.warning("hub: accept failed, retrying: %s", exc)
+                time.sleep(0.1)
+                continue
+            if not self._handshakes.acquire(blocking=False):
+                logger.warning("hub: %d clients are mid-handshake; dropped one more",
+                               MAX_HANDSHAKES)
+                conn.close()
+                continue
             _keepalive(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="poncho-mp-hub-client").start()
+            try:
+                threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                                 name="poncho-mp-hub-client").start()
+            except RuntimeError:  # no thread to be had
+                self._handshakes.release()
+                conn.close()
 
     def _serve(self, conn: Any) -> None:
         try:
@@ -72,9 +90,13 @@ class Hub:
                 deliver_challenge(conn, self.authkey)
                 answer_challenge(conn, self.authkey)
         except (AuthenticationError, EOFError, OSError) as exc:
-            logger.warning("hub: refused a client: %s", exc or type(exc).__name__)
+            reason = (f"silent for {HANDSHAKE_TIMEOUT:.0f} s"
+                      if isinstance(exc, BlockingIOError) else str(exc) or type(exc).__name__)
+            logger.warning("hub: refused a client: %s", reason)
             conn.close()
             return
+        finally:
+            self._handshakes.release()
         try:
             hello = conn.recv()
             handler = self._handlers.get(hello[0]) if isinstance(hello, tuple) else None
@@ -100,31 +122,26 @@ class Hub:
             pass
 
 
-#: Seconds a client has to complete the key handshake before it is dropped.
+#: A client silent this many seconds during the key handshake is dropped (per read, so a
+#: client that trickles bytes lasts longer, but holds only its own thread).
 HANDSHAKE_TIMEOUT = 10.0
+#: Clients in the handshake at once; more are dropped at once (a flood holds no threads).
+MAX_HANDSHAKES = 64
 
 
-class _receive_timeout:
+@contextlib.contextmanager
+def _receive_timeout(conn: Any, seconds: float) -> Iterator[None]:
     """SO_RCVTIMEO on a connection's socket for a ``with`` block (reads then fail with
-    ``OSError`` instead of blocking forever); the connection blocks normally after it."""
+    ``BlockingIOError`` instead of blocking forever); the connection blocks normally after."""
+    def timeval(value: float) -> bytes:
+        return struct.pack("ll", int(value), int((value - int(value)) * 1e6))
 
-    def __init__(self, conn: Any, seconds: float) -> None:
-        self._sock = socket.socket(fileno=os.dup(conn.fileno()))
-        self._seconds = seconds
-
-    def _set(self, seconds: float) -> None:
-        whole = int(seconds)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                              struct.pack("ll", whole, int((seconds - whole) * 1e6)))
-
-    def __enter__(self) -> None:
-        self._set(self._seconds)
-
-    def __exit__(self, *exc: object) -> None:
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(seconds))
         try:
-            self._set(0)
+            yield
         finally:
-            self._sock.close()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(0))
 
 
 #: TCP keepalive of the hub's connections: idle seconds, probe interval, probes. A node that

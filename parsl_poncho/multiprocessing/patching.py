@@ -7,9 +7,9 @@ becomes a module whose names are ours where ``parsl_poncho.multiprocessing`` has
 (``Pool``, ``get_context``, ``Manager``, ``Queue``, ``Lock``, ...) and the standard library's
 otherwise (``multiprocessing.util``, ``parent_process``, submodules such as
 ``multiprocessing.managers``). Modules that imported ``multiprocessing`` before keep the real
-one (so import the library after ``patch()``); so does the machinery (this package, Parsl and
-the standard library itself) whenever it imports it; workers always run the real standard
-library.
+one (so import the library after ``patch()``); so does the machinery (this package, Parsl,
+and the standard library's ``multiprocessing`` and ``concurrent.futures``) whenever it imports
+it; workers always run the real standard library.
 If dill is installed, ``patch()`` also sets ``dill.settings["recurse"]`` (see
 :func:`_dill_globals_by_value`). ``unpatch()`` (or leaving the ``with patch():`` block)
 restores both.
@@ -38,17 +38,20 @@ class _Patched(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:
         ours = self._poncho_ours
-        if name in ours.__all__ and not _is_machinery(sys._getframe(1).f_globals):
+        if name in ours.__all__ and not _is_machinery(sys._getframe(1)):
             return getattr(ours, name)
         return getattr(self._poncho_real, name)
 
 
-def _is_machinery(caller_globals: dict) -> bool:
-    """Whether the code asking is ours, Parsl's or the standard library's own: modules first
-    imported while patched (the executor, Parsl, lazily imported parts of this package) must
-    still get the real ``multiprocessing``, or ours would call itself."""
-    top = str(caller_globals.get("__name__", "")).partition(".")[0]
-    return top in _MACHINERY
+def _is_machinery(frame: types.FrameType | None) -> bool:
+    """Whether the code asking is ours, Parsl's or the standard library's multiprocessing
+    machinery: modules first imported while patched (the executor, Parsl, lazily imported
+    parts of this package) must still get the real ``multiprocessing``, or ours would call
+    itself. importlib's frames (``from multiprocessing import X``) stand for their importer."""
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("importlib"):
+        frame = frame.f_back
+    name = str(frame.f_globals.get("__name__", "")) if frame is not None else ""
+    return name.partition(".")[0] in _MACHINERY
 
 
 #: Top-level packages that always get the real standard library.
@@ -70,8 +73,8 @@ class patch:  # noqa: N801 - used as a function or a context manager
         import parsl_poncho.multiprocessing as ours
 
         real = current._poncho_real if isinstance(current, _Patched) else current
+        _dill_globals_by_value()  # first: if it raised, nothing would be left patched
         sys.modules[_NAME] = _Patched(ours, real)
-        _dill_globals_by_value()
 
     def __enter__(self) -> types.ModuleType:
         return sys.modules[_NAME]
@@ -84,7 +87,13 @@ def unpatch() -> None:
     """Give ``import multiprocessing`` the standard library again."""
     current = sys.modules.get(_NAME)
     if isinstance(current, _Patched):
-        sys.modules[_NAME] = current._poncho_real
+        real = current._poncho_real
+        # Submodules first imported while patched were set on the stand-in only.
+        for name, value in vars(current).items():
+            if (isinstance(value, types.ModuleType) and value.__name__ == f"{_NAME}.{name}"
+                    and not hasattr(real, name)):
+                setattr(real, name, value)
+        sys.modules[_NAME] = real
     if "recurse" in _dill_saved:
         import dill
 
