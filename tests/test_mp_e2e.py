@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -180,13 +181,18 @@ def start_queued_at_exit(tmp_path: Path, request: pytest.FixtureRequest, worker:
     env = {**os.environ, "PONCHO_CACHE": str(cache), "MARK": str(tmp_path / "mark"),
            "GO": str(tmp_path / "go"), "WORKER": str(worker), "TMPDIR": str(tmp_path / "tmp"),
            "PARSL_PONCHO_WORKER_CACHE": str(tmp_path / "wcache")}
-    driver = subprocess.Popen(
-        [sys.executable, str(PROCESS_SCENARIO / "run_embedded.py"),
-         str(PROCESS_SCENARIO / "queued_at_exit.py")],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)  # its own process group, which a test may kill
+    stderr = tmp_path / "driver.stderr"  # a file: a pipe nobody reads could fill and block it
+    with open(stderr, "w") as err:
+        driver = subprocess.Popen(
+            [sys.executable, str(PROCESS_SCENARIO / "run_embedded.py"),
+             str(PROCESS_SCENARIO / "queued_at_exit.py")],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+            start_new_session=True)  # its own process group, which a test may kill
     try:
-        return driver, json.loads(driver.stdout.readline())
+        ready, _, _ = select.select([driver.stdout], [], [], 300)
+        line = driver.stdout.readline() if ready else ""
+        assert line.strip(), f"no report from the driver:\n{stderr.read_text()[-5000:]}"
+        return driver, json.loads(line)
     except BaseException:
         stop_driver(driver, {})
         raise
@@ -224,7 +230,7 @@ def test_a_process_no_worker_took_leaves_no_task_queued_after_the_driver_exits(t
         assert "WAITING" in status.stdout, status.stdout + status.stderr
         (tmp_path / "go").touch()
         started = time.monotonic()
-        assert driver.wait(timeout=120) == 0, driver.stderr.read()[-5000:]
+        assert driver.wait(timeout=120) == 0, (tmp_path / "driver.stderr").read_text()[-5000:]
     finally:
         stop_driver(driver, report)
     assert time.monotonic() - started < 20, time.monotonic() - started  # promptly
